@@ -1,0 +1,37 @@
+"""Numba kernels: each forward beside its backward, compiled for float32 and float64."""
+from ._base import FASTMATH, get_threads, set_threads
+from .act import activation, gelu_backward, gelu_forward, gelu_new_backward, gelu_new_forward
+from .dropout import dropout_backward, dropout_forward, dropout_key, dropout_mask
+from .embedding import embedding_backward, embedding_forward
+from .loss import cross_entropy
+from .matmul import (bias_add, bias_grad, matmul_nn, matmul_nt, matmul_nt_naive, matmul_tn,
+                     transpose, use_blas)
+from .norm import layernorm_backward, layernorm_forward
+from .softmax import mask_bias, softmax_backward, softmax_forward
+
+
+def warmup():
+    """Compile (or load from Numba's cache) every kernel for float32 and float64, so
+    that the first real call is not the one that pays for compilation."""
+    import numpy as np
+
+    for dt in (np.float32, np.float64):
+        a = np.ones((5, 6), dtype=dt)
+        matmul_nt(a, a)
+        matmul_nn(a, a.T.copy())
+        matmul_tn(a, a)
+        matmul_nt_naive(a, a)
+        bias_add(a.copy(), a[0])
+        bias_grad(a, np.zeros(6, dt))
+        sm = softmax_forward(a, mask_bias(np.ones((1, 6)), dt))
+        softmax_backward(a, sm)
+        y, m, r = layernorm_forward(a, a[0], a[0], 1e-12)
+        layernorm_backward(a, a, m, r, a[0], np.zeros(6, dt), np.zeros(6, dt))
+        for f, b in (activation("gelu_new"), activation("gelu"), activation("relu")):
+            b(a.ravel(), a.ravel())
+            f(a.ravel())
+        ids = np.array([0, 1, 1], dtype=np.int64)
+        embedding_backward(ids, embedding_forward(ids, a), np.zeros_like(a), 0)
+        cross_entropy(a, np.array([0, 1, -100, 2, 3], dtype=np.int64))
+        y, keep = dropout_forward(a, 0.5, dropout_key(0, 0, 0))
+        dropout_backward(a, keep, 0.5)

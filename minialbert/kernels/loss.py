@@ -1,0 +1,76 @@
+"""Softmax cross-entropy with an ignore index, forward and backward fused.
+
+Legend: R rows (predictions), C classes (V for the MLM head, 2 for SOP).
+
+    loss = mean over counted rows of  logsumexp(z) - z[label]
+    dz   = (softmax(z) - onehot(label)) / count     (zero rows for ignored labels)
+
+Rows whose label is ``ignore_index`` (-100, as torch and Hugging Face) do not count.
+Stable for any logit size: the row max is subtracted before exp.
+A batch where every label is ignored returns loss 0 and a zero gradient (torch returns
+NaN there: mean of nothing); a NaN would stop a training run for no fault of the model.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._base import FASTMATH, cast_like
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _xent_rows(logits, labels, ignore_index, want_grad, dlogits, row_loss):
+    R, C = logits.shape
+    for r in prange(R):
+        lab = labels[r]
+        if lab == ignore_index:
+            row_loss[r] = 0.0
+            if want_grad:
+                for j in range(C):
+                    dlogits[r, j] = 0.0
+            continue
+        z = logits[r]
+        m = z[0]
+        for j in range(1, C):
+            if z[j] > m:
+                m = z[j]
+        s = cast_like(logits, 0.0)
+        for j in range(C):
+            s += math.exp(z[j] - m)
+        lse = m + math.log(s)
+        row_loss[r] = lse - z[lab]
+        if want_grad:
+            inv = cast_like(logits, 1.0) / s
+            for j in range(C):
+                dlogits[r, j] = math.exp(z[j] - m) * inv
+            dlogits[r, lab] -= cast_like(logits, 1.0)
+
+
+def cross_entropy(logits, labels, ignore_index=-100, grad=True, scale=1.0):
+    """logits: [R,C] float, labels: [R] int -> (loss, dlogits [R,C] or None, count).
+
+    ``dlogits`` is the gradient of ``scale * loss`` (scale = upstream gradient, e.g. the
+    SOP weight).  The loss is summed in float64 in row order (deterministic), then cast
+    to the logits' dtype.
+    """
+    logits = np.ascontiguousarray(logits)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    R, C = logits.shape
+    if labels.shape != (R,):
+        raise ValueError(f"labels shape {labels.shape} does not match logits {logits.shape}")
+    counted = labels != ignore_index
+    bad = labels[counted & ((labels < 0) | (labels >= C))]
+    if bad.size:
+        raise IndexError(f"label {bad[0]} is outside 0..{C - 1} (and is not ignore_index)")
+    count = int(counted.sum())
+    row_loss = np.empty(R, dtype=logits.dtype)
+    dlogits = np.empty_like(logits) if grad else np.empty((1, 1), logits.dtype)
+    _xent_rows(logits, labels, ignore_index, grad, dlogits, row_loss)
+    if count == 0:
+        loss = logits.dtype.type(0.0)
+        return loss, (np.zeros_like(logits) if grad else None), 0
+    loss = logits.dtype.type(row_loss.astype(np.float64).sum() / count)
+    if grad:
+        dlogits *= logits.dtype.type(scale / count)
+        return loss, dlogits, count
+    return loss, None, count

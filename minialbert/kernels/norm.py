@@ -1,0 +1,77 @@
+"""LayerNorm over the last axis, forward and backward.
+
+Legend: R rows (tokens), C features (E or H).  Biased variance, eps inside the root,
+as torch.nn.LayerNorm (ALBERT uses eps = 1e-12).
+
+    mean = sum(x)/C;  var = sum((x-mean)^2)/C;  rstd = 1/sqrt(var+eps)
+    xhat = (x-mean)*rstd;  y = gamma*xhat + beta
+backward (book chapter 02 derives it):
+    dxhat = dy*gamma
+    dx    = rstd * (dxhat - mean(dxhat) - xhat*mean(dxhat*xhat))
+    dgamma += sum_rows(dy*xhat);  dbeta += sum_rows(dy)
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._base import FASTMATH, ROW_CHUNK, cast_like
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def layernorm_forward(x, gamma, beta, eps):  # x: [R,C] -> y: [R,C], mean: [R], rstd: [R]
+    R, C = x.shape
+    y = np.empty_like(x)
+    mean = np.empty(R, dtype=x.dtype)
+    rstd = np.empty(R, dtype=x.dtype)
+    e = cast_like(x, eps)
+    inv_c = cast_like(x, 1.0) / C
+    for r in prange(R):
+        s = cast_like(x, 0.0)
+        for j in range(C):
+            s += x[r, j]
+        m = s * inv_c
+        v = cast_like(x, 0.0)
+        for j in range(C):
+            d = x[r, j] - m
+            v += d * d
+        rs = cast_like(x, 1.0) / math.sqrt(v * inv_c + e)
+        mean[r] = m
+        rstd[r] = rs
+        for j in range(C):
+            y[r, j] = (x[r, j] - m) * rs * gamma[j] + beta[j]
+    return y, mean, rstd
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def layernorm_backward(dy, x, mean, rstd, gamma, dgamma, dbeta):
+    # dy, x: [R,C]; mean, rstd: [R]; gamma: [C] -> dx: [R,C]; dgamma, dbeta: [C] +=
+    R, C = x.shape
+    dx = np.empty_like(x)
+    inv_c = cast_like(x, 1.0) / C
+    n_chunks = (R + ROW_CHUNK - 1) // ROW_CHUNK
+    pg = np.zeros((n_chunks, C), dtype=x.dtype)  # per-chunk partial dgamma
+    pb = np.zeros((n_chunks, C), dtype=x.dtype)  # per-chunk partial dbeta
+    for c in prange(n_chunks):
+        for r in range(c * ROW_CHUNK, min(R, (c + 1) * ROW_CHUNK)):
+            m = mean[r]
+            rs = rstd[r]
+            s1 = cast_like(x, 0.0)  # sum(dxhat)
+            s2 = cast_like(x, 0.0)  # sum(dxhat * xhat)
+            for j in range(C):
+                xh = (x[r, j] - m) * rs
+                g = dy[r, j] * gamma[j]
+                s1 += g
+                s2 += g * xh
+                pg[c, j] += dy[r, j] * xh
+                pb[c, j] += dy[r, j]
+            s1 *= inv_c
+            s2 *= inv_c
+            for j in range(C):
+                xh = (x[r, j] - m) * rs
+                dx[r, j] = rs * (dy[r, j] * gamma[j] - s1 - xh * s2)
+    for c in range(n_chunks):  # chunk partials in a fixed order: thread-count independent
+        for j in range(C):
+            dgamma[j] += pg[c, j]
+            dbeta[j] += pb[c, j]
+    return dx

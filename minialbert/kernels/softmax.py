@@ -1,0 +1,65 @@
+"""Softmax over the last axis with an additive mask, and its backward.
+
+Legend: R rows (e.g. B*N*T query positions), C columns (keys / classes).
+
+Masking follows Hugging Face: a masked column gets the most negative finite number of
+the dtype added (``np.finfo(dtype).min``), not -inf.  A partly masked row then gives
+exactly 0 to its masked columns (exp underflows), and a *fully* masked row, where every
+score becomes finfo.min, comes out uniform (1/C) instead of NaN, as in transformers.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ._base import FASTMATH, cast_like
+
+
+def mask_bias(mask, dtype):  # mask: 1 keep / 0 masked -> additive bias 0 / finfo.min
+    mask = np.asarray(mask)
+    return ((1 - mask.astype(dtype)) * np.finfo(dtype).min).astype(dtype)
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def softmax_row(x, bias, y):  # x: [C] (+ bias: [C]) -> y: [C], stable: subtract the max
+    C = x.shape[0]
+    m = x[0] + bias[0]
+    for j in range(1, C):
+        v = x[j] + bias[j]
+        if v > m:
+            m = v
+    s = cast_like(y, 0.0)
+    for j in range(C):
+        e = math.exp((x[j] + bias[j]) - m)
+        y[j] = e
+        s += e
+    inv = cast_like(y, 1.0) / s
+    for j in range(C):
+        y[j] *= inv
+
+
+@njit(parallel=True, cache=True)
+def softmax_forward(x, bias):  # x: [R,C], bias: [R,C] or [1,C] -> y: [R,C]
+    R, C = x.shape
+    y = np.empty_like(x)
+    row_bias = bias.shape[0] == 1
+    for r in prange(R):
+        softmax_row(x[r], bias[0] if row_bias else bias[r], y[r])
+    return y
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def softmax_backward_row(dy, y, dx):  # dx = y * (dy - sum(dy * y))
+    s = cast_like(dx, 0.0)
+    for j in range(y.shape[0]):
+        s += dy[j] * y[j]
+    for j in range(y.shape[0]):
+        dx[j] = y[j] * (dy[j] - s)
+
+
+@njit(parallel=True, cache=True)
+def softmax_backward(dy, y):  # dy, y: [R,C] -> dx: [R,C]  (the mask is a constant: no grad)
+    dx = np.empty_like(y)
+    for r in prange(y.shape[0]):
+        softmax_backward_row(dy[r], y[r], dx[r])
+    return dx

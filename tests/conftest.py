@@ -1,0 +1,59 @@
+"""Shared test set-up.
+
+* Hypothesis: under CI (CI=true) a derandomized profile without deadline (a first call
+  may compile a kernel) and capped examples; locally the "dev" profile, also no deadline.
+* The kernels are compiled once per session (both dtypes), before any timing matters.
+* Under CI a skipped test is an error: the torch/transformers parity tests must run.
+  Only tests marked ``opt_in`` (they need a real downloaded checkpoint) may skip.
+"""
+import os
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", deadline=None, derandomize=True, max_examples=20,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", deadline=None, max_examples=30,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+IN_CI = bool(os.environ.get("CI"))
+ALL_THREADS = numba.config.NUMBA_NUM_THREADS
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "opt_in: needs a resource that cannot be made here "
+                            "(a real downloaded checkpoint); may skip, also in CI")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if IN_CI and rep.skipped and item.get_closest_marker("opt_in") is None:
+        rep.outcome = "failed"
+        rep.longrepr = (f"skipped under CI, which is an error here: {rep.longrepr}. "
+                        "Install the test extra: pip install -e '.[test]'")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_kernels():
+    """Compile (or load from cache) every kernel for both dtypes once per session."""
+    from minialbert.kernels import warmup
+    warmup()
+    yield
+
+
+@pytest.fixture(params=[1, ALL_THREADS], ids=lambda n: f"threads{n}")
+def threads(request):
+    prev = numba.get_num_threads()
+    numba.set_num_threads(request.param)
+    yield request.param
+    numba.set_num_threads(prev)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

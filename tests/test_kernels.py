@@ -1,0 +1,320 @@
+"""softmax, layernorm, activations, embedding, cross-entropy, dropout: each against
+torch autograd (float32 and float64) and by float64 finite differences.
+
+Tolerances: float64 vs torch float64 ~1e-10 (same math, different order); float32 vs
+torch float32 1e-5 relative + 1e-5 absolute: a few roundings of ~6e-8 per op on values
+of order 1, and gradients like gelu's that are differences of O(1) terms (where the
+result is ~0, only the absolute term can judge them); finite
+differences in float64: relative error < 1e-6 (see minialbert/gradcheck.py for why).
+"""
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minialbert.gradcheck import gradcheck
+from minialbert.kernels import (activation, cross_entropy, dropout_backward, dropout_forward,
+                                dropout_key, embedding_backward, embedding_forward,
+                                layernorm_backward, layernorm_forward, mask_bias,
+                                softmax_backward, softmax_forward)
+from minialbert.kernels.act import tanh_backward, tanh_forward
+from reference import assert_close, n, require, t
+
+FD_TOL = 1e-6
+
+
+def tol(dt):
+    return dict(rtol=1e-5, atol=1e-5) if dt == np.float32 else dict(rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- softmax
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_softmax_matches_torch_with_mask(dt, rng, threads):
+    torch = require("torch")
+    x = (3 * rng.standard_normal((6, 9))).astype(dt)
+    mask = (rng.random((6, 9)) > 0.3).astype(np.int64)
+    mask[2] = 0  # a fully masked row
+    bias = mask_bias(mask, dt)
+    dy = rng.standard_normal((6, 9)).astype(dt)
+    tx = t(x, True)
+    ty = torch.softmax(tx + t(bias), dim=-1)
+    ty.backward(t(dy))
+    y = softmax_forward(x, bias)
+    assert y.dtype == dt
+    assert_close(y, n(ty), **tol(dt), what="softmax")
+    assert_close(y[2], np.full(9, 1 / 9, dt), rtol=1e-6, atol=0, what="fully masked: uniform")
+    assert np.all(y[0][mask[0] == 0] == 0) and np.all(y[1][mask[1] == 0] == 0)
+    assert_close(softmax_backward(dy, y), n(tx.grad), **tol(dt), what="softmax backward")
+
+
+@given(rows=st.integers(1, 5), cols=st.integers(1, 40), scale=st.sampled_from([1.0, 30.0, 1e4]),
+       seed=st.integers(0, 1000))
+def test_softmax_rows_sum_to_one_and_never_nan(rows, cols, scale, seed):
+    r = np.random.default_rng(seed)
+    x = (scale * r.standard_normal((rows, cols))).astype(np.float32)
+    mask = (r.random((rows, cols)) > 0.5).astype(np.int64)
+    y = softmax_forward(x, mask_bias(mask, np.float32))
+    assert np.isfinite(y).all()
+    assert_close(y.sum(1), np.ones(rows, np.float32), rtol=1e-5, atol=1e-5)
+
+
+def test_softmax_finite_differences(rng):
+    x = rng.standard_normal((4, 7))
+    bias = mask_bias(rng.random((4, 7)) > 0.2, np.float64)
+    w = rng.standard_normal((4, 7))
+    y = softmax_forward(x, bias)
+    res = gradcheck(lambda: (softmax_forward(x, bias) * w).sum(), x, softmax_backward(w, y),
+                    "softmax x")
+    assert res.max_rel_error < FD_TOL, res
+
+
+# --------------------------------------------------------------------------- layernorm
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("R,C", [(1, 2), (5, 3), (70, 33), (130, 128)])
+def test_layernorm_matches_torch(dt, R, C, rng, threads):
+    torch = require("torch")
+    x = (rng.standard_normal((R, C)) * 2 + 0.5).astype(dt)
+    g = rng.standard_normal(C).astype(dt)
+    b = rng.standard_normal(C).astype(dt)
+    dy = rng.standard_normal((R, C)).astype(dt)
+    tx, tg, tb = t(x, True), t(g, True), t(b, True)
+    ty = torch.nn.functional.layer_norm(tx, (C,), tg, tb, eps=1e-12)
+    ty.backward(t(dy))
+    y, mean, rstd = layernorm_forward(x, g, b, 1e-12)
+    dg = np.zeros_like(g)
+    db = np.zeros_like(b)
+    dx = layernorm_backward(dy, x, mean, rstd, g, dg, db)
+    assert y.dtype == dx.dtype == dg.dtype == dt
+    # (C = 1 is degenerate: var = 0, xhat is rounding noise times 1/sqrt(eps) = 1e6.)
+    k = tol(dt)
+    assert_close(y, n(ty), **k, what="y")
+    assert_close(dx, n(tx.grad), **(k if dt == np.float64 else dict(rtol=1e-4, atol=1e-4)),
+                 what="dx")
+    assert_close(dg, n(tg.grad), **(k if dt == np.float64 else dict(rtol=1e-4, atol=1e-4)),
+                 what="dgamma")
+    # dgamma, dbeta sum R rows: float32 rounding grows with the running sum (~1e-4 here).
+    assert_close(db, n(tb.grad), **(k if dt == np.float64 else dict(rtol=1e-4, atol=1e-4)),
+                 what="dbeta")
+
+
+def test_layernorm_finite_differences(rng):
+    x = rng.standard_normal((5, 6))
+    g = rng.standard_normal(6)
+    b = rng.standard_normal(6)
+    w = rng.standard_normal((5, 6))
+    y, mean, rstd = layernorm_forward(x, g, b, 1e-12)
+    dg = np.zeros(6)
+    db = np.zeros(6)
+    dx = layernorm_backward(w, x, mean, rstd, g, dg, db)
+
+    def f():
+        return (layernorm_forward(x, g, b, 1e-12)[0] * w).sum()
+
+    for arr, grad, name in [(x, dx, "x"), (g, dg, "gamma"), (b, db, "beta")]:
+        res = gradcheck(f, arr, grad, name)
+        assert res.max_rel_error < FD_TOL, res
+
+
+def test_layernorm_grads_accumulate_and_ignore_thread_count(rng):
+    x = rng.standard_normal((200, 24)).astype(np.float32)
+    g = rng.standard_normal(24).astype(np.float32)
+    dy = rng.standard_normal((200, 24)).astype(np.float32)
+    y, m, r = layernorm_forward(x, g, g, 1e-12)
+    outs = []
+    prev = numba.get_num_threads()
+    try:
+        for nt in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(nt)
+            dg = np.ones(24, np.float32)
+            db = np.ones(24, np.float32)
+            dx = layernorm_backward(dy, x, m, r, g, dg, db)
+            outs.append((dx, dg, db))
+    finally:
+        numba.set_num_threads(prev)
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)
+    assert_close(outs[0][2], 1 + dy.sum(0), rtol=1e-5, atol=1e-4, what="dbeta accumulates")
+
+
+# --------------------------------------------------------------------------- activations
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["gelu_new", "gelu", "relu"])
+def test_activations_match_torch(dt, name, rng, threads):
+    torch = require("torch")
+    F = torch.nn.functional
+    ref = {"gelu_new": lambda v: F.gelu(v, approximate="tanh"), "gelu": F.gelu,
+           "relu": F.relu}[name]
+    x = (rng.standard_normal(301) * 3).astype(dt)
+    x[:3] = [0.0, 8.0, -8.0]
+    dy = rng.standard_normal(301).astype(dt)
+    tx = t(x, True)
+    ty = ref(tx)
+    ty.backward(t(dy))
+    fwd, bwd = activation(name)
+    y = fwd(x)
+    assert y.dtype == dt
+    assert_close(y, n(ty), **tol(dt), what=name)
+    assert_close(bwd(dy, x), n(tx.grad), **tol(dt), what=name + " backward")
+
+
+def test_gelu_new_is_hugging_faces_formula(rng):
+    """transformers' NewGELUActivation, written out: 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3)))."""
+    x = rng.standard_normal(50)
+    expected = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    assert_close(activation("gelu_new")[0](x), expected, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["gelu_new", "gelu", "tanh"])
+def test_activation_finite_differences(name, rng):
+    x = rng.standard_normal(40) * 2
+    w = rng.standard_normal(40)
+    if name == "tanh":
+        fwd = tanh_forward
+        ana = tanh_backward(w, tanh_forward(x))
+    else:
+        fwd, bwd = activation(name)
+        ana = bwd(w, x)
+    res = gradcheck(lambda: (fwd(x) * w).sum(), x, ana, name)
+    assert res.max_rel_error < FD_TOL, res
+
+
+def test_unknown_activation_is_a_clear_error():
+    with pytest.raises(ValueError, match="hidden_act='swishy'"):
+        activation("swishy")
+
+
+# --------------------------------------------------------------------------- embedding
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("padding_idx", [None, 0])
+def test_embedding_matches_torch_with_repeated_ids(dt, padding_idx, rng, threads):
+    torch = require("torch")
+    V, E = 11, 37
+    table = rng.standard_normal((V, E)).astype(dt)
+    ids = rng.integers(0, 4, size=200)  # few distinct ids: heavy repetition
+    ids[:5] = 0
+    dout = rng.standard_normal((200, E)).astype(dt)
+    emb = torch.nn.Embedding(V, E, padding_idx=padding_idx, dtype=torch.float64
+                             if dt == np.float64 else torch.float32)
+    with torch.no_grad():
+        emb.weight.copy_(t(table))
+    ty = emb(torch.from_numpy(ids))
+    ty.backward(t(dout))
+    out = embedding_forward(ids, table)
+    dtable = np.zeros_like(table)
+    embedding_backward(ids, dout, dtable, -1 if padding_idx is None else padding_idx)
+    assert out.dtype == dt
+    assert_close(out, n(ty), rtol=0, atol=0, what="gather")
+    assert_close(dtable, n(emb.weight.grad), rtol=1e-5 if dt == np.float32 else 1e-12,
+                 atol=1e-5 if dt == np.float32 else 1e-12, what="scatter-add")
+
+
+@given(n_tok=st.integers(1, 80), V=st.integers(1, 9), E=st.integers(1, 40), seed=st.integers(0, 99))
+def test_embedding_backward_equals_serial_sum(n_tok, V, E, seed):
+    r = np.random.default_rng(seed)
+    ids = r.integers(0, V, size=n_tok)
+    dout = r.standard_normal((n_tok, E))
+    dtable = np.zeros((V, E))
+    embedding_backward(ids, dout, dtable, -1)
+    expected = np.zeros((V, E))
+    np.add.at(expected, ids, dout)
+    assert_close(dtable, expected, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- cross-entropy
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_cross_entropy_matches_torch(dt, rng, threads):
+    torch = require("torch")
+    logits = (rng.standard_normal((13, 29)) * 4).astype(dt)
+    logits[3] *= 1e3  # very large logits stay finite
+    labels = rng.integers(0, 29, size=13)
+    labels[[1, 5, 6]] = -100
+    tz = t(logits, True)
+    tl = torch.nn.functional.cross_entropy(tz, torch.from_numpy(labels), ignore_index=-100)
+    tl.backward()
+    loss, dz, count = cross_entropy(logits, labels)
+    assert count == 10 and dz.dtype == dt and np.asarray(loss).dtype == dt
+    assert_close(loss, n(tl), rtol=1e-5 if dt == np.float32 else 1e-12, atol=0, what="loss")
+    assert_close(dz, n(tz.grad), **tol(dt), what="dlogits")
+    assert np.all(dz[[1, 5, 6]] == 0)
+
+
+def test_cross_entropy_all_ignored_is_zero_not_nan():
+    loss, dz, count = cross_entropy(np.ones((3, 4), np.float32), np.full(3, -100))
+    assert loss == 0 and count == 0 and not dz.any()
+
+
+def test_cross_entropy_bad_label_is_clear():
+    with pytest.raises(IndexError, match="label 7"):
+        cross_entropy(np.ones((2, 4)), np.array([1, 7]))
+
+
+def test_cross_entropy_finite_differences(rng):
+    z = rng.standard_normal((6, 5))
+    labels = np.array([0, 4, -100, 2, 2, 1])
+    _, dz, _ = cross_entropy(z, labels, scale=0.7)
+    res = gradcheck(lambda: 0.7 * cross_entropy(z, labels, grad=False)[0], z, dz, "logits")
+    assert res.max_rel_error < FD_TOL, res
+
+
+# --------------------------------------------------------------------------- dropout
+
+def test_dropout_rate_scale_and_backward(rng):
+    x = rng.standard_normal((300, 100)).astype(np.float32)
+    key = dropout_key(seed=7, step=3, site=11)
+    y, keep = dropout_forward(x, 0.1, key)
+    rate = 1 - keep.mean()
+    assert abs(rate - 0.1) < 5 * np.sqrt(0.1 * 0.9 / x.size)  # 5 sigma
+    kept = keep.reshape(x.shape).astype(bool)
+    assert_close(y[kept], x[kept] / np.float32(0.9), rtol=1e-6, atol=0)
+    assert np.all(y[~kept] == 0) and y.dtype == np.float32
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx = dropout_backward(dy, keep, 0.1)
+    assert_close(dx, np.where(kept, dy / np.float32(0.9), 0), rtol=1e-6, atol=0)
+
+
+def test_dropout_is_a_function_of_seed_step_site_only():
+    x = np.ones((64, 64), np.float32)
+    prev = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        a = dropout_forward(x, 0.3, dropout_key(1, 2, 3))[1]
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        b = dropout_forward(x, 0.3, dropout_key(1, 2, 3))[1]
+    finally:
+        numba.set_num_threads(prev)
+    assert np.array_equal(a, b)
+    for other in (dropout_key(2, 2, 3), dropout_key(1, 3, 3), dropout_key(1, 2, 4)):
+        assert not np.array_equal(a, dropout_forward(x, 0.3, other)[1])
+
+
+def test_dropout_p0_is_identity_and_bad_p_is_clear():
+    x = np.ones(5, np.float32)
+    y, keep = dropout_forward(x, 0.0, 1)
+    assert y is x and keep is None and dropout_backward(x, None, 0.0) is x
+    with pytest.raises(ValueError, match="dropout probability"):
+        dropout_forward(x, 1.0, 1)
+
+
+# --------------------------------------------------------------------------- gradcheck itself
+
+def test_gradcheck_catches_a_wrong_gradient(rng):
+    """The check must be able to fail: a layernorm backward missing its mean term."""
+    x = rng.standard_normal((3, 5))
+    g = np.ones(5)
+    b = np.zeros(5)
+    w = rng.standard_normal((3, 5))
+    y, mean, rstd = layernorm_forward(x, g, b, 1e-12)
+    wrong = w * rstd[:, None]  # treats mean and variance as constants
+    res = gradcheck(lambda: (layernorm_forward(x, g, b, 1e-12)[0] * w).sum(), x, wrong, "x")
+    assert res.max_rel_error > 1e-2, res
+
+
+def test_gradcheck_refuses_float32():
+    with pytest.raises(TypeError, match="float64"):
+        gradcheck(lambda: 0.0, np.ones(3, np.float32), np.ones(3, np.float32))
