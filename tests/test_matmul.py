@@ -121,3 +121,14 @@ def test_dense_forms_against_torch_autograd(dt, rng):
     assert_close(matmul_nn(dy, W), n(tx.grad), **tol, what="dx")
     assert_close(matmul_tn(dy, x), n(tW.grad), **tol, what="dW")
     assert_close(db, n(tb.grad), **tol, what="db")
+
+
+def test_tn_long_reduction_is_chunked_correctly(rng):
+    """A weight gradient sums over thousands of tokens: done in chunks of _TN_CHUNK rows."""
+    from minialbert.kernels import matmul as mm
+    dy = rng.standard_normal((2 * mm._TN_CHUNK + 37, 9))
+    x = rng.standard_normal((2 * mm._TN_CHUNK + 37, 6))
+    out = np.ones((9, 6))
+    matmul_tn(dy, x, out=out, accumulate=True)
+    assert_close(out, 1 + dy.T @ x, rtol=1e-12, atol=1e-11)
+    assert_close(matmul_tn(dy, x), dy.T @ x, rtol=1e-12, atol=1e-11)

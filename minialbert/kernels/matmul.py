@@ -254,8 +254,20 @@ def matmul_tn(A, B, out=None, accumulate=False):  # [K,M] x [K,N] -> [M,N] = A.T
         else:
             np.dot(A.T, B, out=out)
         return out
-    return matmul_nt(transpose(A), transpose(B), out, accumulate)
+    # The reduction runs over A's rows (tokens in a weight gradient: thousands). Long
+    # dot products stream rows that no longer fit in L1, so the sum is done in chunks of
+    # _TN_CHUNK rows, each chunk's product added into out (a fixed order: deterministic).
+    K = A.shape[0]
+    if K <= _TN_CHUNK:
+        return matmul_nt(transpose(A), transpose(B), out, accumulate)
+    out = _prepare_out(out, (A.shape[1], B.shape[1]), A.dtype, accumulate)
+    for k0 in range(0, K, _TN_CHUNK):
+        matmul_nt(transpose(A[k0:k0 + _TN_CHUNK]), transpose(B[k0:k0 + _TN_CHUNK]), out,
+                  accumulate=accumulate or k0 > 0)
+    return out
 
+
+_TN_CHUNK = 512
 
 # ----------------------------------------------------------------------------------
 # bias: y += b (forward) and db += sum over rows of dy (backward)

@@ -1,0 +1,69 @@
+"""Our matmul against NumPy's BLAS, side by side in one run.
+
+    python benchmarks/bench_matmul.py            # full table
+    python benchmarks/bench_matmul.py --quick    # a few sizes
+
+Prints GFLOP/s for the three forms a dense layer needs (NT forward, NN input gradient,
+TN weight gradient) at square sizes and at the shapes of a tiny and a base ALBERT layer,
+the ratio (BLAS time / our time: > 1 means we are faster), the CPU, the BLAS library and
+kernel NumPy uses, and the thread counts. Then import + first call in a fresh process
+with a warm Numba cache.
+"""
+import argparse
+import subprocess
+import sys
+import time
+
+import numba
+
+from minialbert.demo import blas_info, cpu_name, matmul_table
+
+SQUARE = [128, 256, 512, 1024, 2048]
+LAYERS = [
+    # (label, (M tokens, K in, N out)); tiny: B32 x T128 tokens, H 256, I 1024
+    ("tiny  HxH  4096x256x256", (4096, 256, 256)),
+    ("tiny  HxI  4096x256x1024", (4096, 256, 1024)),
+    ("tiny  IxH  4096x1024x256", (4096, 1024, 256)),
+    # base: B8 x T128 tokens, H 768, I 3072
+    ("base  HxH  1024x768x768", (1024, 768, 768)),
+    ("base  HxI  1024x768x3072", (1024, 768, 3072)),
+    ("base  IxH  1024x3072x768", (1024, 3072, 768)),
+]
+
+
+def first_call_seconds():
+    code = ("import time; t=time.perf_counter(); import numpy as np; "
+            "from minialbert.kernels import matmul_nt; a=np.ones((64,64),np.float32); "
+            "matmul_nt(a,a); print(time.perf_counter()-t)")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)  # warm
+    r = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return float(r.stdout.strip())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    print(f"CPU: {cpu_name()}")
+    print(f"NumPy BLAS: {blas_info()}")
+    print(f"Numba threads: {numba.get_num_threads()}  (threading layer: "
+          f"{numba.config.THREADING_LAYER})")
+    sizes = [128, 512] if a.quick else SQUARE
+    shapes = [(f"square {n}", (n, n, n)) for n in sizes] + (LAYERS[:1] if a.quick else LAYERS)
+    t0 = time.time()
+    rows = matmul_table(shapes)
+    big = [r for r in rows if min(r["M"], r["K"], r["N"]) >= 512]
+    if big:
+        worst = min(big, key=lambda r: r["ratio"])
+        geo = 1.0
+        for r in big:
+            geo *= r["ratio"]
+        geo **= 1 / len(big)
+        print(f"sizes >= 512: geometric-mean ratio {geo:.2f}x BLAS, worst {worst['ratio']:.2f}x "
+              f"({worst['shape']} {worst['form']})")
+    print(f"import + first matmul in a fresh process (warm cache): {first_call_seconds():.2f} s")
+    print(f"benchmark took {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
