@@ -29,7 +29,8 @@ def blas_info():
         return "unknown (pip install threadpoolctl to see it)"
     rows = [f"{d.get('internal_api')} {d.get('version')} kernel={d.get('architecture')} "
             f"threads={d.get('num_threads')}"
-            for d in threadpool_info() if d.get("user_api") == "blas"]
+            for d in threadpool_info() if d.get("user_api") == "blas"
+            and "numpy" in str(d.get("filepath", ""))]
     env = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")}
     return "; ".join(rows) + (f"  (env {env})" if env else "")
 
