@@ -1,0 +1,154 @@
+# %% [markdown]
+# # 01 — Matrix multiplication in Numba, from a triple loop to a tiled parallel kernel
+#
+# Every dense layer of ALBERT is a matrix product, and so is most of its training time.
+# We write the product ourselves, step by step, and time each step against NumPy's BLAS.
+# The book chapter `book/01_matmul.md` explains why each step helps.
+#
+# Hugging Face stores a dense weight as `W[out, in]`, so the forward pass is
+# `y = x @ W.T`: an "NT" product, `C[i, j] = sum_k A[i, k] * B[j, k]`, in which both
+# operands are read along contiguous rows.
+
+# %%
+import sys
+import time
+import pathlib
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import OUT, QUICK, plt, savefig, write_table  # noqa: E402
+
+from minialbert.demo import best_time, blas_info, cpu_name  # noqa: E402
+from minialbert.kernels import matmul_nn, matmul_nt, matmul_tn  # noqa: E402
+from minialbert.kernels._base import FASTMATH  # noqa: E402
+
+n = 128 if QUICK else 512
+rng = np.random.default_rng(0)
+A = rng.standard_normal((n, n)).astype(np.float32)
+B = rng.standard_normal((n, n)).astype(np.float32)
+reference = A @ B.T
+print(f"n = {n}; CPU {cpu_name()}; {numba.get_num_threads()} threads; BLAS {blas_info()}")
+
+
+# %% [markdown]
+# ## Step 1: three loops
+# One multiply-add at a time. Numba compiles it to machine code, so this is already
+# as fast as the same loop in C — and it is slow.
+
+# %%
+@njit(cache=True)
+def step1_triple_loop(A, B):
+    M, K = A.shape
+    N = B.shape[0]
+    C = np.zeros((M, N), dtype=A.dtype)
+    for i in range(M):
+        for j in range(N):
+            s = np.float32(0.0)
+            for k in range(K):
+                s += A[i, k] * B[j, k]
+            C[i, j] = s
+    return C
+
+
+# %% [markdown]
+# ## Step 2: let the compiler vectorise
+# The inner loop is a sum. IEEE addition is not associative, so the compiler may not
+# reorder it into 16 partial sums in one AVX-512 register — unless we allow it:
+# the `reassoc` fast-math flag. (We leave out `nnan`/`ninf`, which `fastmath=True`
+# would add: they make `isnan` always false.)
+
+# %%
+@njit(fastmath=FASTMATH, cache=True)
+def step2_vectorised(A, B):
+    M, K = A.shape
+    N = B.shape[0]
+    C = np.zeros((M, N), dtype=A.dtype)
+    for i in range(M):
+        for j in range(N):
+            s = np.float32(0.0)
+            for k in range(K):
+                s += A[i, k] * B[j, k]
+            C[i, j] = s
+    return C
+
+
+# %% [markdown]
+# ## Step 3: a 4×4 register block
+# Step 2 loads two numbers for every multiply-add: it waits on memory. Computing a 4×4
+# block of C at once loads 8 numbers per step of k and does 16 multiply-adds with them:
+# each load is used four times. This is `_block_4x4` in `minialbert/kernels/matmul.py`;
+# here it runs on one thread.
+
+# %%
+from minialbert.kernels.matmul import _block_4x4  # noqa: E402
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def step3_blocked_serial(A, B):
+    M = A.shape[0]
+    N = B.shape[0]
+    C = np.zeros((M, N), dtype=A.dtype)
+    for i in range(0, M - M % 4, 4):
+        for j in range(0, N - N % 4, 4):
+            _block_4x4(A, B, C, i, j, False)
+    return C  # (n is a multiple of 4 here; the library handles the edges)
+
+
+# %% [markdown]
+# ## Step 4: all cores
+# `prange` over blocks of 4 rows of C: each thread owns whole rows, so no two threads
+# write the same entry and each entry is summed in the same order whatever the number of
+# threads. This is the library's `matmul_nt`.
+
+# %%
+steps = [
+    ("1 triple loop", step1_triple_loop),
+    ("2 + vectorised (reassoc)", step2_vectorised),
+    ("3 + 4x4 register block", step3_blocked_serial),
+    ("4 + parallel: matmul_nt", matmul_nt),
+    ("NumPy BLAS (A @ B.T)", lambda a, b: a @ b.T),
+]
+rows = []
+flops = 2.0 * n ** 3
+results = {}
+for name, f in steps:
+    C = f(A, B)
+    err = float(np.abs(C - reference).max() / np.abs(reference).max())
+    assert err < 1e-5, (name, err)
+    t = best_time(lambda: f(A, B), min_total=0.1 if QUICK else 0.5)
+    results[name] = flops / t / 1e9
+    rows.append((name, f"{t * 1e3:.2f}", f"{flops / t / 1e9:.1f}"))
+write_table("01_matmul_steps.md", ["step", "ms", "GFLOP/s"], rows)
+
+# %% [markdown]
+# ## The other two forms
+# The backward pass needs `dx = dy @ W` (NN) and `dW = dy.T @ x` (TN). We bring both to
+# the NT kernel with a transpose: O(n²) work next to the O(n³) product.
+
+# %%
+dy = rng.standard_normal((n, n)).astype(np.float32)
+form_rows = []
+for name, ours, blas in [("NN dx = dy @ W", lambda: matmul_nn(dy, B), lambda: dy @ B),
+                         ("TN dW = dy.T @ x", lambda: matmul_tn(dy, A), lambda: dy.T @ A)]:
+    assert np.allclose(ours(), blas(), rtol=1e-4, atol=1e-3)
+    to, tb = best_time(ours), best_time(blas)
+    form_rows.append((name, f"{flops / to / 1e9:.1f}", f"{flops / tb / 1e9:.1f}", f"{tb / to:.2f}"))
+write_table("01_matmul_forms.md", ["form", "ours GFLOP/s", "BLAS GFLOP/s", "ratio"], form_rows)
+
+# %%
+speedup = results["4 + parallel: matmul_nt"] / results["1 triple loop"]
+ratio = results["4 + parallel: matmul_nt"] / results["NumPy BLAS (A @ B.T)"]
+print(f"triple loop -> our kernel: {speedup:.0f}x faster; ours / BLAS = {ratio:.2f}")
+assert speedup > (3 if QUICK else 10), speedup  # the steps matter
+
+p = plt()
+if p is not None:
+    fig, ax = p.subplots(figsize=(7, 3))
+    names = list(results)
+    ax.barh(names[::-1], [results[k] for k in names][::-1], color="#4477aa")
+    ax.set_xlabel(f"GFLOP/s (float32, n = {n}, {numba.get_num_threads()} threads)")
+    ax.set_title("From a triple loop to a tiled parallel kernel")
+    savefig(fig, "01_matmul_steps.png")
