@@ -4,6 +4,7 @@ from .act import activation, gelu_backward, gelu_forward, gelu_new_backward, gel
 from .dropout import dropout_backward, dropout_forward, dropout_key, dropout_mask
 from .embedding import embedding_backward, embedding_forward
 from .loss import cross_entropy
+from . import attention
 from .matmul import (bias_add, bias_grad, matmul_nn, matmul_nt, matmul_nt_naive, matmul_tn,
                      transpose, use_blas)
 from .norm import layernorm_backward, layernorm_forward
@@ -35,3 +36,8 @@ def warmup():
         cross_entropy(a, np.array([0, 1, -100, 2, 3], dtype=np.int64))
         y, keep = dropout_forward(a, 0.5, dropout_key(0, 0, 0))
         dropout_backward(a, keep, 0.5)
+        q = np.ones((1, 3, 4), dtype=dt)
+        mb = mask_bias(np.ones((1, 3)), dt)
+        for p in (0.0, 0.5):
+            ctx, probs = attention.attention_forward(q, q, q, mb, 2, p, np.uint64(1))
+            attention.attention_backward(q, q, q, q, probs, 2, p, np.uint64(1))

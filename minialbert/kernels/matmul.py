@@ -273,8 +273,15 @@ _TN_CHUNK = 512
 # bias: y += b (forward) and db += sum over rows of dy (backward)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def bias_add(Y, b):  # Y: [M,N] += b: [N], in place
+    if Y.ndim != 2 or b.shape != (Y.shape[1],) or Y.dtype != b.dtype:
+        raise ValueError(f"bias_add: bias {b.dtype}{b.shape} does not fit {Y.dtype}{Y.shape}")
+    _bias_add(Y, b)
+    return Y
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _bias_add(Y, b):
     for i in prange(Y.shape[0]):
         for j in range(Y.shape[1]):
             Y[i, j] += b[j]
@@ -295,5 +302,8 @@ def column_sum(X, out):  # X: [M,N] -> out: [N] += sum over rows; deterministic
 
 
 def bias_grad(dY, db):  # dY: [M,N] -> db: [N] += column sums (accumulates)
+    # (Numba does not check bounds: a wrong shape here would write past the array.)
+    if dY.ndim != 2 or db.shape != (dY.shape[1],) or dY.dtype != db.dtype:
+        raise ValueError(f"bias_grad: {db.dtype}{db.shape} does not fit {dY.dtype}{dY.shape}")
     column_sum(np.ascontiguousarray(dY), db)
     return db

@@ -1,0 +1,320 @@
+"""ALBERT: factorized embeddings, one shared encoder layer applied L times, and the
+pretraining heads (MLM with a tied decoder, SOP), with a hand-written backward.
+
+Legend: B batch, T sequence, E embedding, H hidden, I intermediate, V vocabulary,
+N heads, L layers, G groups, n = B*T tokens.
+
+Parameters live in one flat dict keyed by Hugging Face's names, in Hugging Face's layouts
+(a dense weight is [out, in]), so a state dict moves between the two without renaming.
+
+The heart of ALBERT's backward pass is in ``encoder_backward``: the encoder applies the
+same arrays L times, and the backward of each application *adds* its gradient into the
+one shared gradient array. ``grads[w] += ...`` is all that cross-layer sharing asks of
+a backward pass (chapter 07).
+"""
+import numpy as np
+
+from .config import AlbertConfig
+from .kernels import (cross_entropy, dropout_backward, dropout_forward, embedding_backward,
+                      embedding_forward, mask_bias, matmul_nn, matmul_nt, matmul_tn)
+from .kernels.act import activation, tanh_backward, tanh_forward
+from .kernels.embedding import check_ids
+from .kernels.matmul import bias_add, bias_grad
+from .layers import (Dropout, attention_block_backward, attention_block_forward, dense_backward,
+                     dense_forward, ffn_block_backward, ffn_block_forward, layernorm_bwd,
+                     layernorm_fwd)
+
+EMB = "albert.embeddings."
+ENC = "albert.encoder."
+WORD = EMB + "word_embeddings.weight"
+
+_ATTN = [f"attention.{m}.{p}" for m in ("query", "key", "value", "dense") for p in ("weight", "bias")]
+_ATTN += ["attention.LayerNorm.weight", "attention.LayerNorm.bias"]
+_FFN = ["ffn.weight", "ffn.bias", "ffn_output.weight", "ffn_output.bias",
+        "full_layer_layer_norm.weight", "full_layer_layer_norm.bias"]
+
+
+# ------------------------------------------------------------------------------ names
+
+def layer_prefixes(cfg, l, i=0):
+    """Where application (layer l, inner layer i) reads its attention and FFN weights.
+
+    all/none: Hugging Face's group g(l) = int(l / (L/G)) ("none" is G = L);
+    attention: attention shared (group 0), FFN per layer under our own name;
+    ffn: FFN shared (group 0), attention per layer under our own name."""
+    shared = f"{ENC}albert_layer_groups.{cfg.group_of(l)}.albert_layers.{i}."
+    own = f"{ENC}unshared_layers.{l}."
+    if cfg.sharing == "attention":
+        return shared + "attention.", own
+    if cfg.sharing == "ffn":
+        return own + "attention.", shared
+    return shared + "attention.", shared
+
+
+def parameter_shapes(cfg, heads=True):
+    """name -> shape for every parameter (AlbertModel, plus the pretraining heads)."""
+    V, E, H, I, P = (cfg.vocab_size, cfg.embedding_size, cfg.hidden_size,
+                     cfg.intermediate_size, cfg.max_position_embeddings)
+    s = {WORD: (V, E), EMB + "position_embeddings.weight": (P, E),
+         EMB + "token_type_embeddings.weight": (cfg.type_vocab_size, E),
+         EMB + "LayerNorm.weight": (E,), EMB + "LayerNorm.bias": (E,),
+         ENC + "embedding_hidden_mapping_in.weight": (H, E),
+         ENC + "embedding_hidden_mapping_in.bias": (H,)}
+    local = {"attention.query.weight": (H, H), "attention.key.weight": (H, H),
+             "attention.value.weight": (H, H), "attention.dense.weight": (H, H),
+             "ffn.weight": (I, H), "ffn.bias": (I,), "ffn_output.weight": (H, I)}
+    for l in range(cfg.num_hidden_layers):
+        for i in range(cfg.inner_group_num):
+            a, f = layer_prefixes(cfg, l, i)
+            for n in _ATTN:
+                s[a + n[len("attention."):]] = local.get(n, (H,))
+            for n in _FFN:
+                s[f + n] = local.get(n, (H,))
+    s["albert.pooler.weight"] = (H, H)
+    s["albert.pooler.bias"] = (H,)
+    if heads:
+        s.update({"predictions.bias": (V,), "predictions.dense.weight": (E, H),
+                  "predictions.dense.bias": (E,), "predictions.LayerNorm.weight": (E,),
+                  "predictions.LayerNorm.bias": (E,),
+                  "sop_classifier.classifier.weight": (cfg.num_labels, H),
+                  "sop_classifier.classifier.bias": (cfg.num_labels,)})
+    return s
+
+
+def count_parameters(cfg, heads=False):
+    """Parameters per component (each shared tensor counted once, as in the paper)."""
+    parts = {}
+    for name, shape in parameter_shapes(cfg, heads=heads).items():
+        if name.startswith(EMB):
+            part = "embeddings"
+        elif "embedding_hidden_mapping_in" in name:
+            part = "embedding projection E->H"
+        elif ".attention." in name:
+            part = "encoder attention"
+        elif name.startswith(ENC):
+            part = "encoder FFN"
+        elif name.startswith("albert.pooler"):
+            part = "pooler"
+        else:
+            part = "heads"
+        parts[part] = parts.get(part, 0) + int(np.prod(shape))
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def init_params(cfg, seed=0, dtype=np.float32):
+    """Hugging Face's initialisation: weights N(0, initializer_range), LayerNorm 1/0,
+    biases 0, and the word-embedding row pad_token_id zeroed."""
+    rng = np.random.default_rng(seed)
+    p = {}
+    for name, shape in parameter_shapes(cfg).items():
+        if "LayerNorm" in name or "layer_norm" in name:
+            p[name] = (np.ones if name.endswith("weight") else np.zeros)(shape, dtype)
+        elif name.endswith("bias"):
+            p[name] = np.zeros(shape, dtype)
+        else:
+            p[name] = (rng.standard_normal(shape) * cfg.initializer_range).astype(dtype)
+    p[WORD][cfg.pad_token_id] = 0
+    return p
+
+
+def zeros_like_params(params):
+    return {k: np.zeros_like(v) for k, v in params.items()}
+
+
+# ------------------------------------------------------------------------------ embeddings
+
+def embeddings_forward(params, cfg, input_ids, token_type_ids, drop):
+    # input_ids, token_type_ids: [B, T] -> [n, E] -> (E->H) -> [n, H]
+    B, T = input_ids.shape
+    if T > cfg.max_position_embeddings:
+        raise ValueError(f"sequence length {T} is longer than max_position_embeddings="
+                         f"{cfg.max_position_embeddings} (the position table)")
+    ids = check_ids(input_ids, cfg.vocab_size).reshape(-1).astype(np.int64)
+    tts = check_ids(token_type_ids, cfg.type_vocab_size, "token_type_ids").reshape(-1)
+    tts = tts.astype(np.int64)
+    pos = np.tile(np.arange(T, dtype=np.int64), B)
+    x = embedding_forward(ids, params[WORD])
+    x += embedding_forward(tts, params[EMB + "token_type_embeddings.weight"])
+    x += embedding_forward(pos, params[EMB + "position_embeddings.weight"])
+    x, ln = layernorm_fwd(x, params, EMB + "LayerNorm", cfg.layer_norm_eps)
+    p = drop.p(cfg.hidden_dropout_prob)
+    x, keep = dropout_forward(x, p, drop.key() if p > 0 else 0)
+    h, _ = dense_forward(x, params, ENC + "embedding_hidden_mapping_in")
+    return h, (ids, tts, pos, ln, keep, p, x)
+
+
+def embeddings_backward(dh, cache, params, grads, cfg):  # dh: [n, H]
+    ids, tts, pos, ln, keep, p, x = cache
+    dx = dense_backward(dh, x, params, grads, ENC + "embedding_hidden_mapping_in")
+    dx = dropout_backward(dx, keep, p)
+    dx = layernorm_bwd(dx, ln, params, grads, EMB + "LayerNorm")
+    # scatter-add into the three tables; the padding row gets no lookup gradient (as HF)
+    embedding_backward(ids, dx, grads[WORD], cfg.pad_token_id)
+    embedding_backward(tts, dx, grads[EMB + "token_type_embeddings.weight"], -1)
+    embedding_backward(pos, dx, grads[EMB + "position_embeddings.weight"], -1)
+
+
+# ------------------------------------------------------------------------------ encoder
+
+def encoder_forward(h, params, cfg, bias, drop, B, T):
+    # h: [n, H] -> [n, H]; L steps, step l runs group g(l)'s inner_group_num layers.
+    hidden_states, caches = [h], []
+    for l in range(cfg.num_hidden_layers):
+        for i in range(cfg.inner_group_num):
+            attn_name, ffn_name = layer_prefixes(cfg, l, i)
+            a, ca = attention_block_forward(h, params, attn_name, bias, cfg, drop, B, T)
+            h, cf = ffn_block_forward(a, params, ffn_name, cfg)
+            caches.append((attn_name, ffn_name, ca, cf))
+            hidden_states.append(h)  # one per layer application, as Hugging Face returns
+    return h, hidden_states, caches
+
+
+def encoder_backward(dh, caches, params, grads, cfg):  # dh: [n, H] -> [n, H]
+    # Walk the layer applications in reverse. With shared weights, attn_name/ffn_name are
+    # the same for every application, so each application's backward ADDS its gradient
+    # into the same grads[...] arrays: the gradient of a shared weight is the sum over
+    # its L uses. (dense_backward and layernorm_bwd accumulate with +=.)
+    for attn_name, ffn_name, ca, cf in reversed(caches):
+        da = ffn_block_backward(dh, cf, params, grads, ffn_name, cfg)
+        dh = attention_block_backward(da, ca, params, grads, attn_name, cfg)
+    return dh
+
+
+# ------------------------------------------------------------------------------ the model
+
+class AlbertModel:
+    """Embeddings, encoder, pooler. ``forward`` returns outputs and a cache;
+    ``backward(dseq, dpooled, cache, grads)`` adds into ``grads``."""
+
+    def __init__(self, config, params=None, seed=0, dtype=np.float32):
+        self.config = config if isinstance(config, AlbertConfig) else AlbertConfig(**config)
+        self.params = init_params(self.config, seed, dtype) if params is None else params
+
+    @property
+    def dtype(self):
+        return self.params[WORD].dtype
+
+    def encode(self, input_ids, token_type_ids=None, attention_mask=None, drop=None,
+               output_attentions=False):
+        cfg, params = self.config, self.params
+        input_ids = np.asarray(input_ids)
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        B, T = input_ids.shape
+        if token_type_ids is None:
+            token_type_ids = np.zeros((B, T), np.int64)
+        if attention_mask is None:
+            attention_mask = np.ones((B, T), np.int64)
+        token_type_ids = np.asarray(token_type_ids).reshape(B, T)
+        attention_mask = np.asarray(attention_mask).reshape(B, T)
+        drop = drop or Dropout()
+        bias = mask_bias(attention_mask, self.dtype)  # [B, T]: 0 or finfo.min per key
+        h, ce = embeddings_forward(params, cfg, input_ids, token_type_ids, drop)
+        h, hidden_states, caches = encoder_forward(h, params, cfg, bias, drop, B, T)
+        first = np.ascontiguousarray(h.reshape(B, T, -1)[:, 0])  # [B, H]: the [CLS] token
+        z, _ = dense_forward(first, params, "albert.pooler")
+        pooled = tanh_forward(z.reshape(-1)).reshape(z.shape)
+        out = {"last_hidden_state": h.reshape(B, T, -1), "pooler_output": pooled,
+               "hidden_states": [s.reshape(B, T, -1) for s in hidden_states]}
+        if output_attentions:
+            out["attentions"] = [c[2][5] for c in caches]
+        return out, (ce, caches, first, pooled, B, T)
+
+    def encode_backward(self, dseq, dpooled, cache, grads):
+        # dseq: [n, H] (or None), dpooled: [B, H] (or None) -> grads +=
+        ce, caches, first, pooled, B, T = cache
+        H = self.config.hidden_size
+        dh = np.zeros((B * T, H), self.dtype) if dseq is None else dseq.reshape(B * T, H).copy()
+        if dpooled is not None:
+            dz = tanh_backward(dpooled.reshape(-1), pooled.reshape(-1)).reshape(pooled.shape)
+            dfirst = dense_backward(dz, first, self.params, grads, "albert.pooler")
+            dh.reshape(B, T, H)[:, 0] += dfirst
+        dh = encoder_backward(dh, caches, self.params, grads, self.config)
+        embeddings_backward(dh, ce, self.params, grads, self.config)
+
+
+class AlbertForPreTraining(AlbertModel):
+    """AlbertModel + MLM head (decoder tied to the word embeddings) + SOP head.
+
+    loss = MLM cross-entropy (mean over labels != -100) + sop_weight * SOP cross-entropy.
+
+    ``mlm_path="all"`` computes logits at every position (Hugging Face's way);
+    ``mlm_path="masked"`` only at positions whose label is not -100 (the original TF
+    code's way: far cheaper, [n_masked, V] instead of [B*T, V]). Both give the same loss,
+    gradients and logits at the masked positions."""
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
+                sentence_order_label=None, train=False, seed=0, step=0, mlm_path="all",
+                output_attentions=False):
+        cfg, params = self.config, self.params
+        drop = Dropout(train, seed, step)
+        out, enc_cache = self.encode(input_ids, token_type_ids, attention_mask, drop,
+                                     output_attentions)
+        seq = out["last_hidden_state"]
+        B, T, H = seq.shape
+        x = seq.reshape(B * T, H)
+        flat_labels = None if labels is None else np.asarray(labels).reshape(-1).astype(np.int64)
+        if mlm_path == "masked":
+            if flat_labels is None:
+                raise ValueError("mlm_path='masked' needs labels (it predicts only there)")
+            rows = np.flatnonzero(flat_labels != -100)
+            x = np.ascontiguousarray(x[rows])
+        elif mlm_path == "all":
+            rows = None
+        else:
+            raise ValueError(f"mlm_path must be 'all' or 'masked', got {mlm_path!r}")
+        # MLM head: dense H->E, activation, LayerNorm, decoder E->V tied to the word table
+        act_f, _ = activation(cfg.hidden_act)
+        m, _ = dense_forward(x, params, "predictions.dense")  # [r, E]
+        g = act_f(m.reshape(-1)).reshape(m.shape)
+        e, ln = layernorm_fwd(g, params, "predictions.LayerNorm", cfg.layer_norm_eps)
+        logits = matmul_nt(e, params[WORD])  # [r, V] = e @ word_embeddings.T
+        bias_add(logits, params["predictions.bias"])
+        # SOP head: dropout, classifier on the pooled output
+        pooled = out["pooler_output"]
+        p = drop.p(cfg.classifier_dropout_prob)
+        pd, keep = dropout_forward(pooled, p, drop.key() if p > 0 else 0)
+        sop_logits, _ = dense_forward(pd, params, "sop_classifier.classifier")
+        out.update(prediction_logits=logits if rows is None else logits,
+                   sop_logits=sop_logits, mlm_rows=rows)
+        cache = dict(enc=enc_cache, x=x, m=m, g=g, e=e, ln=ln, rows=rows, pd=pd, keep=keep,
+                     p=p, B=B, T=T, dlogits=None, dsop=None)
+        if flat_labels is not None and sentence_order_label is not None:
+            lab = flat_labels if rows is None else flat_labels[rows]
+            mlm_loss, dlogits, _ = cross_entropy(logits, lab)
+            sol = np.asarray(sentence_order_label).reshape(-1)
+            sop_loss, dsop, _ = cross_entropy(sop_logits, sol, scale=cfg.sop_weight)
+            out["mlm_loss"], out["sop_loss"] = mlm_loss, sop_loss
+            out["loss"] = self.dtype.type(mlm_loss + self.dtype.type(cfg.sop_weight) * sop_loss)
+            cache["dlogits"], cache["dsop"] = dlogits, dsop
+        return out, cache
+
+    def backward(self, cache, grads=None, dlogits=None, dsop_logits=None):
+        """Gradients of the loss (or of given upstream gradients) for every parameter."""
+        cfg, params = self.config, self.params
+        grads = zeros_like_params(params) if grads is None else grads
+        dlogits = cache["dlogits"] if dlogits is None else dlogits
+        dsop = cache["dsop"] if dsop_logits is None else dsop_logits
+        if dlogits is None or dsop is None:
+            raise ValueError("backward needs a forward with labels and sentence_order_label")
+        B, T, H = cache["B"], cache["T"], cfg.hidden_size
+        # SOP head
+        dpd = dense_backward(dsop, cache["pd"], params, grads, "sop_classifier.classifier")
+        dpooled = dropout_backward(dpd, cache["keep"], cache["p"])
+        # MLM head. The decoder is the word table: its gradient is the second of the two
+        # contributions the word embeddings receive (the first is the lookup's scatter-add).
+        bias_grad(dlogits, grads["predictions.bias"])
+        matmul_tn(dlogits, cache["e"], out=grads[WORD], accumulate=True)  # dWord += dlogits.T @ e
+        de = matmul_nn(dlogits, params[WORD])  # [r, E]
+        dg = layernorm_bwd(de, cache["ln"], params, grads, "predictions.LayerNorm")
+        _, act_b = activation(cfg.hidden_act)
+        dm = act_b(dg.reshape(-1), cache["m"].reshape(-1)).reshape(dg.shape)
+        dx = dense_backward(dm, cache["x"], params, grads, "predictions.dense")
+        if cache["rows"] is not None:  # masked path: scatter the rows back into [n, H]
+            dseq = np.zeros((B * T, H), self.dtype)
+            dseq[cache["rows"]] = dx
+        else:
+            dseq = dx
+        self.encode_backward(dseq, dpooled, cache["enc"], grads)
+        return grads

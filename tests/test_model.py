@@ -1,0 +1,303 @@
+"""The whole model: float64 finite differences of every parameter, and parity with
+transformers.AlbertForPreTraining (eager attention) on random weights copied by name.
+
+Tolerances. float64 vs torch float64: 1e-9 relative (the same math summed in another
+order). float32 vs torch float32: outputs 1e-4 relative/absolute, gradients 1e-3
+relative + 1e-5 of the tensor's largest entry absolute — a whole network chains ~50
+ops, each rounding at ~6e-8, and a gradient sums over every token and layer use.
+"""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minialbert.config import AlbertConfig, preset
+from minialbert.gradcheck import gradcheck
+from minialbert.model import (WORD, AlbertForPreTraining, count_parameters, init_params,
+                              layer_prefixes, zeros_like_params)
+from reference import assert_close, n, require
+
+CONFIGS = {
+    "E<H": dict(),
+    "E=H": dict(embedding_size=12),
+    "groups2_inner2": dict(num_hidden_groups=2, inner_group_num=2, num_hidden_layers=4),
+    "odd_heads": dict(hidden_size=15, num_attention_heads=5, intermediate_size=7),
+    "not_shared": dict(sharing="none"),
+    "gelu": dict(hidden_act="gelu"),
+}
+
+
+def tiny(**kw):
+    base = dict(vocab_size=50, embedding_size=8, hidden_size=12, num_hidden_layers=3,
+                num_attention_heads=3, intermediate_size=20, max_position_embeddings=16,
+                initializer_range=0.3)
+    base.update(kw)
+    return AlbertConfig(**base)
+
+
+def batch(rng, B=3, T=7, V=50):
+    ids = rng.integers(1, V, (B, T))  # no pad id 0: its lookup gradient is dropped (HF)
+    tt = np.zeros((B, T), np.int64)
+    tt[:, T // 2:] = 1
+    am = np.ones((B, T), np.int64)
+    am[1, T - 2:] = 0  # padding in the batch
+    labels = np.full((B, T), -100)
+    for b in range(B):
+        labels[b, rng.choice(np.arange(1, T - 2), size=2, replace=False)] = rng.integers(0, V, 2)
+    sop = rng.integers(0, 2, B)
+    return dict(input_ids=ids, token_type_ids=tt, attention_mask=am, labels=labels,
+                sentence_order_label=sop)
+
+
+# ----------------------------------------------------------------------------- gradcheck
+
+@pytest.mark.parametrize("name", ["E<H", "groups2_inner2", "not_shared"])
+def test_whole_model_finite_differences(name, rng):
+    cfg = tiny(**CONFIGS[name])
+    m = AlbertForPreTraining(cfg, seed=1, dtype=np.float64)
+    b = batch(rng)
+    out, cache = m.forward(**b)
+    grads = m.backward(cache)
+    f = lambda: m.forward(**b)[0]["loss"]  # noqa: E731
+    for k, p in m.params.items():
+        if k.endswith("attention.key.bias"):
+            # exactly zero: a key bias adds q.b to every score of a row, and softmax is
+            # invariant to that; both sides are rounding noise, so check the zero itself
+            assert np.abs(grads[k]).max() < 1e-12, k
+            continue
+        res = gradcheck(f, p, grads[k], k, max_entries=12)
+        assert res.max_rel_error < 1e-6, res
+
+
+def test_finite_differences_with_dropout_on(rng):
+    """Dropout masks are a function of (seed, step, site): the same in every forward, so the
+    finite differences see the same network as the backward."""
+    cfg = tiny(hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2,
+               classifier_dropout_prob=0.3)
+    m = AlbertForPreTraining(cfg, seed=2, dtype=np.float64)
+    b = batch(rng)
+    out, cache = m.forward(**b, train=True, seed=5, step=9)
+    grads = m.backward(cache)
+    f = lambda: m.forward(**b, train=True, seed=5, step=9)[0]["loss"]  # noqa: E731
+    for k in (WORD, "albert.encoder.albert_layer_groups.0.albert_layers.0.attention.query.weight",
+              "albert.encoder.albert_layer_groups.0.albert_layers.0.ffn.weight",
+              "albert.pooler.weight", "sop_classifier.classifier.weight"):
+        res = gradcheck(f, m.params[k], grads[k], k, max_entries=12)
+        assert res.max_rel_error < 1e-6, res
+    assert out["loss"] != m.forward(**b, train=True, seed=5, step=10)[0]["loss"]
+
+
+# ----------------------------------------------------------------------------- parity
+
+def hf_model(cfg, params, torch_dtype):
+    torch = require("torch")
+    transformers = require("transformers")
+    hcfg = transformers.AlbertConfig(**cfg.to_dict(hf=True))
+    hcfg._attn_implementation = "eager"
+    hf = transformers.AlbertForPreTraining(hcfg).to(torch_dtype)
+    sd = {k: torch.from_numpy(v.copy()) for k, v in params.items()}
+    sd["predictions.decoder.weight"] = sd[WORD]
+    sd["predictions.decoder.bias"] = sd["predictions.bias"]
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    assert not unexpected and not [k for k in missing if "position_ids" not in k], (missing, unexpected)
+    return hf
+
+
+def run_parity(cfg, dtype, rng, mlm_path="all"):
+    torch = require("torch")
+    tdt = torch.float64 if dtype == np.float64 else torch.float32
+    m = AlbertForPreTraining(cfg, seed=3, dtype=dtype)
+    b = batch(rng)
+    hf = hf_model(cfg, m.params, tdt)
+    hf.eval()  # no dropout on either side (gradients are still computed in eval mode)
+    o = hf(**{k: torch.from_numpy(np.asarray(v)) for k, v in b.items()},
+           output_hidden_states=True, output_attentions=True)
+    o.loss.backward()
+    out, cache = m.forward(**b, mlm_path=mlm_path, output_attentions=True)
+    grads = m.backward(cache)
+    return m, b, hf, o, out, grads
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_parity_with_transformers(name, dt, rng):
+    cfg = tiny(**CONFIGS[name])
+    m, b, hf, o, out, grads = run_parity(cfg, dt, rng)
+    f64 = dt == np.float64
+    tol_out = dict(rtol=1e-9, atol=1e-10) if f64 else dict(rtol=1e-4, atol=1e-4)
+    assert_close(out["loss"], n(o.loss), **tol_out, what="loss")
+    assert_close(out["prediction_logits"].reshape(n(o.prediction_logits).shape),
+                 n(o.prediction_logits), **tol_out, what="prediction logits")
+    assert_close(out["sop_logits"], n(o.sop_logits), **tol_out, what="sop logits")
+    assert len(out["hidden_states"]) == len(o.hidden_states)
+    for i, (a, h) in enumerate(zip(out["hidden_states"], o.hidden_states)):
+        assert_close(a, n(h), **tol_out, what=f"hidden state {i}")
+    assert len(out["attentions"]) == len(o.attentions)
+    for i, (a, h) in enumerate(zip(out["attentions"], o.attentions)):
+        assert_close(a, n(h), **tol_out, what=f"attention {i}")
+    hf_grads = {k: n(p.grad) for k, p in hf.named_parameters()}
+    assert set(hf_grads) == set(grads), set(hf_grads) ^ set(grads)
+    for k, g in grads.items():
+        ref = hf_grads[k]
+        scale = float(np.abs(ref).max()) or 1.0
+        if k.endswith("attention.key.bias"):
+            # truly zero (softmax ignores a per-row constant): both sides are rounding
+            # noise, judged against the scale of the key weight's gradient
+            scale = float(np.abs(hf_grads[k[:-4] + "weight"]).max())
+        tol = dict(rtol=1e-8, atol=1e-10 * scale) if f64 else dict(rtol=1e-3, atol=1e-5 * scale)
+        assert g.dtype == dt
+        assert_close(g, ref, **tol, what=f"grad {k}")
+
+
+def test_masked_mlm_path_equals_all_positions(rng):
+    cfg = tiny()
+    m = AlbertForPreTraining(cfg, seed=4, dtype=np.float64)
+    b = batch(rng)
+    out_all, c_all = m.forward(**b, mlm_path="all")
+    out_m, c_m = m.forward(**b, mlm_path="masked")
+    rows = out_m["mlm_rows"]
+    assert_close(out_m["loss"], out_all["loss"], rtol=1e-12, atol=0)
+    assert_close(out_m["prediction_logits"], out_all["prediction_logits"][rows], rtol=1e-12,
+                 atol=1e-12)
+    g_all, g_m = m.backward(c_all), m.backward(c_m)
+    for k in g_all:
+        assert_close(g_m[k], g_all[k], rtol=1e-9, atol=1e-12, what=k)
+
+
+# ----------------------------------------------------------------------------- sharing
+
+def untie(cfg, params):
+    """The same network with every layer application holding its own copy of the weights:
+    a not-shared model (sharing='none', inner 1) whose layers are copies."""
+    L = cfg.num_hidden_layers * cfg.inner_group_num
+    ucfg = cfg.replace(sharing="none", num_hidden_layers=L, num_hidden_groups=L,
+                       inner_group_num=1)
+    up = {k: v for k, v in params.items() if "albert.encoder.albert_layer_groups" not in k
+          and "unshared_layers" not in k}
+    apps = [(l, i) for l in range(cfg.num_hidden_layers) for i in range(cfg.inner_group_num)]
+    for u, (l, i) in enumerate(apps):
+        a_src, f_src = layer_prefixes(cfg, l, i)
+        a_dst, f_dst = layer_prefixes(ucfg, u, 0)
+        for k, v in params.items():
+            if k.startswith(a_src):
+                up[a_dst + k[len(a_src):]] = v.copy()
+            elif k.startswith(f_src) and not k.startswith(f_src + "attention."):
+                up[f_dst + k[len(f_src):]] = v.copy()
+    return ucfg, up, apps
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(sharing="attention"), dict(sharing="ffn"),
+                                dict(num_hidden_groups=2, inner_group_num=2, num_hidden_layers=4)],
+                         ids=["all", "attention", "ffn", "groups2_inner2"])
+def test_shared_gradient_is_the_sum_over_untied_copies(kw, rng):
+    cfg = tiny(**kw)
+    m = AlbertForPreTraining(cfg, seed=5, dtype=np.float64)
+    b = batch(rng)
+    out, cache = m.forward(**b)
+    g = m.backward(cache)
+    ucfg, up, apps = untie(cfg, m.params)
+    mu = AlbertForPreTraining(ucfg, params=up)
+    assert set(mu.params) == set(up)
+    out_u, cache_u = mu.forward(**b)
+    gu = mu.backward(cache_u)
+    assert_close(out_u["loss"], out["loss"], rtol=1e-12, atol=0, what="same function")
+    summed = zeros_like_params(m.params)
+    for u, (l, i) in enumerate(apps):
+        a_src, f_src = layer_prefixes(cfg, l, i)
+        a_dst, f_dst = layer_prefixes(ucfg, u, 0)
+        for k in m.params:
+            if k.startswith(a_src):
+                summed[k] += gu[a_dst + k[len(a_src):]]
+            elif k.startswith(f_src) and not k.startswith(f_src + "attention."):
+                summed[k] += gu[f_dst + k[len(f_src):]]
+    for k in m.params:
+        if "albert_layer_groups" in k or "unshared_layers" in k:
+            assert_close(g[k], summed[k], rtol=1e-10, atol=1e-14, what=k)
+
+
+# ----------------------------------------------------------------------------- counts, config
+
+def test_parameter_counts_match_hugging_face_for_albert_base():
+    expected = {64: (9_681_408, 87_648_000), 128: (11_683_584, 89_650_176),
+                256: (15_687_936, 93_654_528), 768: (31_705_344, 109_671_936)}
+    for E, (shared, unshared) in expected.items():
+        assert count_parameters(preset("albert-base-v2", embedding_size=E))["total"] == shared
+        assert count_parameters(preset("albert-base-v2", embedding_size=E,
+                                       sharing="none"))["total"] == unshared
+
+
+def test_parameter_count_matches_transformers_module():
+    require("torch")
+    transformers = require("transformers")
+    cfg = tiny(num_hidden_groups=3, inner_group_num=2)
+    hm = transformers.AlbertModel(transformers.AlbertConfig(**cfg.to_dict(hf=True)))
+    assert count_parameters(cfg)["total"] == sum(p.numel() for p in hm.parameters())
+
+
+@pytest.mark.parametrize("kw,field", [(dict(hidden_size=10, num_attention_heads=3), "hidden_size"),
+                                      (dict(num_hidden_groups=5), "num_hidden_groups"),
+                                      (dict(hidden_act="swishy"), "hidden_act"),
+                                      (dict(hidden_dropout_prob=1.0), "hidden_dropout_prob"),
+                                      (dict(sharing="half"), "sharing")])
+def test_bad_config_names_the_field(kw, field):
+    with pytest.raises(ValueError, match=f"AlbertConfig.{field}"):
+        tiny(**kw)
+
+
+def test_partial_sharing_cannot_be_written_as_hugging_face_config():
+    with pytest.raises(ValueError, match="cannot be written as a Hugging Face"):
+        tiny(sharing="attention").to_dict(hf=True)
+
+
+def test_config_round_trips_through_json(tmp_path):
+    cfg = tiny(num_hidden_groups=3)
+    cfg.save(tmp_path / "config.json")
+    assert AlbertConfig.load(tmp_path / "config.json") == cfg
+
+
+def test_init_follows_hugging_face():
+    cfg = tiny(initializer_range=0.02)
+    p = init_params(cfg, seed=0)
+    assert not p[WORD][cfg.pad_token_id].any()
+    assert (p["albert.embeddings.LayerNorm.weight"] == 1).all()
+    assert not p["albert.pooler.bias"].any()
+    assert abs(p[WORD][1:].std() - 0.02) < 0.002
+    assert all(v.dtype == np.float32 for v in p.values())
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def test_sequence_longer_than_position_table_is_clear(rng):
+    m = AlbertForPreTraining(tiny(), seed=0)
+    with pytest.raises(ValueError, match="max_position_embeddings=16"):
+        m.forward(rng.integers(1, 50, (1, 17)))
+
+
+def test_out_of_vocabulary_id_is_clear():
+    m = AlbertForPreTraining(tiny(), seed=0)
+    with pytest.raises(IndexError, match="input_ids holds 50"):
+        m.forward(np.array([[1, 50]]))
+
+
+@given(T=st.integers(1, 9), pad=st.integers(0, 8), seed=st.integers(0, 100))
+def test_padding_never_changes_unpadded_outputs(T, pad, seed):
+    r = np.random.default_rng(seed)
+    m = AlbertForPreTraining(tiny(), seed=seed, dtype=np.float64)
+    ids = r.integers(1, 50, (1, T))
+    out, _ = m.forward(ids)
+    padded = np.concatenate([ids, r.integers(0, 50, (1, pad))], 1)
+    mask = np.concatenate([np.ones((1, T)), np.zeros((1, pad))], 1)
+    out_p, _ = m.forward(padded, attention_mask=mask)
+    assert_close(out_p["last_hidden_state"][:, :T], out["last_hidden_state"], rtol=1e-10,
+                 atol=1e-10)
+    assert_close(out_p["sop_logits"], out["sop_logits"], rtol=1e-10, atol=1e-10)
+
+
+@given(B=st.integers(2, 4), seed=st.integers(0, 100))
+def test_batch_elements_are_independent(B, seed):
+    r = np.random.default_rng(seed)
+    m = AlbertForPreTraining(tiny(), seed=seed, dtype=np.float64)
+    ids = r.integers(0, 50, (B, 6))
+    out, _ = m.forward(ids)
+    one, _ = m.forward(ids[1:2])
+    assert_close(out["last_hidden_state"][1:2], one["last_hidden_state"], rtol=1e-10, atol=1e-10)
