@@ -279,7 +279,7 @@ def test_out_of_vocabulary_id_is_clear():
         m.forward(np.array([[1, 50]]))
 
 
-@given(T=st.integers(1, 9), pad=st.integers(0, 8), seed=st.integers(0, 100))
+@given(T=st.integers(1, 9), pad=st.integers(0, 7), seed=st.integers(0, 100))
 def test_padding_never_changes_unpadded_outputs(T, pad, seed):
     r = np.random.default_rng(seed)
     m = AlbertForPreTraining(tiny(), seed=seed, dtype=np.float64)
