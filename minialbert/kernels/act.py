@@ -3,6 +3,11 @@
 gelu_new (Hugging Face's name; the tanh approximation ALBERT v2 and BERT's TF code use):
     y  = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
     dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3*0.044715 x^2),  t = tanh(u)
+computed through the identity 0.5 (1 + tanh(u)) = sigmoid(2u) = 1 / (1 + exp(-2u)):
+    y = x s,  dy/dx = s + 2 x s (1 - s) u',  s = sigmoid(2u),  u' = sqrt(2/pi)(1 + 3*0.044715 x^2)
+The same function, exactly — but exp compiles to a fast (vectorisable) loop where the
+scalar tanh call costs ~17 ns an element here, a fifth of a training step in the tiny
+config. exp(-2u) overflowing to inf for very negative x gives y = x / inf = 0, as it should.
 gelu (exact, Hugging Face's "gelu"):
     y = x Phi(x) = 0.5 x (1 + erf(x/sqrt 2));  dy/dx = Phi(x) + x phi(x)
 """
@@ -21,13 +26,12 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def gelu_new_forward(x):  # x: [n] (flat) -> y: [n]
     y = np.empty_like(x)
-    c = cast_like(x, _SQRT_2_OVER_PI)
+    c2 = cast_like(x, -2.0 * _SQRT_2_OVER_PI)
     a = cast_like(x, 0.044715)
-    half = cast_like(x, 0.5)
     one = cast_like(x, 1.0)
     for i in prange(x.shape[0]):
         v = x[i]
-        y[i] = half * v * (one + math.tanh(c * (v + a * v * v * v)))
+        y[i] = v / (one + math.exp(c2 * (v + a * v * v * v)))  # x * sigmoid(2u)
     return y
 
 
@@ -35,15 +39,15 @@ def gelu_new_forward(x):  # x: [n] (flat) -> y: [n]
 def gelu_new_backward(dy, x):  # dy, x: [n] -> dx: [n]
     dx = np.empty_like(x)
     c = cast_like(x, _SQRT_2_OVER_PI)
+    c2 = cast_like(x, -2.0 * _SQRT_2_OVER_PI)
     a = cast_like(x, 0.044715)
     a3 = cast_like(x, 3 * 0.044715)
-    half = cast_like(x, 0.5)
     one = cast_like(x, 1.0)
+    two = cast_like(x, 2.0)
     for i in prange(x.shape[0]):
         v = x[i]
-        t = math.tanh(c * (v + a * v * v * v))
-        d = half * (one + t) + half * v * (one - t * t) * c * (one + a3 * v * v)
-        dx[i] = dy[i] * d
+        s = one / (one + math.exp(c2 * (v + a * v * v * v)))
+        dx[i] = dy[i] * (s + two * v * s * (one - s) * c * (one + a3 * v * v))
     return dx
 
 

@@ -182,22 +182,38 @@ def _gemm_nt(A, B, C, accumulate):  # A: [M,K], B: [N,K], C: [M,N] (+)= A @ B.T
 
 
 @njit(parallel=True, cache=True)
-def _transpose(A, out):  # A: [R,S] -> out: [S,R], in 32x32 tiles (cache friendly)
+def _transpose_rows(A, out):  # A: [R,S] -> out: [S,R]; threads own 16-row strips of A
     R, S = A.shape
-    n_tiles = (R + 31) // 32
-    for t in prange(n_tiles):
-        r0 = t * 32
-        r1 = min(R, r0 + 32)
-        for s0 in range(0, S, 32):
-            s1 = min(S, s0 + 32)
+    for t in prange((R + 15) // 16):
+        r0 = t * 16
+        r1 = min(R, r0 + 16)
+        for s0 in range(0, S, 16):
+            s1 = min(S, s0 + 16)
             for r in range(r0, r1):
                 for s in range(s0, s1):
                     out[s, r] = A[r, s]
 
 
-def transpose(A):  # A: [R,S] -> [S,R], a new C-contiguous array
-    out = np.empty((A.shape[1], A.shape[0]), dtype=A.dtype)
-    _transpose(np.ascontiguousarray(A), out)
+@njit(parallel=True, cache=True)
+def _transpose_cols(A, out):  # the same, threads own 32-column strips (tall, thin A)
+    R, S = A.shape
+    for t in prange((S + 31) // 32):
+        s0 = t * 32
+        s1 = min(S, s0 + 32)
+        for r0 in range(0, R, 32):
+            r1 = min(R, r0 + 32)
+            for s in range(s0, s1):
+                for r in range(r0, r1):
+                    out[s, r] = A[r, s]
+
+
+def transpose(A):  # A: [R,S] -> [S,R], a new C-contiguous array (memory bound: tiles
+    out = np.empty((A.shape[1], A.shape[0]), dtype=A.dtype)  # sized from measurement)
+    A = np.ascontiguousarray(A)
+    if A.shape[0] >= 2 * A.shape[1]:
+        _transpose_cols(A, out)
+    else:
+        _transpose_rows(A, out)
     return out
 
 

@@ -1,0 +1,147 @@
+"""One training step, ours against Hugging Face's AlbertForPreTraining, side by side.
+
+    python benchmarks/bench_train_step.py            # tiny and base configs
+    python benchmarks/bench_train_step.py --quick    # tiny only, fewer steps
+
+Forward + backward (the optimizer step is excluded here), on the same weights and the same
+batch, dropout 0, float32. Ours runs with both MLM paths: logits at every position (what
+Hugging Face computes) and only at the masked positions (the original TF code's way). Each
+side runs in its own subprocess, pinned to the same number of threads, so that its peak
+memory (max RSS) is its own. Prints tokens/s and the ratio (ours / HF: > 1 means faster).
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+CONFIGS = {
+    "tiny": (dict(vocab_size=8000, embedding_size=128, hidden_size=256, num_hidden_layers=4,
+                  num_attention_heads=4, intermediate_size=1024), 32, 128),
+    "base": (dict(vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12,
+                  num_attention_heads=12, intermediate_size=3072), 8, 128),
+}
+
+
+def make_batch(cfg, B, T, seed=0):
+    r = np.random.default_rng(seed)
+    ids = r.integers(5, cfg["vocab_size"], (B, T))
+    labels = np.full((B, T), -100)
+    pick = r.random((B, T)) < 0.15
+    pick[:, 0] = False
+    labels[pick] = ids[pick]
+    ids[pick] = 4
+    tt = np.zeros((B, T), np.int64)
+    tt[:, T // 2:] = 1
+    return dict(input_ids=ids, token_type_ids=tt, attention_mask=np.ones((B, T), np.int64),
+                labels=labels, sentence_order_label=r.integers(0, 2, B))
+
+
+def worker(side, name, path, threads, steps, weights):
+    cfg_kw, B, T = CONFIGS[name]
+    batch = make_batch(cfg_kw, B, T)
+    params = dict(np.load(weights))
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    if side == "ours":
+        from minialbert import kernels
+        from minialbert.config import AlbertConfig
+        from minialbert.model import AlbertForPreTraining, zeros_like_params
+
+        kernels.set_threads(threads)
+        m = AlbertForPreTraining(AlbertConfig(**cfg_kw), params=params)
+        grads = zeros_like_params(m.params)
+        for i in range(steps + 2):
+            t0 = time.perf_counter()
+            for g in grads.values():
+                g.fill(0)
+            out, cache = m.forward(**batch, mlm_path=path)
+            m.backward(cache, grads)
+            times.append(time.perf_counter() - t0)
+        loss = float(out["loss"])
+    else:
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        hcfg = transformers.AlbertConfig(**cfg_kw, hidden_dropout_prob=0.0,
+                                         attention_probs_dropout_prob=0.0,
+                                         classifier_dropout_prob=0.0)
+        hcfg._attn_implementation = "eager" if path == "eager" else "sdpa"
+        hf = transformers.AlbertForPreTraining(hcfg).train()
+        sd = {k: torch.from_numpy(v) for k, v in params.items()}
+        sd["predictions.decoder.weight"] = sd["albert.embeddings.word_embeddings.weight"]
+        sd["predictions.decoder.bias"] = sd["predictions.bias"]
+        hf.load_state_dict(sd, strict=False)
+        tb = {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
+        for i in range(steps + 2):
+            t0 = time.perf_counter()
+            hf.zero_grad(set_to_none=False)
+            o = hf(**tb)
+            o.loss.backward()
+            times.append(time.perf_counter() - t0)
+        loss = float(o.loss)
+    t = float(np.median(times[2:]))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return dict(side=side, path=path, seconds=t, tokens_per_s=B * T / t, loss=loss,
+                peak_mb=rss / 1024, step_mb=(rss - rss0) / 1024)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--worker", nargs=4, metavar=("SIDE", "CONFIG", "PATH", "WEIGHTS"))
+    ap.add_argument("--steps", type=int, default=None)
+    a = ap.parse_args()
+    if a.worker:
+        side, name, path, weights = a.worker
+        print(json.dumps(worker(side, name, path, a.threads, a.steps, weights)))
+        return
+
+    from minialbert.config import AlbertConfig
+    from minialbert.demo import blas_info, cpu_name
+    from minialbert.model import init_params
+
+    print(f"CPU: {cpu_name()}; threads per side: {a.threads} (Numba / torch.set_num_threads)")
+    print(f"NumPy BLAS (not used by our model): {blas_info()}")
+    try:
+        import torch
+        print(f"torch {torch.__version__}: {torch.__config__.parallel_info().splitlines()[0:4]}")
+    except ImportError:
+        sys.exit("this benchmark needs torch and transformers: pip install -e '.[bench]'")
+    names = ["tiny"] if a.quick else ["tiny", "base"]
+    for name in names:
+        cfg_kw, B, T = CONFIGS[name]
+        steps = a.steps or (3 if a.quick or name == "base" else 8)
+        with tempfile.TemporaryDirectory() as d:
+            w = os.path.join(d, "w.npz")
+            np.savez(w, **init_params(AlbertConfig(**cfg_kw), seed=0))
+            rows = []
+            for side, path in [("hf", "eager"), ("hf", "sdpa"), ("ours", "all"),
+                               ("ours", "masked")]:
+                r = subprocess.run([sys.executable, __file__, "--threads", str(a.threads),
+                                    "--steps", str(steps), "--worker", side, name, path, w],
+                                   capture_output=True, text=True)
+                if r.returncode:
+                    sys.exit(r.stderr)
+                rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        hf_eager = rows[0]
+        print(f"\n{name}: {cfg_kw}, B={B}, T={T}, {steps} timed steps (median), "
+              f"forward + backward, float32")
+        print(f"{'':<24}{'ms/step':>9}{'tokens/s':>10}{'vs HF eager':>12}{'loss':>9}"
+              f"{'peak MB':>9}{'step MB':>9}")
+        for r in rows:
+            label = f"{'HF' if r['side'] == 'hf' else 'minialbert'} ({r['path']})"
+            print(f"{label:<24}{r['seconds'] * 1e3:>9.0f}{r['tokens_per_s']:>10.0f}"
+                  f"{hf_eager['seconds'] / r['seconds']:>11.2f}x{r['loss']:>9.4f}"
+                  f"{r['peak_mb']:>9.0f}{r['step_mb']:>9.0f}")
+
+
+if __name__ == "__main__":
+    main()
