@@ -1,0 +1,125 @@
+# %% [markdown]
+# # 05 — Self-attention, forward and backward, with masks
+#
+# One fused Numba kernel per direction (`minialbert/kernels/attention.py`), parallel over
+# batch × heads. Here we check it against attention written out in plain NumPy, watch
+# the mask work, and check the backward by finite differences.
+
+# %%
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import QUICK, plt, savefig, write_table  # noqa: E402
+
+from minialbert.gradcheck import gradcheck  # noqa: E402
+from minialbert.kernels import mask_bias  # noqa: E402
+from minialbert.kernels.attention import attention_backward, attention_forward  # noqa: E402
+
+
+# %% [markdown]
+# ## Attention written out
+# Split H into N heads of D; per head `P = softmax(Q Kᵀ/√D + mask)`, `O = P V`.
+
+# %%
+def attention_numpy(q, k, v, mask, N):  # [B,T,H] x3, [B,T] -> [B,T,H], [B,N,T,T]
+    B, T, H = q.shape
+    D = H // N
+    split = lambda x: x.reshape(B, T, N, D).transpose(0, 2, 1, 3)  # noqa: E731 [B,N,T,D]
+    s = split(q) @ split(k).transpose(0, 1, 3, 2) / np.sqrt(D)
+    s = s + mask_bias(mask, q.dtype)[:, None, None, :]
+    s = s - s.max(-1, keepdims=True)
+    p = np.exp(s)
+    p /= p.sum(-1, keepdims=True)
+    return (p @ split(v)).transpose(0, 2, 1, 3).reshape(B, T, H), p
+
+
+rng = np.random.default_rng(0)
+B, T, H, N = 2, 6, 12, 3
+q, k, v = (rng.standard_normal((B, T, H)) for _ in range(3))
+mask = np.ones((B, T), np.int64)
+mask[1, 4:] = 0  # the second sequence has two padding positions
+ctx, probs = attention_forward(q, k, v, mask_bias(mask, q.dtype), N, 0.0, np.uint64(0))
+ref_ctx, ref_p = attention_numpy(q, k, v, mask, N)
+print("max |ours - numpy|:", np.abs(ctx - ref_ctx).max(), np.abs(probs - ref_p).max())
+assert np.allclose(ctx, ref_ctx, atol=1e-12) and np.allclose(probs, ref_p, atol=1e-12)
+
+# %% [markdown]
+# Padded keys receive exactly zero probability, and each row still sums to one:
+
+# %%
+print("probability on padded keys:", probs[1, :, :, 4:].max())
+assert probs[1, :, :, 4:].max() == 0 and np.allclose(probs.sum(-1), 1)
+
+# %% [markdown]
+# ## The backward
+# `dPd = dO Vᵀ`, `dV = Pdᵀ dO`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dQ = dS K/√D`,
+# `dK = dSᵀ Q/√D` — with attention dropout on, the same mask (recomputed from its key)
+# scales `dP`. We check all three inputs by finite differences.
+
+# %%
+from minialbert.kernels import dropout_key  # noqa: E402
+
+key = dropout_key(seed=1, step=0, site=0)
+w = rng.standard_normal((B, T, H))
+bias = mask_bias(mask, q.dtype)
+for p_drop in (0.0, 0.2):
+    ctx, probs = attention_forward(q, k, v, bias, N, p_drop, key)
+    dq, dk, dv = attention_backward(w, q, k, v, probs, N, p_drop, key)
+    f = lambda: (attention_forward(q, k, v, bias, N, p_drop, key)[0] * w).sum()  # noqa: E731
+    rows = []
+    for x, g, name in ((q, dq, "dQ"), (k, dk, "dK"), (v, dv, "dV")):
+        r = gradcheck(f, x, g, name)
+        rows.append((name, f"{r.max_rel_error:.1e}"))
+        assert r.max_rel_error < 1e-6, r
+    write_table(f"05_gradcheck_p{p_drop}.md", [f"input (dropout {p_drop})", "max rel. error"], rows)
+
+# %% [markdown]
+# ## A fully masked row
+# If every key of a sequence is masked, Hugging Face's additive mask (the most negative
+# float, not −∞) makes every score equal, and softmax gives a uniform row — not NaN.
+
+# %%
+mask0 = np.zeros((1, T), np.int64)
+_, p0 = attention_forward(q[:1], k[:1], v[:1], mask_bias(mask0, q.dtype), N, 0.0, np.uint64(0))
+assert np.allclose(p0, 1 / T)
+print("fully masked: every probability is 1/T =", p0[0, 0, 0, 0])
+
+# %% [markdown]
+# ## Speed: the fused kernel against NumPy
+# At the tiny config's shapes (B 32, T 128, H 256, 4 heads).
+
+# %%
+B, T, H, N = (4, 64, 128, 4) if QUICK else (32, 128, 256, 4)
+q, k, v = (rng.standard_normal((B, T, H)).astype(np.float32) for _ in range(3))
+mask = np.ones((B, T), np.int64)
+bias = mask_bias(mask, np.float32)
+
+
+def timeit(f, n=3):
+    f()
+    t = time.perf_counter()
+    for _ in range(n):
+        f()
+    return (time.perf_counter() - t) / n
+
+
+t_ours = timeit(lambda: attention_forward(q, k, v, bias, N, 0.0, np.uint64(0)))
+t_np = timeit(lambda: attention_numpy(q, k, v, mask, N))
+write_table("05_speed.md", ["forward", "ms"], [("fused Numba kernel", f"{t_ours * 1e3:.1f}"),
+                                               ("NumPy (BLAS batched matmul)", f"{t_np * 1e3:.1f}")])
+
+# %%
+p = plt()
+if p is not None:
+    _, probs = attention_forward(q[:1, :16], k[:1, :16], v[:1, :16], bias[:1, :16], N, 0.0,
+                                 np.uint64(0))
+    fig, ax = p.subplots(figsize=(3.2, 3))
+    ax.imshow(probs[0, 0], cmap="viridis")
+    ax.set_title("one head, random weights")
+    ax.set_xlabel("key")
+    ax.set_ylabel("query")
+    savefig(fig, "05_attention_map.png")

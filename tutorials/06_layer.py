@@ -1,0 +1,104 @@
+# %% [markdown]
+# # 06 — The transformer layer: FFN, gelu_new, residuals, post-LayerNorm
+#
+# One ALBERT layer (Hugging Face's `AlbertLayer`) is two blocks, each closed by a
+# residual connection and a LayerNorm *after* the sum ("post-LN", as BERT):
+#
+#     a = LayerNorm(x + Dense(Attention(x)))                 attention block
+#     y = LayerNorm(a + Dense_IH(gelu_new(Dense_HI(a))))     feed-forward block
+
+# %%
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import plt, savefig, write_table  # noqa: E402
+
+from minialbert.config import AlbertConfig  # noqa: E402
+from minialbert.gradcheck import gradcheck  # noqa: E402
+from minialbert.kernels import activation, mask_bias  # noqa: E402
+from minialbert.layers import (Dropout, attention_block_backward,  # noqa: E402
+                               attention_block_forward, ffn_block_backward, ffn_block_forward)
+from minialbert.model import init_params, layer_prefixes, zeros_like_params  # noqa: E402
+
+# %% [markdown]
+# ## gelu_new against exact gelu
+# ALBERT v2 uses the tanh approximation of GELU (Hugging Face's `gelu_new`). It differs
+# from the exact `x·Φ(x)` by at most ~1e-3 — small, but it is a different function, and
+# loading a v1 checkpoint (exact "gelu" in Hugging Face) with the wrong one shows.
+
+# %%
+x = np.linspace(-5, 5, 2001)
+g_new = activation("gelu_new")[0](x)
+g_exact = activation("gelu")[0](x)
+gap = np.abs(g_new - g_exact).max()
+print(f"max |gelu_new - gelu| on [-5, 5]: {gap:.2e} at x = {x[np.argmax(np.abs(g_new - g_exact))]:.2f}")
+assert 1e-4 < gap < 1e-3
+write_table("06_gelu_gap.md", ["quantity", "value"], [("max abs gap on [-5, 5]", f"{gap:.2e}")])
+
+# %% [markdown]
+# ## One layer, forward and backward, checked
+# Tokens are flattened to rows `[n = B·T, H]`. Each block's backward takes the
+# gradient of its output and returns the gradient of its input, *adding* the parameter
+# gradients into `grads`.
+
+# %%
+cfg = AlbertConfig(vocab_size=20, embedding_size=4, hidden_size=12, num_hidden_layers=1,
+                   num_attention_heads=3, intermediate_size=24, max_position_embeddings=8,
+                   initializer_range=0.3)
+params = init_params(cfg, seed=0, dtype=np.float64)
+attn, ffn = layer_prefixes(cfg, 0)
+rng = np.random.default_rng(0)
+B, T = 2, 5
+xin = rng.standard_normal((B * T, cfg.hidden_size))
+bias = mask_bias(np.ones((B, T)), np.float64)
+w = rng.standard_normal((B * T, cfg.hidden_size))
+
+
+def layer(xin):
+    a, ca = attention_block_forward(xin, params, attn, bias, cfg, Dropout(), B, T)
+    y, cf = ffn_block_forward(a, params, ffn, cfg)
+    return y, ca, cf
+
+
+y, ca, cf = layer(xin)
+grads = zeros_like_params(params)
+da = ffn_block_backward(w, cf, params, grads, ffn, cfg)
+dx = attention_block_backward(da, ca, params, grads, attn, cfg)
+f = lambda: (layer(xin)[0] * w).sum()  # noqa: E731
+rows = []
+checks = [(xin, dx, "input x")] + [(params[attn + n], grads[attn + n], "attention." + n)
+                                   for n in ("query.weight", "value.weight", "dense.weight",
+                                             "LayerNorm.weight")]
+checks += [(params[ffn + n], grads[ffn + n], n) for n in ("ffn.weight", "ffn_output.weight",
+                                                          "full_layer_layer_norm.bias")]
+for arr, g, name in checks:
+    r = gradcheck(f, arr, g, name, max_entries=30)
+    rows.append((name, f"{r.max_rel_error:.1e}"))
+    assert r.max_rel_error < 1e-6, r
+write_table("06_layer_gradcheck.md", ["gradient of", "max rel. error"], rows)
+
+# %% [markdown]
+# ## What post-LN does to the scale
+# Whatever the input's scale, each block's output rows have mean 0 and variance 1
+# (times γ, plus β: 1 and 0 at initialisation).
+
+# %%
+y_big, _, _ = layer(xin * 100)
+print("row std of the output, input x1 and x100:", y.std(1).mean().round(4),
+      y_big.std(1).mean().round(4))
+assert abs(y.std(1).mean() - 1) < 1e-3 and abs(y_big.std(1).mean() - 1) < 1e-3
+
+# %%
+p = plt()
+if p is not None:
+    fig, ax = p.subplots(1, 2, figsize=(8, 3))
+    ax[0].plot(x, g_new, label="gelu_new")
+    ax[0].plot(x, np.maximum(x, 0), ":", label="relu")
+    ax[0].legend()
+    ax[0].set_title("activation")
+    ax[1].plot(x, g_new - g_exact)
+    ax[1].set_title("gelu_new − gelu (exact)")
+    savefig(fig, "06_gelu.png")
