@@ -1,0 +1,165 @@
+"""Corpus reading, SOP instances and n-gram masking: properties and every error case."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minialbert.corpus import (Corpus, CorpusError, default_corpus, read_corpus,
+                               split_sentences)
+from minialbert.data import (DataError, PretrainingData, instances_from_document,
+                             is_start_piece, mask_tokens, tokenize_corpus)
+from minialbert.tokenizer import CLS, MASK, PAD, SEP, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return default_corpus()
+
+
+@pytest.fixture(scope="module")
+def tok(corpus, tmp_path_factory):
+    return train_tokenizer(corpus.sentences(), 2000, tmp_path_factory.mktemp("t"))
+
+
+@pytest.fixture(scope="module")
+def data(corpus, tok, tmp_path_factory):
+    tc = tokenize_corpus(corpus, tok, tmp_path_factory.mktemp("cache"))
+    return PretrainingData(tc, tok, max_seq_length=64, seed=3)
+
+
+# ----------------------------------------------------------------------------- corpus
+
+def test_default_corpus_is_documentation_with_a_checksum(corpus):
+    assert corpus.info["documents"] > 500 and corpus.info["characters"] > 300_000
+    assert len(corpus.info["sha256"]) == 64 and corpus.info["python"]
+    train, held = corpus.split()
+    assert 0 < len(held) < 0.1 * len(corpus) and len(train) + len(held) == len(corpus)
+    assert not set(train.names) & set(held.names)
+    assert default_corpus().checksum == corpus.checksum  # deterministic
+
+
+def test_split_sentences():
+    assert split_sentences("One two. Three four! Is it? e.g. this stays.") == \
+        ["One two.", "Three four!", "Is it? e.g. this stays."]
+
+
+def test_reader_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("First sentence.\nSecond sentence.\n\nOther doc one.\nTwo.\n")
+    (tmp_path / "b.txt").write_text("A wrapped para-\ngraph goes on. And on\nhere.\n\nNext para. Yes.\n")
+    c = read_corpus(tmp_path)
+    assert c.documents[0] == ["First sentence.", "Second sentence."]
+    assert c.documents[2] == ["A wrapped para- graph goes on.", "And on here."]
+    assert len(c) == 4
+
+
+def test_reader_errors_name_the_file(tmp_path):
+    with pytest.raises(CorpusError, match="no such file"):
+        read_corpus(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("\n\n  \n")
+    with pytest.raises(CorpusError, match="empty"):
+        read_corpus(tmp_path / "empty.txt")
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Good line.\nCaf\xe9 line.\n".encode("latin-1"))
+    with pytest.raises(CorpusError, match=r"latin1.txt: not valid UTF-8 at byte 14 \(line 2\)"):
+        read_corpus(bad)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(CorpusError, match="no \\*.txt files"):
+        read_corpus(tmp_path / "d")
+
+
+def test_too_small_corpus_is_clear(tok):
+    tiny = Corpus([["a"]], ["x"])
+    tc = tokenize_corpus(tiny, tok)
+    with pytest.raises(DataError, match="too small"):
+        PretrainingData(tc, tok, 64)
+
+
+def test_cache_is_memory_mapped_and_equal(corpus, tok, tmp_path):
+    a = tokenize_corpus(corpus, tok, tmp_path)
+    b = tokenize_corpus(corpus, tok, tmp_path)
+    assert isinstance(b.tokens, np.memmap)
+    assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.doc, b.doc)
+
+
+# ----------------------------------------------------------------------------- instances
+
+def test_word_start_rule():
+    assert is_start_piece("▁the") and is_start_piece(".") and is_start_piece("<unk>")
+    assert is_start_piece("日本") and not is_start_piece("ing")
+
+
+@given(lens=st.lists(st.integers(1, 30), min_size=1, max_size=12), seed=st.integers(0, 10**6),
+       L=st.sampled_from([8, 16, 64]))
+def test_instances_fit_and_come_from_one_document(lens, seed, L):
+    rng = np.random.default_rng(seed)
+    doc, start = [], 100
+    for n in lens:
+        doc.append(np.arange(start, start + n))
+        start += n
+    for a, b, label in instances_from_document(doc, L, 0.1, rng):
+        assert 1 <= len(a) and 1 <= len(b) and len(a) + len(b) <= L - 3
+        toks = (b + a) if label else (a + b)
+        assert toks == sorted(toks)  # in document order once un-swapped
+
+
+def test_batches_are_well_formed(data):
+    b = data.batch(0, 0, 16)
+    ids, tt, am = b["input_ids"], b["token_type_ids"], b["attention_mask"]
+    assert ids.shape[1] <= 64 and (ids[:, 0] == CLS).all()
+    assert (ids[am == 0] == PAD).all() and (b["labels"][am == 0] == -100).all()
+    for i in range(16):
+        n = am[i].sum()
+        assert ids[i, n - 1] == SEP and tt[i, 0] == 0 and tt[i, n - 1] == 1
+        pos = b["mlm_positions"][i][b["mlm_labels"][i] != -100]
+        assert (b["labels"][i, pos] == b["mlm_labels"][i, :len(pos)]).all()
+        assert not np.isin(pos, np.flatnonzero(np.isin(ids[i], [CLS, SEP]))).any()
+        assert 1 <= len(pos) <= data.max_predictions
+
+
+def test_same_seed_same_batches_other_seed_other(data, corpus, tok):
+    tc = data.tc
+    again = PretrainingData(tc, tok, 64, seed=3)
+    other = PretrainingData(tc, tok, 64, seed=4)
+    a, b, c = data.batch(1, 2, 8), again.batch(1, 2, 8), other.batch(1, 2, 8)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["input_ids"], c["input_ids"])
+    assert not np.array_equal(a["labels"], data.batch(2, 2, 8)["labels"])  # fresh each epoch
+
+
+def test_masking_statistics(data):
+    stats = {}
+    masked = kept = rand = total_mask = 0
+    n_tokens = 0
+    labels = []
+    for i in range(30):
+        b = data.batch(0, i, 16, stats)
+        lab = b["labels"]
+        sel = lab != -100
+        masked += sel.sum()
+        n_tokens += b["attention_mask"].sum()
+        total_mask += (b["input_ids"][sel] == MASK).sum()
+        kept += (b["input_ids"][sel] == lab[sel]).sum()
+        labels += list(b["sentence_order_label"])
+    # each token: 80% [MASK], 10% itself, 10% random (which is itself ~1/V of the time)
+    p_mask, p_keep = total_mask / masked, kept / masked
+    se = np.sqrt(0.25 / masked)
+    assert abs(p_mask - 0.8) < 5 * se and abs(p_keep - 0.1) < 5 * se + 0.01
+    assert 0.10 < masked / n_tokens < 0.16  # 15% of tokens, rounded, capped at 20 per row
+    n = np.array(stats["n"])
+    for k, p in zip((1, 2, 3), (6 / 11, 3 / 11, 2 / 11)):  # the *sampled* n
+        assert abs((n == k).mean() - p) < 5 * np.sqrt(p * (1 - p) / n.size)
+    labels = np.array(labels)
+    assert abs(labels.mean() - 0.5) < 5 * np.sqrt(0.25 / labels.size)  # SOP balanced
+
+
+@settings(max_examples=30)
+@given(n=st.integers(3, 60), seed=st.integers(0, 10**6))
+def test_mask_tokens_never_touches_specials(n, seed):
+    rng = np.random.default_rng(seed)
+    is_start = np.ones(100, bool)
+    is_start[50:] = False  # continuation pieces
+    toks = [CLS] + list(rng.integers(5, 100, n)) + [SEP]
+    out, pos, lab = mask_tokens(toks, is_start, 100, rng)
+    assert out[0] == CLS and out[-1] == SEP and 0 not in pos and len(toks) - 1 not in pos
+    assert lab == [toks[p] for p in pos] and pos == sorted(set(pos))
+    assert len(pos) <= max(1, round(len(toks) * 0.15))
