@@ -1,0 +1,521 @@
+"""Pretraining: the loop, evaluation, checkpoints and exact resume; `minialbert pretrain`,
+`evaluate` and `fill-mask`.
+
+One step: a batch (a pure function of seed, epoch and index: data.py), forward and
+backward in micro-batches (their gradients add up), a NaN check, global-norm clipping,
+the learning rate from the schedule, the optimizer update. Dropout masks are a hash of
+(seed, step, site), the data position is (epoch, index), the optimizer state is saved:
+so a resumed run continues with exactly the losses the uninterrupted run would have had
+(at the same thread count: every kernel is deterministic for a fixed thread count, and
+most for any — see the README).
+"""
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import kernels
+from .checkpoint import CheckpointError, check_tokenizer, load_checkpoint, save_checkpoint
+from .config import AlbertConfig, preset
+from .corpus import load_corpus
+from .data import DataError, PretrainingData, tokenize_corpus
+from .model import AlbertForPreTraining, zeros_like_params
+from .optim import clip_by_global_norm, learning_rate, make_optimizer, no_decay
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class PretrainConfig:
+    out: str = "runs/pretrain"
+    corpus: list = None  # None: the embedded Python docs
+    format: str = "auto"
+    preset: str = "small"
+    config: str = None  # a config.json instead of the preset
+    tokenizer: str = None  # a folder with spiece.model; None: train one on the corpus
+    vocab_size: int = 4000
+    seq_len: int = 128
+    batch_size: int = 32
+    micro_batches: int = 1
+    steps: int = None  # None: as many as fit in time_budget
+    time_budget: float = 600.0  # seconds, used when steps is None
+    lr: float = 2e-3
+    warmup: float = 0.05  # fraction of the steps
+    schedule: str = "albert"
+    optimizer: str = "lamb"
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    seed: int = 0
+    threads: int = None
+    eval_every: int = 50
+    eval_batches: int = 8
+    save_every: int = 100
+    mlm_path: str = "masked"
+    heldout_fraction: float = 0.05
+    progress: bool = True
+    stop_after: int = None  # stop (and save) after this many steps: an interruption, for tests
+    extra: dict = field(default_factory=dict)  # model config overrides
+
+
+# ------------------------------------------------------------------------------ pieces
+
+def _micro(batch, k):
+    B = batch["input_ids"].shape[0]
+    if B % k:
+        raise ValueError(f"batch_size {B} is not divisible by micro_batches {k}")
+    m = B // k
+    for j in range(k):
+        yield {key: v[j * m:(j + 1) * m] for key, v in batch.items()}
+
+
+_MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "sentence_order_label")
+
+
+def evaluate_batches(model, batches, mlm_path="masked"):
+    """Held-out MLM loss/accuracy and SOP loss/accuracy, weighted by counts."""
+    mlm_nll = mlm_ok = mlm_n = sop_nll = sop_ok = sop_n = 0.0
+    for b in batches:
+        out, cache = model.forward(**{k: b[k] for k in _MODEL_KEYS}, mlm_path=mlm_path)
+        lab = b["labels"].reshape(-1)
+        rows = out["mlm_rows"] if out["mlm_rows"] is not None else np.flatnonzero(lab != -100)
+        logits = out["prediction_logits"]
+        if out["mlm_rows"] is None:
+            logits = logits[rows]
+        lab = lab[rows]
+        n = len(lab)
+        mlm_nll += float(out["mlm_loss"]) * n
+        mlm_ok += float((logits.argmax(1) == lab).sum())
+        mlm_n += n
+        s = b["sentence_order_label"]
+        sop_nll += float(out["sop_loss"]) * len(s)
+        sop_ok += float((out["sop_logits"].argmax(1) == s).sum())
+        sop_n += len(s)
+    mlm_loss = mlm_nll / max(mlm_n, 1)
+    return dict(mlm_loss=mlm_loss, mlm_acc=mlm_ok / max(mlm_n, 1), perplexity=math.exp(mlm_loss),
+                sop_loss=sop_nll / max(sop_n, 1), sop_acc=sop_ok / max(sop_n, 1),
+                predictions=int(mlm_n), pairs=int(sop_n))
+
+
+def unigram_cross_entropy(train_tokens, vocab_size, batches):
+    """The baseline a model that ignores context reaches: -mean log p_unigram(label) of the
+    held-out masked tokens, with p estimated from the training tokens (add-one)."""
+    counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size).astype(np.float64) + 1
+    logp = np.log(counts / counts.sum())
+    labels = np.concatenate([b["labels"][b["labels"] != -100] for b in batches])
+    return float(-logp[labels].mean())
+
+
+class _Log:
+    def __init__(self, path, resume_step=None):
+        self.path = pathlib.Path(path)
+        if resume_step is not None and self.path.exists():  # drop what came after the checkpoint
+            keep = [l for l in self.path.read_text().splitlines()
+                    if l and json.loads(l).get("step", 0) <= resume_step]
+            self.path.write_text("".join(l + "\n" for l in keep))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+
+    def write(self, **rec):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def plot_curves(log_path, png_path):
+    """Training and held-out curves from log.jsonl (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    recs = [json.loads(l) for l in pathlib.Path(log_path).read_text().splitlines() if l]
+    tr = [r for r in recs if not r.get("eval")]
+    ev = [r for r in recs if r.get("eval")]
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
+    ax[0].plot([r["step"] for r in tr], [r["mlm_loss"] for r in tr], lw=0.8, label="train")
+    if ev:
+        ax[0].plot([r["step"] for r in ev], [r["mlm_loss"] for r in ev], "o-", label="held-out")
+        if "unigram" in ev[-1]:
+            ax[0].axhline(ev[-1]["unigram"], ls=":", c="gray", label="unigram baseline")
+    ax[0].set_title("MLM cross-entropy")
+    ax[0].legend()
+    ax[1].plot([r["step"] for r in tr], [r["mlm_acc"] for r in tr], lw=0.8, label="train")
+    ax[1].plot([r["step"] for r in ev], [r["mlm_acc"] for r in ev], "o-", label="held-out")
+    ax[1].set_title("MLM accuracy")
+    ax[1].legend()
+    ax[2].plot([r["step"] for r in tr], [r["sop_acc"] for r in tr], lw=0.8, alpha=0.5, label="train")
+    ax[2].plot([r["step"] for r in ev], [r["sop_acc"] for r in ev], "o-", label="held-out")
+    ax[2].axhline(0.5, ls=":", c="gray")
+    ax[2].set_title("SOP accuracy")
+    ax[2].legend()
+    for a in ax:
+        a.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
+
+
+# ------------------------------------------------------------------------------ pretrain
+
+def _model_config(pc, vocab_size):
+    if pc.config:
+        cfg = AlbertConfig.load(pc.config)
+        if cfg.vocab_size != vocab_size:
+            raise CheckpointError(f"{pc.config} says vocab_size={cfg.vocab_size}, but the "
+                                  f"tokenizer has {vocab_size} pieces")
+    else:
+        cfg = preset(pc.preset, vocab_size=vocab_size, **pc.extra)
+    if pc.seq_len > cfg.max_position_embeddings:
+        raise DataError(f"seq_len {pc.seq_len} is longer than max_position_embeddings="
+                        f"{cfg.max_position_embeddings}")
+    return cfg
+
+
+def pretrain(pc=None, resume=False, **overrides):
+    """Pretrain AlbertForPreTraining. Returns a summary dict (also written to summary.json).
+
+    ``pretrain(PretrainConfig(...))`` or ``pretrain(out=..., steps=..., ...)``. With
+    ``resume=True`` the run in ``out`` continues from its latest checkpoint, with the
+    settings it was started with (threads and progress may change)."""
+    pc = dataclasses.replace(pc or PretrainConfig(), **overrides)
+    out = pathlib.Path(pc.out)
+    t_start = time.time()
+    kernels.set_threads(pc.threads)
+    state = None
+    if resume:
+        cfg, params, state, opt_arrays, ck = load_checkpoint(out)
+        saved = dict(state["run"])
+        saved.update(threads=pc.threads, progress=pc.progress, stop_after=pc.stop_after,
+                     out=str(out))
+        pc = PretrainConfig(**saved)
+        from .checkpoint import load_tokenizer
+        tok = load_tokenizer(ck, cfg.vocab_size)
+    out.mkdir(parents=True, exist_ok=True)
+    say = print if pc.progress else (lambda *a, **k: None)
+
+    corpus = load_corpus(pc.corpus, pc.format)
+    if state is not None and corpus.checksum != state["corpus_sha256"]:
+        print(f"warning: the corpus changed since the checkpoint was written (SHA-256 "
+              f"{state['corpus_sha256'][:12]}… then, {corpus.checksum[:12]}… now); "
+              "continuing on the new one", file=sys.stderr)
+    train_c, held_c = corpus.split(pc.heldout_fraction)
+    if state is None:
+        if pc.tokenizer:
+            from .tokenizer import AlbertTokenizer
+            tok = AlbertTokenizer(pc.tokenizer)
+        else:
+            t0 = time.time()
+            from .tokenizer import train_tokenizer
+            tok = train_tokenizer(train_c.sentences(), pc.vocab_size)
+            say(f"tokenizer: {tok.vocab_size} pieces trained in {time.time() - t0:.1f} s")
+        cfg = _model_config(pc, tok.vocab_size)
+        model = AlbertForPreTraining(cfg, seed=pc.seed)
+    else:
+        check_tokenizer(tok, cfg.vocab_size, state.get("tokenizer_sha256"))
+        model = AlbertForPreTraining(cfg, params=params)
+    tc = tokenize_corpus(train_c, tok, out / "cache")
+    held_tc = tokenize_corpus(held_c, tok, out / "cache")
+    data = PretrainingData(tc, tok, pc.seq_len, seed=pc.seed)
+    try:
+        held = PretrainingData(held_tc, tok, pc.seq_len, seed=pc.seed + 1)
+        n_eval = min(pc.eval_batches, held.num_batches(pc.batch_size))
+        eval_batches = [held.batch(0, i, pc.batch_size) for i in range(n_eval)]
+    except DataError:
+        eval_batches = []
+    if not eval_batches:
+        say("note: the held-out split is too small for one evaluation batch; no evaluation")
+    unigram = unigram_cross_entropy(tc.tokens, cfg.vocab_size, eval_batches) if eval_batches else None
+    opt = make_optimizer(pc.optimizer, weight_decay=pc.weight_decay, **(
+        {"exclude": no_decay} if pc.optimizer == "adamw" else {}))
+    if state is not None:
+        opt.load_state_dict(opt_arrays, state["optimizer"])
+        step, epoch, index, total = state["step"], state["epoch"], state["index"], state["total_steps"]
+    else:
+        step = epoch = index = 0
+        total = pc.steps
+        if total is None:  # calibrate: time one forward + backward of a real batch
+            b = data.batch(0, 0, pc.batch_size)
+            t0 = time.perf_counter()
+            for mb in _micro(b, pc.micro_batches):
+                o, c = model.forward(**{k: mb[k] for k in _MODEL_KEYS}, mlm_path=pc.mlm_path)
+                model.backward(c)
+            per_step = time.perf_counter() - t0
+            evals = max(1, pc.time_budget / per_step / pc.eval_every)
+            eval_cost = len(eval_batches) * per_step / 3
+            total = max(1, int((pc.time_budget - time.time() + t_start - evals * eval_cost)
+                               / (per_step * 1.05)))
+            say(f"time budget {pc.time_budget:.0f} s at {per_step:.2f} s/step: {total} steps")
+    warmup = int(pc.warmup * total)
+    run = {k: v for k, v in dataclasses.asdict(pc).items()}
+    n_params = sum(v.size for v in model.params.values())
+    say(f"model: {cfg.num_hidden_layers} layers × H {cfg.hidden_size}, E {cfg.embedding_size}, "
+        f"V {cfg.vocab_size}: {n_params:,} parameters; {pc.optimizer} lr {pc.lr}, "
+        f"batch {pc.batch_size} × {pc.seq_len}; corpus {corpus.info.get('source')} "
+        f"({corpus.info['sentences']} sentences, SHA-256 {corpus.checksum[:12]}…); "
+        f"{kernels.get_threads()} threads")
+    log = _Log(out / "log.jsonl", resume_step=step if state is not None else None)
+    grads = zeros_like_params(model.params)
+
+    def checkpoint():
+        st = dict(epoch=epoch, index=index, total_steps=total, run=run,
+                  corpus_sha256=corpus.checksum, corpus_info=corpus.info,
+                  python=corpus.info.get("python"), threads=kernels.get_threads())
+        return save_checkpoint(out, step, model.params, cfg, st, opt, tok)
+
+    def run_eval():
+        if not eval_batches:
+            return None
+        ev = evaluate_batches(model, eval_batches, pc.mlm_path)
+        log.write(eval=True, step=step, unigram=unigram, **ev)
+        return ev
+
+    bar = None
+    if pc.progress:
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout)
+        except ImportError:
+            pass
+    last_ck = None
+    ev = None
+    tokens_seen = 0
+    t_loop = time.time()
+    interrupted = False
+    try:
+        while step < total:
+            if index >= data.num_batches(pc.batch_size, epoch):
+                epoch, index = epoch + 1, 0
+            batch = data.batch(epoch, index, pc.batch_size)
+            t0 = time.perf_counter()
+            for g in grads.values():
+                g.fill(0)
+            k = pc.micro_batches
+            losses, stats = [], np.zeros(4)
+            for j, mb in enumerate(_micro(batch, k)):
+                o, c = model.forward(**{key: mb[key] for key in _MODEL_KEYS}, train=True,
+                                     seed=pc.seed, step=step * k + j, mlm_path=pc.mlm_path)
+                if not np.isfinite(o["loss"]):
+                    raise TrainingError(
+                        f"the loss is {float(o['loss'])} at step {step + 1}: training stopped. "
+                        f"The last good checkpoint is {last_ck or 'not written yet'}; resume "
+                        "from it with a lower --lr")
+                inv = np.float32(1.0 / k)
+                model.backward(c, grads, dlogits=c["dlogits"] * inv, dsop_logits=c["dsop"] * inv)
+                losses.append((float(o["loss"]), float(o["mlm_loss"]), float(o["sop_loss"])))
+                lab = mb["labels"].reshape(-1)[o["mlm_rows"]] if o["mlm_rows"] is not None else None
+                logits = o["prediction_logits"]
+                if lab is None:
+                    lab_all = mb["labels"].reshape(-1)
+                    sel = lab_all != -100
+                    logits, lab = logits[sel], lab_all[sel]
+                stats += [(logits.argmax(1) == lab).sum(), len(lab),
+                          (o["sop_logits"].argmax(1) == mb["sentence_order_label"]).sum(),
+                          len(mb["sentence_order_label"])]
+            norm = clip_by_global_norm(grads, pc.clip)
+            if not math.isfinite(norm):
+                raise TrainingError(f"the gradient norm is {norm} at step {step + 1}: training "
+                                    f"stopped. The last good checkpoint is {last_ck}")
+            lr = learning_rate(step, pc.lr, total, warmup, pc.schedule)
+            opt.step(model.params, grads, lr)
+            step += 1
+            index += 1
+            dt = time.perf_counter() - t0
+            ntok = int(batch["attention_mask"].sum())
+            tokens_seen += ntok
+            loss, mlm, sop = np.mean(losses, axis=0)
+            rec = dict(step=step, loss=loss, mlm_loss=mlm, sop_loss=sop,
+                       mlm_acc=stats[0] / max(stats[1], 1), sop_acc=stats[2] / stats[3], lr=lr,
+                       grad_norm=norm, tokens_per_s=ntok / dt, epoch=epoch,
+                       elapsed=time.time() - t_start)
+            log.write(**rec)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.3f}", mlm_acc=f"{rec['mlm_acc']:.3f}",
+                                sop_acc=f"{rec['sop_acc']:.2f}", tok_s=f"{ntok / dt:.0f}")
+                bar.update(1)
+            if pc.eval_every and step % pc.eval_every == 0:
+                ev = run_eval()
+                if bar is not None and ev:
+                    bar.write(f"step {step}: held-out MLM loss {ev['mlm_loss']:.3f} (unigram "
+                              f"{unigram:.3f}), MLM acc {ev['mlm_acc']:.3f}, SOP acc "
+                              f"{ev['sop_acc']:.3f}")
+            if pc.save_every and step % pc.save_every == 0:
+                last_ck = checkpoint()
+            if pc.stop_after is not None and step >= pc.stop_after:
+                interrupted = True
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        say("\ninterrupted: saving a checkpoint (resume with --resume)")
+    finally:
+        if bar is not None:
+            bar.close()
+    last_ck = checkpoint()
+    if interrupted:
+        return dict(interrupted=True, step=step, checkpoint=str(last_ck))
+    if ev is None or ev.get("_step") != step:
+        ev = run_eval()
+    wall = time.time() - t_start
+    summary = dict(step=step, checkpoint=str(last_ck), wall_seconds=wall,
+                   train_seconds=time.time() - t_loop,
+                   tokens_per_s=tokens_seen / max(time.time() - t_loop, 1e-9),
+                   unigram_cross_entropy=unigram, heldout=ev, python=corpus.info.get("python"),
+                   corpus_sha256=corpus.checksum, threads=kernels.get_threads(),
+                   optimizer=pc.optimizer, lr=pc.lr)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    png = plot_curves(out / "log.jsonl", out / "curves.png")
+    say(f"done: {step} steps in {wall / 60:.1f} min ({summary['tokens_per_s']:.0f} tokens/s)")
+    if ev:
+        say(f"held-out: MLM loss {ev['mlm_loss']:.3f} vs unigram {unigram:.3f}, MLM accuracy "
+            f"{ev['mlm_acc']:.3f}, SOP accuracy {ev['sop_acc']:.3f}")
+    say(f"checkpoint: {last_ck}; log: {out / 'log.jsonl'}; " +
+        (f"curves: {png}" if png else "no plot (pip install matplotlib, or -e '.[plot]')"))
+    return summary
+
+
+# ------------------------------------------------------------------------------ using a checkpoint
+
+def load_pretrained(path):
+    """-> (AlbertForPreTraining, AlbertTokenizer, state) from a run or checkpoint folder."""
+    from .checkpoint import load_tokenizer
+
+    cfg, params, state, _, ck = load_checkpoint(path)
+    tok = load_tokenizer(ck, cfg.vocab_size)
+    check_tokenizer(tok, cfg.vocab_size, state.get("tokenizer_sha256"))
+    return AlbertForPreTraining(cfg, params=params), tok, state
+
+
+def fill_mask(model, tok, text, top_k=5):
+    """Top-k predictions (token, probability) for every [MASK] in the text."""
+    enc = tok(text, max_length=model.config.max_position_embeddings)
+    ids = np.array([enc["input_ids"]])
+    pos = np.flatnonzero(ids[0] == tok.mask_token_id)
+    if not len(pos):
+        raise ValueError("the text has no [MASK]")
+    labels = np.full_like(ids, -100)
+    labels[0, pos] = 0
+    out, _ = model.forward(ids, np.array([enc["token_type_ids"]]), labels=labels,
+                           sentence_order_label=np.zeros(1, np.int64), mlm_path="masked")
+    z = out["prediction_logits"].astype(np.float64)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    res = []
+    for row in p:
+        top = np.argsort(-row)[:top_k]
+        res.append([(tok.id_to_piece(i).replace("▁", " ").strip() or "▁", float(row[i]))
+                    for i in top])
+    return res
+
+
+def evaluate_checkpoint(path, corpus=None, fmt="auto", batches=None, batch_size=32):
+    model, tok, state = load_pretrained(path)
+    run = state.get("run", {})
+    c = load_corpus(corpus if corpus is not None else run.get("corpus"), fmt)
+    if corpus is None and c.checksum != state.get("corpus_sha256", c.checksum):
+        print("warning: the corpus differs from the one the checkpoint was trained on",
+              file=sys.stderr)
+    train_c, held_c = c.split(run.get("heldout_fraction", 0.05))
+    seq = run.get("seq_len", 128)
+    if seq > model.config.max_position_embeddings:
+        raise DataError(f"seq_len {seq} is longer than max_position_embeddings")
+    held = PretrainingData(tokenize_corpus(held_c, tok), tok, seq, seed=run.get("seed", 0) + 1)
+    n = held.num_batches(batch_size) if batches is None else min(batches, held.num_batches(batch_size))
+    bs = [held.batch(0, i, batch_size) for i in range(n)]
+    ev = evaluate_batches(model, bs)
+    ev["unigram_cross_entropy"] = unigram_cross_entropy(
+        tokenize_corpus(train_c, tok).tokens, model.config.vocab_size, bs)
+    return ev
+
+
+# ------------------------------------------------------------------------------ CLI
+
+def _cmd_pretrain(args):
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    kw = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.no_progress:
+        kw["progress"] = False
+    if "time_budget" in kw and "steps" not in kw:
+        kw["steps"] = None
+    try:
+        s = pretrain(PretrainConfig(**kw), resume=args.resume)
+    except TrainingError as e:
+        print(f"minialbert: error: {e}", file=sys.stderr)
+        return 3
+    return 0 if s else 1
+
+
+def _cmd_evaluate(args):
+    ev = evaluate_checkpoint(args.checkpoint, args.corpus, args.format, args.batches)
+    print(f"held-out: MLM loss {ev['mlm_loss']:.3f} (unigram baseline "
+          f"{ev['unigram_cross_entropy']:.3f}), perplexity {ev['perplexity']:.1f}, MLM accuracy "
+          f"{ev['mlm_acc']:.3f} over {ev['predictions']} predictions; SOP accuracy "
+          f"{ev['sop_acc']:.3f} over {ev['pairs']} pairs")
+    return 0
+
+
+def _cmd_fill_mask(args):
+    model, tok, _ = load_pretrained(args.checkpoint)
+    for text in args.text:
+        try:
+            res = fill_mask(model, tok, text, args.top_k)
+        except ValueError as e:
+            print(f"minialbert: error: {e}", file=sys.stderr)
+            return 2
+        print(text)
+        for i, cands in enumerate(res):
+            print(f"  [MASK] #{i + 1}: " + ", ".join(f"{t!r} {p:.3f}" for t, p in cands))
+    return 0
+
+
+def add_commands(sub):
+    d = PretrainConfig()
+    p = sub.add_parser("pretrain", help="pretrain a small ALBERT (default: ~10 min on the "
+                       "embedded Python docs)")
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--corpus", nargs="*", default=None,
+                   help="text files or folders (default: the embedded Python docs)")
+    p.add_argument("--format", default=None, choices=["auto", "lines", "text"])
+    p.add_argument("--preset", default=None, help="small (default), tiny, albert-base-v2, ...")
+    p.add_argument("--config", default=None, help="a model config.json instead of the preset")
+    p.add_argument("--tokenizer", default=None, help="folder with spiece.model (default: train)")
+    p.add_argument("--vocab-size", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--micro-batches", type=int, default=None, help="gradient accumulation")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--time-budget", type=float, default=None, help="seconds (when no --steps)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--warmup", type=float, default=None, help="fraction of the steps")
+    p.add_argument("--schedule", default=None, choices=["albert", "hf"])
+    p.add_argument("--optimizer", default=None, choices=["lamb", "adamw", "adam_weight_decay"])
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--clip", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=None)
+    p.add_argument("--mlm-path", default=None, choices=["masked", "all"])
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("evaluate", help="held-out MLM and SOP metrics of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--corpus", nargs="*", default=None)
+    p.add_argument("--format", default="auto")
+    p.add_argument("--batches", type=int, default=None)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("fill-mask", help="top-k tokens for each [MASK]")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("text", nargs="+")
+    p.set_defaults(func=_cmd_fill_mask)

@@ -1,0 +1,136 @@
+"""Pretraining: it learns, it resumes exactly, its checkpoints survive crashes, and bad
+input stops it with a clear message."""
+import json
+
+import numpy as np
+import pytest
+
+from minialbert.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minialbert.cli import main as cli
+from minialbert.data import DataError
+from minialbert.train import PretrainConfig, TrainingError, fill_mask, load_pretrained, pretrain
+
+SMALL = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+             embedding_size=16)
+
+
+def cfg(tmp_path, **kw):
+    base = dict(out=str(tmp_path / "run"), vocab_size=1000, seq_len=32, batch_size=8, steps=6,
+                eval_every=3, save_every=3, eval_batches=2, lr=5e-3, progress=False,
+                extra=SMALL, preset="tiny")
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def losses(run):
+    return [json.loads(l)["loss"] for l in (run / "log.jsonl").read_text().splitlines()
+            if "eval" not in json.loads(l)]
+
+
+def test_a_short_run_lowers_the_heldout_loss(tmp_path):
+    s = pretrain(cfg(tmp_path, steps=40, eval_every=40, save_every=0, lr=1e-2, seq_len=64,
+                     batch_size=16))
+    recs = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    first = np.mean([r["mlm_loss"] for r in recs[:5] if not r.get("eval")])
+    # from ~ln(V) = 6.9 (uniform guessing) at the start; 40 steps of 16 x 64 tokens
+    assert s["heldout"]["mlm_loss"] < min(first, np.log(1000)) - 0.5, (first, s["heldout"])
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_resume_continues_exactly(tmp_path):
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    pretrain(cfg(tmp_path, out=str(a), micro_batches=2))
+    r = pretrain(cfg(tmp_path, out=str(b), micro_batches=2, stop_after=3))
+    assert r["interrupted"] and r["step"] == 3
+    pretrain(PretrainConfig(out=str(b), progress=False), resume=True)
+    la, lb = losses(a), losses(b)
+    assert len(la) == len(lb) == 6
+    assert la == lb  # bitwise: the same floats, step for step
+    pa = load_checkpoint(a)[1]
+    pb = load_checkpoint(b)[1]
+    assert all(np.array_equal(pa[k], pb[k]) for k in pa)
+
+
+def test_crash_mid_save_leaves_the_previous_checkpoint(tmp_path):
+    pretrain(cfg(tmp_path, steps=3, save_every=3))
+    run = tmp_path / "run"
+    cfg_, params, state, _, ck = load_checkpoint(run)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(run, 99, {k: v * 0 for k, v in params.items()}, cfg_, state,
+                        _crash_after="model")
+    cfg2, params2, state2, _, ck2 = load_checkpoint(run)
+    assert ck2 == ck and state2["step"] == 3
+    assert all(np.array_equal(params[k], params2[k]) for k in params)
+
+
+def test_corrupt_and_missing_checkpoints_are_clear(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nothing")
+    pretrain(cfg(tmp_path, steps=3, save_every=3))
+    ck = load_checkpoint(tmp_path / "run")[4]
+    data = bytearray((ck / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (ck / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "run")
+    assert cli(["evaluate", "--checkpoint", str(tmp_path / "run")]) == 2
+
+
+def test_tokenizer_that_does_not_match_is_refused(tmp_path):
+    from minialbert.tokenizer import train_tokenizer
+    from minialbert.corpus import default_corpus
+    pretrain(cfg(tmp_path, steps=3, save_every=3))
+    other = train_tokenizer(default_corpus().sentences(), 900, tmp_path / "tok900")
+    ck = load_checkpoint(tmp_path / "run")[4]
+    other.save(ck)  # swap the checkpoint's tokenizer for another one
+    with pytest.raises(CheckpointError, match="900 pieces but the model's vocab_size is 1000"):
+        load_pretrained(tmp_path / "run")
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
+    pretrain(cfg(tmp_path, steps=6, save_every=3, stop_after=3))
+    run = tmp_path / "run"
+    c, params, state, opt, ck = load_checkpoint(run)
+    params["albert.pooler.weight"][:] = np.nan
+    bad = tmp_path / "bad"
+    save_checkpoint(bad, 3, params, c, state, None, None)
+    import shutil
+    shutil.copy(ck / "optimizer.safetensors", bad / "ckpt-00000003")
+    shutil.copy(ck / "spiece.model", bad / "ckpt-00000003")
+    st = json.loads((bad / "ckpt-00000003" / "state.json").read_text())
+    st.update(optimizer=state["optimizer"], tokenizer_sha256=state["tokenizer_sha256"])
+    st.pop("optimizer_sha256", None)
+    (bad / "ckpt-00000003" / "state.json").write_text(json.dumps(st))
+    with pytest.raises(TrainingError, match="the loss is nan at step 4"):
+        pretrain(PretrainConfig(out=str(bad), progress=False), resume=True)
+    assert load_checkpoint(bad)[2]["step"] == 3  # the last good checkpoint is still there
+
+
+def test_sequence_longer_than_positions_is_clear(tmp_path):
+    with pytest.raises(DataError, match="max_position_embeddings"):
+        pretrain(cfg(tmp_path, seq_len=600))
+
+
+def test_changed_corpus_warns_with_both_checksums(tmp_path, capsys):
+    (tmp_path / "c.txt").write_text("".join(f"Sentence number {i} is here. And another {i} too.\n\n"
+                                            for i in range(300)))
+    pretrain(cfg(tmp_path, corpus=[str(tmp_path / "c.txt")], steps=3, save_every=3, stop_after=2,
+                 vocab_size=60, eval_batches=1))
+    (tmp_path / "c.txt").write_text("".join(f"Other sentence {i} now. Then more {i} here.\n\n"
+                                            for i in range(300)))
+    pretrain(PretrainConfig(out=str(tmp_path / "run"), progress=False), resume=True)
+    err = capsys.readouterr().err
+    assert "the corpus changed" in err and err.count("…") >= 2
+
+
+def test_fill_mask_and_cli(tmp_path, capsys):
+    pretrain(cfg(tmp_path, steps=3, save_every=3))
+    model, tok, _ = load_pretrained(tmp_path / "run")
+    res = fill_mask(model, tok, "the [MASK] of a function", top_k=3)
+    assert len(res) == 1 and len(res[0]) == 3
+    assert abs(sum(p for _, p in res[0])) <= 1.0 + 1e-6
+    assert cli(["fill-mask", "--checkpoint", str(tmp_path / "run"), "a [MASK] b"]) == 0
+    assert cli(["fill-mask", "--checkpoint", str(tmp_path / "run"), "no mask"]) == 2
+    assert cli(["evaluate", "--checkpoint", str(tmp_path / "run"), "--batches", "1"]) == 0
+    assert "SOP accuracy" in capsys.readouterr().out
