@@ -92,3 +92,59 @@ for path in ("all", "masked"):
     rows.append((path, o["prediction_logits"].shape, f"{o['prediction_logits'].nbytes / 2**20:.1f}",
                  f"{dt * 1e3:.0f}"))
 write_table("08_mlm_paths.md", ["MLM path", "logits shape", "logits MB", "fwd+bwd ms"], rows)
+
+# %% [markdown]
+# ## The data half: what the model sees
+# Segment pairs come from consecutive sentences of one document: a chunk is filled up to
+# a target length, split at a random sentence boundary into A and B, and swapped half the
+# time (SOP label 1). Then n-gram masking: whole words, n ≤ 3 with p(n) ∝ 1/n, 15% of
+# the tokens, each masked token 80% `[MASK]` / 10% random / 10% unchanged.
+
+# %%
+from minialbert.cli import show_instance  # noqa: E402
+from minialbert.corpus import default_corpus  # noqa: E402
+from minialbert.data import PretrainingData, tokenize_corpus  # noqa: E402
+from minialbert.tokenizer import train_tokenizer  # noqa: E402
+
+corpus = default_corpus()
+tok = train_tokenizer(corpus.sentences(), 1000 if QUICK else 4000)
+data = PretrainingData(tokenize_corpus(corpus, tok), tok, max_seq_length=64, seed=0)
+batch = data.batch(0, 0, 4)
+shown = [show_instance(tok, batch, i) for i in range(2)]
+print("\n\n".join(shown))
+(pathlib.Path(OUT) / "08_instances.txt").write_text("\n\n".join(shown) + "\n")
+
+# %% [markdown]
+# ## The sampled n and the n you get
+# The draw follows 6/11, 3/11, 2/11 — but near the prediction budget the original falls
+# back to shorter n-grams, so the spans actually masked are shorter than the draw says.
+
+# %%
+stats = {}
+spans = []
+for i in range(10 if QUICK else 60):
+    b = data.batch(1, i, 16, stats)
+    for row in b["labels"]:
+        pos = np.flatnonzero(row != -100)
+        if len(pos):
+            runs = np.split(pos, np.flatnonzero(np.diff(pos) != 1) + 1)
+            spans += [len(r) for r in runs]
+n = np.array(stats["n"])
+spans = np.array(spans)
+rows = [(k, f"{p:.3f}", f"{(n == k).mean():.3f}") for k, p in zip((1, 2, 3), (6 / 11, 3 / 11, 2 / 11))]
+write_table("08_ngram.md", ["n", "p(n) = (1/n)/Σ", "sampled"], rows)
+write_table("08_spans.md", ["masked run length (tokens)", "share"],
+            [(k, f"{(spans == k).mean():.3f}") for k in range(1, 6)] +
+            [("> 5", f"{(spans > 5).mean():.3f}")])
+assert abs((n == 1).mean() - 6 / 11) < 0.05
+
+# %% [markdown]
+# ## How much is masked
+# 15% of the tokens, rounded, but never more than `max_predictions_per_seq`: at the
+# original's 512 tokens and 20 predictions that cap is 20/512 ≈ 3.9%.
+
+# %%
+rows = []
+for T, P in ((64, 20), (128, 20), (512, 20), (512, 76)):
+    rows.append((T, P, f"{min(P, max(1, round(T * 0.15))) / T:.1%}"))
+write_table("08_rate.md", ["tokens", "max predictions", "share masked (full sequence)"], rows)

@@ -1,0 +1,101 @@
+# %% [markdown]
+# # 03 — Tokenization: SentencePiece and ALBERT's preprocessing
+#
+# ALBERT reads SentencePiece pieces: a unigram language model over subword strings, with
+# "▁" marking the start of a word. We train one with albert-v2's settings on the embedded
+# corpus (the documentation of the Python running this), then look at what it does to text.
+
+# %%
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import OUT, QUICK, write_table  # noqa: E402
+
+from minialbert.corpus import default_corpus  # noqa: E402
+from minialbert.tokenizer import (AlbertTokenizer, TokenizerError, preprocess,  # noqa: E402
+                                  train_tokenizer)
+
+corpus = default_corpus()
+print(f"corpus: Python {corpus.info['python']} documentation, {corpus.info['documents']} "
+      f"documents, {corpus.info['sentences']} sentences, {corpus.info['characters']:,} "
+      f"characters, SHA-256 {corpus.checksum[:16]}…")
+print("a document:", corpus.documents[len(corpus) // 2][:3])
+
+# %% [markdown]
+# ## Training
+# Unigram model, `<pad>`=0, `<unk>`=1, control symbols `[CLS]`=2 `[SEP]`=3 `[MASK]`=4,
+# user-defined pieces `( ) " - . – £ €` = 5..12, no bos/eos — albert-base-v2's layout.
+# Training text goes through the same preprocessing as encoding (lower-case, accents off).
+
+# %%
+V = 1000 if QUICK else 4000
+t0 = time.time()
+tok = train_tokenizer(corpus.sentences(), V, OUT / "03_tokenizer")
+print(f"{V} pieces in {time.time() - t0:.1f} s")
+write_table("03_layout.md", ["id", "piece"], [(i, tok.id_to_piece(i)) for i in range(16)])
+assert [tok.id_to_piece(i) for i in range(5)] == ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
+
+# %% [markdown]
+# A corpus bounds the vocabulary: SentencePiece cannot make more pieces than the text
+# supports, and we say the largest it can.
+
+# %%
+try:
+    train_tokenizer(corpus.sentences(), 50_000)
+except TokenizerError as e:
+    print("50,000 pieces:", e)
+    largest = int(str(e).rsplit(" ", 1)[1])
+write_table("03_limit.md", ["asked", "largest this corpus supports"], [("50,000", f"{largest:,}")])
+
+# %% [markdown]
+# ## Preprocessing, then pieces
+
+# %%
+examples = ["Return the Absolute Value of a number.", "  naïve   café  ``quoted''",
+            "List comprehensions: [x**2 for x in range(10)]", "1,000,000 items cost 3.14 €",
+            "The [MASK] method returns a copy."]
+rows = []
+for t in examples:
+    rows.append((f"`{t}`", f"`{preprocess(t)}`", " ".join(f"`{p}`" for p in tok.tokenize(t))))
+write_table("03_examples.md", ["text", "preprocessed", "pieces"], rows)
+n_tok = sum(len(tok.encode(s)) for s in corpus.sentences())
+print(f"{corpus.info['characters'] / n_tok:.2f} characters per token over the corpus")
+
+# %% [markdown]
+# ## Two tokenizers that disagree: transformers 5 and the original
+# transformers 5 treats the user-defined pieces as "added tokens": it splits the raw text
+# at each of them, then encodes every other segment as if it started a new word. The
+# original ALBERT code (and transformers 4's slow tokenizer) let SentencePiece see the
+# whole text. We do both (`mode=`), the first by default because it is what a
+# transformers user will compare against.
+
+# %%
+sp = AlbertTokenizer(OUT / "03_tokenizer", mode="sentencepiece")
+hf = AlbertTokenizer(OUT / "03_tokenizer")  # mode="transformers"
+rows = []
+for t in ["pi is 3.14", "(see below)", "a - b", "hello world"]:
+    rows.append((f"`{t}`", " ".join(hf.tokenize(t)), " ".join(sp.tokenize(t)),
+                 f"`{hf.decode(hf.encode(t))}`"))
+write_table("03_modes.md", ["text", "transformers 5", "original / sentencepiece",
+                            "transformers 5 decodes as"], rows)
+assert hf.tokenize("hello world") == sp.tokenize("hello world")
+
+# %% [markdown]
+# The original also re-splits a piece ending in "digit," so that the comma stands alone
+# (`split_digit_comma=True`, off by default; transformers 5 does not do it).
+
+# %%
+dc = AlbertTokenizer(OUT / "03_tokenizer", mode="sentencepiece", split_digit_comma=True)
+print("1,000 people:", sp.tokenize("1,000 people"), "->", dc.tokenize("1,000 people"))
+
+# %% [markdown]
+# ## Pairs
+# `[CLS] A [SEP] B [SEP]`, token types 0 for `[CLS] A [SEP]` and 1 for `B [SEP]`.
+
+# %%
+e = tok("The first segment.", "And the second.")
+print([tok.id_to_piece(i) for i in e["input_ids"]])
+print(e["token_type_ids"])
+assert e["token_type_ids"][0] == 0 and e["token_type_ids"][-1] == 1
