@@ -55,10 +55,10 @@ class PretrainConfig:
     seed: int = 0
     threads: int = None
     eval_every: int = 50
-    eval_batches: int = 8
+    eval_batches: int = 16
     save_every: int = 100
     mlm_path: str = "masked"
-    heldout_fraction: float = 0.05
+    heldout_fraction: float = 0.1
     progress: bool = True
     stop_after: int = None  # stop (and save) after this many steps: an interruption, for tests
     extra: dict = field(default_factory=dict)  # model config overrides

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import QUICK, write_table  # noqa: E402
+from _common import OUT, QUICK, write_table  # noqa: E402
 
 from minialbert.config import AlbertConfig, preset  # noqa: E402
 from minialbert.gradcheck import gradcheck  # noqa: E402

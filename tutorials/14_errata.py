@@ -49,8 +49,10 @@ write_table("14_ngram.md", ["n", "paper / minialbert", "code with favor_shorter_
 
 # %% [markdown]
 # ## 3. The mask constant
-# TF adds −10000 to masked scores; Hugging Face adds the most negative float. Same
-# probabilities in float32 — even for a fully masked row, which both make uniform.
+# TF adds −10000 to masked scores; Hugging Face adds the most negative float. For a row with
+# at least one real key the probabilities are the same in float32 (exp(−10000) is 0). For a
+# *fully* masked row they are not: −10000 shifts every score equally, and softmax ignores a
+# shift, so TF attends by the raw scores; finfo.min swallows the scores, and HF is uniform.
 
 # %%
 rng = np.random.default_rng(0)
@@ -58,8 +60,11 @@ s = rng.standard_normal((2, 8)).astype(np.float32) * 5
 m = np.array([[1, 1, 1, 0, 0, 1, 0, 1], [0] * 8])
 tf = softmax_forward(s, (-10000.0 * (1 - m)).astype(np.float32))
 hf = softmax_forward(s, mask_bias(m, np.float32))
-print("max |TF - HF| probability:", np.abs(tf - hf).max())
-assert np.abs(tf - hf).max() < 1e-6
+write_table("14_mask.md", ["row", "max abs difference TF vs HF", "HF row"],
+            [("partly masked", f"{np.abs(tf[0] - hf[0]).max():.1e}", "softmax over real keys"),
+             ("fully masked", f"{np.abs(tf[1] - hf[1]).max():.2f}", "uniform 1/8")])
+assert np.abs(tf[0] - hf[0]).max() < 1e-6 and np.allclose(hf[1], 1 / 8)
+assert np.abs(tf[1] - hf[1]).max() > 0.1
 
 # %% [markdown]
 # ## 4. The MLM loss denominator

@@ -1,0 +1,144 @@
+"""Time to quality: the same data, model config, optimizer, schedule and wall-clock budget
+given to minialbert and to Hugging Face's AlbertForPreTraining (PyTorch, eager attention).
+Each side trains from the same initial weights on the same batches until its budget runs
+out, then both are evaluated on the same held-out batches.
+
+    python benchmarks/bench_time_to_quality.py --budget 300
+
+The optimizer is AdamW with ALBERT's exclusions (ours matches torch.optim.AdamW step for
+step, tests/test_optim.py), the schedule linear warm-up/decay over the steps each side can
+fit in its budget (estimated from its own first steps).
+"""
+import argparse
+import time
+
+import numpy as np
+
+from minialbert import kernels
+from minialbert.config import preset
+from minialbert.corpus import default_corpus
+from minialbert.data import PretrainingData, tokenize_corpus
+from minialbert.model import AlbertForPreTraining, zeros_like_params
+from minialbert.optim import AdamW, clip_by_global_norm, learning_rate, no_decay
+from minialbert.tokenizer import train_tokenizer
+from minialbert.train import PretrainConfig, evaluate_batches, unigram_cross_entropy
+
+K = ("input_ids", "token_type_ids", "attention_mask", "labels", "sentence_order_label")
+
+
+def batches_for(data, n, B):
+    per = data.num_batches(B)
+    for s in range(n):
+        yield data.batch(s // per, s % per, B)
+
+
+def run_ours(cfg, params, data, B, budget, lr, total):
+    m = AlbertForPreTraining(cfg, params={k: v.copy() for k, v in params.items()})
+    opt = AdamW(exclude=no_decay)
+    grads = zeros_like_params(m.params)
+    t0 = time.time()
+    step = 0
+    for b in batches_for(data, total, B):
+        for g in grads.values():
+            g.fill(0)
+        out, cache = m.forward(**{k: b[k] for k in K}, mlm_path="masked")
+        m.backward(cache, grads)
+        clip_by_global_norm(grads, 1.0)
+        opt.step(m.params, grads, learning_rate(step, lr, total, total // 20))
+        step += 1
+        if time.time() - t0 > budget:
+            break
+    return m, step, time.time() - t0
+
+
+def run_hf(cfg, params, data, B, budget, lr, total, held):
+    import torch
+    import transformers
+
+    hc = transformers.AlbertConfig(**cfg.to_dict(hf=True))
+    hc._attn_implementation = "eager"
+    hf = transformers.AlbertForPreTraining(hc).train()
+    sd = {k: torch.from_numpy(v.copy()) for k, v in params.items()}
+    sd["predictions.decoder.weight"] = sd["albert.embeddings.word_embeddings.weight"]
+    sd["predictions.decoder.bias"] = sd["predictions.bias"]
+    hf.load_state_dict(sd, strict=False)
+    groups = [{"params": [p for n, p in hf.named_parameters() if not no_decay(n)],
+               "weight_decay": 0.01},
+              {"params": [p for n, p in hf.named_parameters() if no_decay(n)],
+               "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, eps=1e-8)
+    t0 = time.time()
+    step = 0
+    for b in batches_for(data, total, B):
+        o = hf(**{k: torch.from_numpy(b[k]) for k in K})
+        opt.zero_grad()
+        o.loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        for g in opt.param_groups:
+            g["lr"] = learning_rate(step, lr, total, total // 20)
+        opt.step()
+        step += 1
+        if time.time() - t0 > budget:
+            break
+    secs = time.time() - t0
+    hf.eval()
+    nll = ok = n = sop_ok = sop_n = 0.0
+    with torch.no_grad():
+        for b in held:
+            o = hf(**{k: torch.from_numpy(b[k]) for k in K[:3]})
+            lab = torch.from_numpy(b["labels"]).reshape(-1)
+            sel = lab != -100
+            z = o.prediction_logits.reshape(-1, cfg.vocab_size)[sel]
+            nll += float(torch.nn.functional.cross_entropy(z, lab[sel], reduction="sum"))
+            ok += float((z.argmax(1) == lab[sel]).sum())
+            n += int(sel.sum())
+            sop_ok += float((o.sop_logits.argmax(1) == torch.from_numpy(
+                b["sentence_order_label"])).sum())
+            sop_n += len(b["sentence_order_label"])
+    return dict(mlm_loss=nll / n, mlm_acc=ok / n, sop_acc=sop_ok / sop_n), step, secs
+
+
+def main():
+    import torch
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget", type=float, default=300)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    a = ap.parse_args()
+    pc = PretrainConfig()
+    threads = kernels.set_threads(None)
+    torch.set_num_threads(threads)
+    corpus = default_corpus()
+    tr, ho = corpus.split(pc.heldout_fraction)
+    tok = train_tokenizer(tr.sentences(), pc.vocab_size)
+    data = PretrainingData(tokenize_corpus(tr, tok), tok, pc.seq_len, seed=pc.seed)
+    hdata = PretrainingData(tokenize_corpus(ho, tok), tok, pc.seq_len, seed=pc.seed + 1)
+    held = [hdata.batch(0, i, pc.batch_size) for i in range(min(pc.eval_batches,
+                                                                hdata.num_batches(pc.batch_size)))]
+    cfg = preset(pc.preset, vocab_size=tok.vocab_size, **pc.extra)
+    params = AlbertForPreTraining(cfg, seed=pc.seed).params
+    uni = unigram_cross_entropy(tokenize_corpus(tr, tok).tokens, cfg.vocab_size, held)
+    print(f"config {pc.preset} {pc.extra or ''}, batch {pc.batch_size} x {pc.seq_len}, AdamW lr "
+          f"{a.lr}, budget {a.budget:.0f} s each, {threads} threads each; unigram baseline {uni:.3f}")
+    rows = []
+    for side in ("minialbert", "HF"):
+        # estimate the steps that fit, so that the schedule ends with the budget
+        probe = 3
+        if side == "minialbert":
+            _, n, s = run_ours(cfg, params, data, pc.batch_size, 1e9, a.lr, probe)
+            total = max(1, int(a.budget / (s / n)))
+            m, steps, secs = run_ours(cfg, params, data, pc.batch_size, a.budget, a.lr, total)
+            ev = evaluate_batches(m, held)
+        else:
+            _, n, s = run_hf(cfg, params, data, pc.batch_size, 1e9, a.lr, probe, held[:1])
+            total = max(1, int(a.budget / (s / n)))
+            ev, steps, secs = run_hf(cfg, params, data, pc.batch_size, a.budget, a.lr, total, held)
+        rows.append((side, steps, secs, ev))
+        print(f"{side:<11} {steps:>5} steps in {secs:5.0f} s ({steps / secs:.2f} steps/s): held-out "
+              f"MLM loss {ev['mlm_loss']:.3f}, MLM acc {ev['mlm_acc']:.3f}, SOP acc "
+              f"{ev['sop_acc']:.3f}", flush=True)
+    print(f"steps in the same budget: minialbert / HF = {rows[0][1] / rows[1][1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
