@@ -41,12 +41,12 @@ class PretrainConfig:
     config: str = None  # a config.json instead of the preset
     tokenizer: str = None  # a folder with spiece.model; None: train one on the corpus
     vocab_size: int = 4000
-    seq_len: int = 128
-    batch_size: int = 32
+    seq_len: int = 64
+    batch_size: int = 64
     micro_batches: int = 1
     steps: int = None  # None: as many as fit in time_budget
     time_budget: float = 600.0  # seconds, used when steps is None
-    lr: float = 2e-3
+    lr: float = 5e-3
     warmup: float = 0.05  # fraction of the steps
     schedule: str = "albert"
     optimizer: str = "lamb"
