@@ -3,8 +3,9 @@
     python benchmarks/bench_train_step.py            # tiny and base configs
     python benchmarks/bench_train_step.py --quick    # tiny only, fewer steps
 
-Forward + backward (the optimizer step is excluded here), on the same weights and the same
-batch, dropout 0, float32. Ours runs with both MLM paths: logits at every position (what
+Forward + backward + an AdamW step (ours and torch.optim.AdamW, the same arithmetic; pass
+--no-optimizer to time forward + backward alone), on the same weights and the same batch,
+dropout 0, float32. Ours runs with both MLM paths: logits at every position (what
 Hugging Face computes) and only at the masked positions (the original TF code's way). Each
 side runs in its own subprocess, pinned to the same number of threads, so that its peak
 memory (max RSS) is its own. Prints tokens/s and the ratio (ours / HF: > 1 means faster).
@@ -42,7 +43,7 @@ def make_batch(cfg, B, T, seed=0):
                 labels=labels, sentence_order_label=r.integers(0, 2, B))
 
 
-def worker(side, name, path, threads, steps, weights):
+def worker(side, name, path, threads, steps, weights, optimizer=True):
     cfg_kw, B, T = CONFIGS[name]
     batch = make_batch(cfg_kw, B, T)
     params = dict(np.load(weights))
@@ -54,14 +55,19 @@ def worker(side, name, path, threads, steps, weights):
         from minialbert.model import AlbertForPreTraining, zeros_like_params
 
         kernels.set_threads(threads)
+        from minialbert.optim import AdamW
+
         m = AlbertForPreTraining(AlbertConfig(**cfg_kw), params=params)
         grads = zeros_like_params(m.params)
+        opt = AdamW()
         for i in range(steps + 2):
             t0 = time.perf_counter()
             for g in grads.values():
                 g.fill(0)
             out, cache = m.forward(**batch, mlm_path=path)
             m.backward(cache, grads)
+            if optimizer:
+                opt.step(m.params, grads, 1e-5)
             times.append(time.perf_counter() - t0)
         loss = float(out["loss"])
     else:
@@ -79,11 +85,14 @@ def worker(side, name, path, threads, steps, weights):
         sd["predictions.decoder.bias"] = sd["predictions.bias"]
         hf.load_state_dict(sd, strict=False)
         tb = {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
+        topt = torch.optim.AdamW(hf.parameters(), lr=1e-5, foreach=True)
         for i in range(steps + 2):
             t0 = time.perf_counter()
             hf.zero_grad(set_to_none=False)
             o = hf(**tb)
             o.loss.backward()
+            if optimizer:
+                topt.step()
             times.append(time.perf_counter() - t0)
         loss = float(o.loss)
     t = float(np.median(times[2:]))
@@ -98,10 +107,12 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--worker", nargs=4, metavar=("SIDE", "CONFIG", "PATH", "WEIGHTS"))
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--no-optimizer", action="store_true")
     a = ap.parse_args()
     if a.worker:
         side, name, path, weights = a.worker
-        print(json.dumps(worker(side, name, path, a.threads, a.steps, weights)))
+        print(json.dumps(worker(side, name, path, a.threads, a.steps, weights,
+                                not a.no_optimizer)))
         return
 
     from minialbert.config import AlbertConfig
@@ -126,14 +137,15 @@ def main():
             for side, path in [("hf", "eager"), ("hf", "sdpa"), ("ours", "all"),
                                ("ours", "masked")]:
                 r = subprocess.run([sys.executable, __file__, "--threads", str(a.threads),
-                                    "--steps", str(steps), "--worker", side, name, path, w],
+                                    "--steps", str(steps), "--worker", side, name, path, w]
+                                   + (["--no-optimizer"] if a.no_optimizer else []),
                                    capture_output=True, text=True)
                 if r.returncode:
                     sys.exit(r.stderr)
                 rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         hf_eager = rows[0]
         print(f"\n{name}: {cfg_kw}, B={B}, T={T}, {steps} timed steps (median), "
-              f"forward + backward, float32")
+              f"forward + backward{'' if a.no_optimizer else ' + AdamW step'}, float32")
         print(f"{'':<24}{'ms/step':>9}{'tokens/s':>10}{'vs HF eager':>12}{'loss':>9}"
               f"{'peak MB':>9}{'step MB':>9}")
         for r in rows:

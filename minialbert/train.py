@@ -357,7 +357,7 @@ def pretrain(pc=None, resume=False, **overrides):
                 break
     except KeyboardInterrupt:
         interrupted = True
-        say("\ninterrupted: saving a checkpoint (resume with --resume)")
+        print("\ninterrupted: saving a checkpoint (resume with --resume)", flush=True)
     finally:
         if bar is not None:
             bar.close()

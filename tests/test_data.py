@@ -163,3 +163,20 @@ def test_mask_tokens_never_touches_specials(n, seed):
     assert out[0] == CLS and out[-1] == SEP and 0 not in pos and len(toks) - 1 not in pos
     assert lab == [toks[p] for p in pos] and pos == sorted(set(pos))
     assert len(pos) <= max(1, round(len(toks) * 0.15))
+
+
+def test_cli_tokenizer_train_and_data_show(tmp_path, capsys):
+    from minialbert.cli import main as cli
+    (tmp_path / "c.txt").write_text("".join(f"The value {i} is stored. It can be read back later.\n\n"
+                                            for i in range(60)))
+    assert cli(["tokenizer", "train", "--corpus", str(tmp_path / "c.txt"), "--vocab-size", "40",
+                "--out", str(tmp_path / "tok")]) == 0
+    assert (tmp_path / "tok" / "spiece.model").exists()
+    assert cli(["data", "show", "--corpus", str(tmp_path / "c.txt"), "--tokenizer",
+                str(tmp_path / "tok"), "-n", "2", "--seq-len", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "SOP label" in out and "→" in out and "A: " in out and "B: " in out
+    # bad input: a clear one-line error and exit code 2, no traceback
+    assert cli(["tokenizer", "train", "--corpus", str(tmp_path / "missing.txt"), "--out",
+                str(tmp_path / "t2")]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -8,10 +8,11 @@
 # %%
 import pathlib
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import OUT, QUICK, write_table  # noqa: E402
+from _common import QUICK, write_table  # noqa: E402
 
 from minialbert.corpus import default_corpus  # noqa: E402
 from minialbert.tokenizer import (AlbertTokenizer, TokenizerError, preprocess,  # noqa: E402
@@ -32,7 +33,8 @@ print("a document:", corpus.documents[len(corpus) // 2][:3])
 # %%
 V = 1000 if QUICK else 4000
 t0 = time.time()
-tok = train_tokenizer(corpus.sentences(), V, OUT / "03_tokenizer")
+TOKDIR = pathlib.Path(tempfile.mkdtemp())  # the model file is not a figure: keep it out of the book
+tok = train_tokenizer(corpus.sentences(), V, TOKDIR)
 print(f"{V} pieces in {time.time() - t0:.1f} s")
 write_table("03_layout.md", ["id", "piece"], [(i, tok.id_to_piece(i)) for i in range(16)])
 assert [tok.id_to_piece(i) for i in range(5)] == ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
@@ -72,8 +74,8 @@ print(f"{corpus.info['characters'] / n_tok:.2f} characters per token over the co
 # transformers user will compare against.
 
 # %%
-sp = AlbertTokenizer(OUT / "03_tokenizer", mode="sentencepiece")
-hf = AlbertTokenizer(OUT / "03_tokenizer")  # mode="transformers"
+sp = AlbertTokenizer(TOKDIR, mode="sentencepiece")
+hf = AlbertTokenizer(TOKDIR)  # mode="transformers"
 rows = []
 for t in ["pi is 3.14", "(see below)", "a - b", "hello world"]:
     rows.append((f"`{t}`", " ".join(hf.tokenize(t)), " ".join(sp.tokenize(t)),
@@ -87,7 +89,7 @@ assert hf.tokenize("hello world") == sp.tokenize("hello world")
 # (`split_digit_comma=True`, off by default; transformers 5 does not do it).
 
 # %%
-dc = AlbertTokenizer(OUT / "03_tokenizer", mode="sentencepiece", split_digit_comma=True)
+dc = AlbertTokenizer(TOKDIR, mode="sentencepiece", split_digit_comma=True)
 print("1,000 people:", sp.tokenize("1,000 people"), "->", dc.tokenize("1,000 people"))
 
 # %% [markdown]
