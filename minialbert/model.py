@@ -276,8 +276,7 @@ class AlbertForPreTraining(AlbertModel):
         p = drop.p(cfg.classifier_dropout_prob)
         pd, keep = dropout_forward(pooled, p, drop.key() if p > 0 else 0)
         sop_logits, _ = dense_forward(pd, params, "sop_classifier.classifier")
-        out.update(prediction_logits=logits if rows is None else logits,
-                   sop_logits=sop_logits, mlm_rows=rows)
+        out.update(prediction_logits=logits, sop_logits=sop_logits, mlm_rows=rows)
         cache = dict(enc=enc_cache, x=x, m=m, g=g, e=e, ln=ln, rows=rows, pd=pd, keep=keep,
                      p=p, B=B, T=T, dlogits=None, dsop=None)
         if flat_labels is not None and sentence_order_label is not None:

@@ -160,9 +160,12 @@ class AlbertTokenizer:
         for p in pieces:
             if len(p) > 1 and p[-1] == "," and p[-2].isdigit():
                 cur = self.sp.encode(p[:-1].replace("▁", ""), out_type=str)
-                if p[0] != "▁" and cur and cur[0][0] == "▁":
-                    cur[0] = cur[0][1:] if len(cur[0]) > 1 else cur.pop(0) and cur[0]
-                out += [c for c in cur if c] + [","]
+                if p[0] != "▁" and cur and cur[0][0] == "▁":  # keep "no word start" as it was
+                    if len(cur[0]) == 1:
+                        cur = cur[1:]
+                    else:
+                        cur[0] = cur[0][1:]
+                out += cur + [","]
             else:
                 out.append(p)
         return out

@@ -289,7 +289,7 @@ def pretrain(pc=None, resume=False, **overrides):
         except ImportError:
             pass
     last_ck = None
-    ev = None
+    ev, ev_step = None, None
     tokens_seen = 0
     t_loop = time.time()
     interrupted = False
@@ -345,7 +345,7 @@ def pretrain(pc=None, resume=False, **overrides):
                                 sop_acc=f"{rec['sop_acc']:.2f}", tok_s=f"{ntok / dt:.0f}")
                 bar.update(1)
             if pc.eval_every and step % pc.eval_every == 0:
-                ev = run_eval()
+                ev, ev_step = run_eval(), step
                 if bar is not None and ev:
                     bar.write(f"step {step}: held-out MLM loss {ev['mlm_loss']:.3f} (unigram "
                               f"{unigram:.3f}), MLM acc {ev['mlm_acc']:.3f}, SOP acc "
@@ -364,7 +364,7 @@ def pretrain(pc=None, resume=False, **overrides):
     last_ck = checkpoint()
     if interrupted:
         return dict(interrupted=True, step=step, checkpoint=str(last_ck))
-    if ev is None or ev.get("_step") != step:
+    if ev_step != step:  # not evaluated at this step yet
         ev = run_eval()
     wall = time.time() - t_start
     summary = dict(step=step, checkpoint=str(last_ck), wall_seconds=wall,
