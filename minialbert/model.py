@@ -51,10 +51,41 @@ def layer_prefixes(cfg, l, i=0):
     return shared + "attention.", shared
 
 
-def parameter_shapes(cfg, heads=True):
-    """name -> shape for every parameter (AlbertModel, plus the pretraining heads)."""
+# Which parameters each model holds, as Hugging Face's classes do: AlbertModel has a pooler;
+# the heads that read only the sequence output (masked LM, token classification, question
+# answering) build their AlbertModel without one (add_pooling_layer=False).
+HEADS = ("base", "pretraining", "masked_lm", "sequence_classification",
+         "token_classification", "question_answering", "multiple_choice")
+POOLED = ("base", "pretraining", "sequence_classification", "multiple_choice")
+
+
+def head_shapes(cfg, head):
+    """name -> shape of a head's own parameters."""
+    V, E, H, C = cfg.vocab_size, cfg.embedding_size, cfg.hidden_size, cfg.num_labels
+    mlm = {"predictions.bias": (V,), "predictions.dense.weight": (E, H),
+           "predictions.dense.bias": (E,), "predictions.LayerNorm.weight": (E,),
+           "predictions.LayerNorm.bias": (E,)}  # the decoder is the word table (tied)
+    if head == "pretraining":
+        return dict(mlm, **{"sop_classifier.classifier.weight": (C, H),
+                            "sop_classifier.classifier.bias": (C,)})
+    if head == "masked_lm":
+        return mlm
+    if head in ("sequence_classification", "token_classification"):
+        return {"classifier.weight": (C, H), "classifier.bias": (C,)}
+    if head == "question_answering":
+        return {"qa_outputs.weight": (C, H), "qa_outputs.bias": (C,)}
+    if head == "multiple_choice":
+        return {"classifier.weight": (1, H), "classifier.bias": (1,)}
+    if head == "base":
+        return {}
+    raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+
+
+def parameter_shapes(cfg, head="pretraining"):
+    """name -> shape for every parameter of the model with the given head."""
     V, E, H, I, P = (cfg.vocab_size, cfg.embedding_size, cfg.hidden_size,
                      cfg.intermediate_size, cfg.max_position_embeddings)
+    heads = head_shapes(cfg, head)
     s = {WORD: (V, E), EMB + "position_embeddings.weight": (P, E),
          EMB + "token_type_embeddings.weight": (cfg.type_vocab_size, E),
          EMB + "LayerNorm.weight": (E,), EMB + "LayerNorm.bias": (E,),
@@ -70,21 +101,17 @@ def parameter_shapes(cfg, heads=True):
                 s[a + n[len("attention."):]] = local.get(n, (H,))
             for n in _FFN:
                 s[f + n] = local.get(n, (H,))
-    s["albert.pooler.weight"] = (H, H)
-    s["albert.pooler.bias"] = (H,)
-    if heads:
-        s.update({"predictions.bias": (V,), "predictions.dense.weight": (E, H),
-                  "predictions.dense.bias": (E,), "predictions.LayerNorm.weight": (E,),
-                  "predictions.LayerNorm.bias": (E,),
-                  "sop_classifier.classifier.weight": (cfg.num_labels, H),
-                  "sop_classifier.classifier.bias": (cfg.num_labels,)})
+    if head in POOLED:
+        s["albert.pooler.weight"] = (H, H)
+        s["albert.pooler.bias"] = (H,)
+    s.update(heads)
     return s
 
 
-def count_parameters(cfg, heads=False):
+def count_parameters(cfg, head="base"):
     """Parameters per component (each shared tensor counted once, as in the paper)."""
     parts = {}
-    for name, shape in parameter_shapes(cfg, heads=heads).items():
+    for name, shape in parameter_shapes(cfg, head).items():
         if name.startswith(EMB):
             part = "embeddings"
         elif "embedding_hidden_mapping_in" in name:
@@ -102,12 +129,12 @@ def count_parameters(cfg, heads=False):
     return parts
 
 
-def init_params(cfg, seed=0, dtype=np.float32):
+def init_params(cfg, seed=0, dtype=np.float32, head="pretraining"):
     """Hugging Face's initialisation: weights N(0, initializer_range), LayerNorm 1/0,
     biases 0, and the word-embedding row pad_token_id zeroed."""
     rng = np.random.default_rng(seed)
     p = {}
-    for name, shape in parameter_shapes(cfg).items():
+    for name, shape in parameter_shapes(cfg, head).items():
         if "LayerNorm" in name or "layer_norm" in name:
             p[name] = (np.ones if name.endswith("weight") else np.zeros)(shape, dtype)
         elif name.endswith("bias"):
@@ -184,12 +211,31 @@ def encoder_backward(dh, caches, params, grads, cfg):  # dh: [n, H] -> [n, H]
 # ------------------------------------------------------------------------------ the model
 
 class AlbertModel:
-    """Embeddings, encoder, pooler. ``forward`` returns outputs and a cache;
-    ``backward(dseq, dpooled, cache, grads)`` adds into ``grads``."""
+    """Embeddings, encoder, pooler. ``encode`` returns outputs and a cache;
+    ``encode_backward(dseq, dpooled, cache, grads)`` adds into ``grads``.
+
+    Every model class names its ``head`` (model.HEADS); its parameters are exactly
+    ``parameter_shapes(config, head)``, the names Hugging Face's class of that head has."""
+
+    head = "base"
 
     def __init__(self, config, params=None, seed=0, dtype=np.float32):
         self.config = config if isinstance(config, AlbertConfig) else AlbertConfig(**config)
-        self.params = init_params(self.config, seed, dtype) if params is None else params
+        if params is None:
+            params = init_params(self.config, seed, dtype, self.head)
+        else:
+            expected = parameter_shapes(self.config, self.head)
+            missing = sorted(set(expected) - set(params))
+            wrong = sorted(k for k in expected if k in params
+                           and tuple(params[k].shape) != tuple(expected[k]))
+            if missing or wrong:
+                raise ValueError(
+                    f"{type(self).__name__}: the parameters do not fit the config (missing "
+                    f"{missing[:3]}{'…' if len(missing) > 3 else ''}; wrong shape "
+                    + ", ".join(f"{k} {params[k].shape} != {expected[k]}" for k in wrong[:3])
+                    + ")")
+            params = {k: params[k] for k in expected}
+        self.params = params
 
     @property
     def dtype(self):
@@ -212,11 +258,14 @@ class AlbertModel:
         bias = mask_bias(attention_mask, self.dtype)  # [B, T]: 0 or finfo.min per key
         h, ce = embeddings_forward(params, cfg, input_ids, token_type_ids, drop)
         h, hidden_states, caches = encoder_forward(h, params, cfg, bias, drop, B, T)
-        first = np.ascontiguousarray(h.reshape(B, T, -1)[:, 0])  # [B, H]: the [CLS] token
-        z, _ = dense_forward(first, params, "albert.pooler")
-        pooled = tanh_forward(z.reshape(-1)).reshape(z.shape)
-        out = {"last_hidden_state": h.reshape(B, T, -1), "pooler_output": pooled,
+        out = {"last_hidden_state": h.reshape(B, T, -1), "pooler_output": None,
                "hidden_states": [s.reshape(B, T, -1) for s in hidden_states]}
+        first = pooled = None
+        if "albert.pooler.weight" in params:  # tanh(dense(hidden state of [CLS]))
+            first = np.ascontiguousarray(h.reshape(B, T, -1)[:, 0])  # [B, H]
+            z, _ = dense_forward(first, params, "albert.pooler")
+            pooled = tanh_forward(z.reshape(-1)).reshape(z.shape)
+            out["pooler_output"] = pooled
         if output_attentions:
             out["attentions"] = [c[2][5] for c in caches]
         return out, (ce, caches, first, pooled, B, T)
@@ -233,6 +282,99 @@ class AlbertModel:
         dh = encoder_backward(dh, caches, self.params, grads, self.config)
         embeddings_backward(dh, ce, self.params, grads, self.config)
 
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                output_attentions=False, **_):
+        """AlbertModel's outputs: last_hidden_state [B,T,H], pooler_output [B,H],
+        hidden_states (L*inner + 1), attentions on request."""
+        return self.encode(input_ids, token_type_ids, attention_mask, None, output_attentions)
+
+
+# ------------------------------------------------------------------------------ MLM head
+
+def mlm_head_forward(x, params, cfg):
+    # x: [r, H] -> dense H->E, activation, LayerNorm -> decoder E->V tied to the word
+    # table -> logits: [r, V]
+    act_f, _ = activation(cfg.hidden_act)
+    m, _ = dense_forward(x, params, "predictions.dense")  # [r, E]
+    g = act_f(m.reshape(-1)).reshape(m.shape)
+    e, ln = layernorm_fwd(g, params, "predictions.LayerNorm", cfg.layer_norm_eps)
+    logits = matmul_nt(e, params[WORD])  # [r, V] = e @ word_embeddings.T
+    bias_add(logits, params["predictions.bias"])
+    return logits, (x, m, e, ln)
+
+
+def mlm_head_backward(dlogits, cache, params, grads, cfg):  # dlogits: [r, V] -> dx: [r, H]
+    x, m, e, ln = cache
+    # The decoder is the word table: its gradient is the second of the two contributions
+    # the word embeddings receive (the first is the lookup's scatter-add).
+    bias_grad(dlogits, grads["predictions.bias"])
+    matmul_tn(dlogits, e, out=grads[WORD], accumulate=True)  # dWord += dlogits.T @ e
+    de = matmul_nn(dlogits, params[WORD])  # [r, E]
+    dg = layernorm_bwd(de, ln, params, grads, "predictions.LayerNorm")
+    _, act_b = activation(cfg.hidden_act)
+    dm = act_b(dg.reshape(-1), m.reshape(-1)).reshape(dg.shape)
+    return dense_backward(dm, x, params, grads, "predictions.dense")
+
+
+def _mlm_rows(seq, labels, mlm_path):
+    """The rows the MLM head predicts: all of [B*T] or only those with a label."""
+    B, T, H = seq.shape
+    x = seq.reshape(B * T, H)
+    flat = None if labels is None else np.asarray(labels).reshape(-1).astype(np.int64)
+    if mlm_path == "masked":
+        if flat is None:
+            raise ValueError("mlm_path='masked' needs labels (it predicts only there)")
+        rows = np.flatnonzero(flat != -100)
+        return np.ascontiguousarray(x[rows]), rows, flat
+    if mlm_path == "all":
+        return x, None, flat
+    raise ValueError(f"mlm_path must be 'all' or 'masked', got {mlm_path!r}")
+
+
+def _scatter_rows(dx, rows, B, T, dtype):
+    if rows is None:
+        return dx
+    dseq = np.zeros((B * T, dx.shape[1]), dtype)  # masked path: rows back into [n, H]
+    dseq[rows] = dx
+    return dseq
+
+
+class AlbertForMaskedLM(AlbertModel):
+    """AlbertModel (no pooler) + the MLM head; loss = mean cross-entropy over labels != -100.
+    ``mlm_path`` as in AlbertForPreTraining."""
+
+    head = "masked_lm"
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
+                train=False, seed=0, step=0, mlm_path="all", output_attentions=False):
+        drop = Dropout(train, seed, step)
+        out, enc = self.encode(input_ids, token_type_ids, attention_mask, drop, output_attentions)
+        x, rows, flat = _mlm_rows(out["last_hidden_state"], labels, mlm_path)
+        logits, mc = mlm_head_forward(x, self.params, self.config)
+        out.update(logits=logits, mlm_rows=rows)
+        cache = dict(enc=enc, mlm=mc, rows=rows, d=None)
+        if flat is not None:
+            out["loss"], cache["d"], _ = cross_entropy(logits, flat if rows is None else flat[rows])
+        return out, cache
+
+    def backward(self, cache, grads=None, dlogits=None, scale=1.0):
+        grads = zeros_like_params(self.params) if grads is None else grads
+        d = _upstream(cache["d"], dlogits, scale, self.dtype)
+        dx = mlm_head_backward(d, cache["mlm"], self.params, grads, self.config)
+        _, _, _, _, B, T = cache["enc"]
+        self.encode_backward(_scatter_rows(dx, cache["rows"], B, T, self.dtype), None,
+                             cache["enc"], grads)
+        return grads
+
+
+def _upstream(stored, given, scale, dtype):
+    """The gradient a head's backward starts from: the one given, or the loss's own
+    (stored by forward), times ``scale`` (1/k for k accumulated micro-batches)."""
+    d = stored if given is None else given
+    if d is None:
+        raise ValueError("backward needs a forward with labels (or an upstream gradient)")
+    return d * dtype.type(scale) if scale != 1.0 else d
+
 
 class AlbertForPreTraining(AlbertModel):
     """AlbertModel + MLM head (decoder tied to the word embeddings) + SOP head.
@@ -244,6 +386,8 @@ class AlbertForPreTraining(AlbertModel):
     code's way: far cheaper, [n_masked, V] instead of [B*T, V]). Both give the same loss,
     gradients and logits at the masked positions."""
 
+    head = "pretraining"
+
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
                 sentence_order_label=None, train=False, seed=0, step=0, mlm_path="all",
                 output_attentions=False):
@@ -253,32 +397,16 @@ class AlbertForPreTraining(AlbertModel):
                                      output_attentions)
         seq = out["last_hidden_state"]
         B, T, H = seq.shape
-        x = seq.reshape(B * T, H)
-        flat_labels = None if labels is None else np.asarray(labels).reshape(-1).astype(np.int64)
-        if mlm_path == "masked":
-            if flat_labels is None:
-                raise ValueError("mlm_path='masked' needs labels (it predicts only there)")
-            rows = np.flatnonzero(flat_labels != -100)
-            x = np.ascontiguousarray(x[rows])
-        elif mlm_path == "all":
-            rows = None
-        else:
-            raise ValueError(f"mlm_path must be 'all' or 'masked', got {mlm_path!r}")
-        # MLM head: dense H->E, activation, LayerNorm, decoder E->V tied to the word table
-        act_f, _ = activation(cfg.hidden_act)
-        m, _ = dense_forward(x, params, "predictions.dense")  # [r, E]
-        g = act_f(m.reshape(-1)).reshape(m.shape)
-        e, ln = layernorm_fwd(g, params, "predictions.LayerNorm", cfg.layer_norm_eps)
-        logits = matmul_nt(e, params[WORD])  # [r, V] = e @ word_embeddings.T
-        bias_add(logits, params["predictions.bias"])
+        x, rows, flat_labels = _mlm_rows(seq, labels, mlm_path)
+        logits, mc = mlm_head_forward(x, params, cfg)
         # SOP head: dropout, classifier on the pooled output
         pooled = out["pooler_output"]
         p = drop.p(cfg.classifier_dropout_prob)
         pd, keep = dropout_forward(pooled, p, drop.key() if p > 0 else 0)
         sop_logits, _ = dense_forward(pd, params, "sop_classifier.classifier")
         out.update(prediction_logits=logits, sop_logits=sop_logits, mlm_rows=rows)
-        cache = dict(enc=enc_cache, x=x, m=m, g=g, e=e, ln=ln, rows=rows, pd=pd, keep=keep,
-                     p=p, B=B, T=T, dlogits=None, dsop=None)
+        cache = dict(enc=enc_cache, mlm=mc, rows=rows, pd=pd, keep=keep, p=p, B=B, T=T,
+                     dlogits=None, dsop=None)
         if flat_labels is not None and sentence_order_label is not None:
             lab = flat_labels if rows is None else flat_labels[rows]
             mlm_loss, dlogits, _ = cross_entropy(logits, lab)
@@ -297,23 +425,11 @@ class AlbertForPreTraining(AlbertModel):
         dsop = cache["dsop"] if dsop_logits is None else dsop_logits
         if dlogits is None or dsop is None:
             raise ValueError("backward needs a forward with labels and sentence_order_label")
-        B, T, H = cache["B"], cache["T"], cfg.hidden_size
         # SOP head
         dpd = dense_backward(dsop, cache["pd"], params, grads, "sop_classifier.classifier")
         dpooled = dropout_backward(dpd, cache["keep"], cache["p"])
-        # MLM head. The decoder is the word table: its gradient is the second of the two
-        # contributions the word embeddings receive (the first is the lookup's scatter-add).
-        bias_grad(dlogits, grads["predictions.bias"])
-        matmul_tn(dlogits, cache["e"], out=grads[WORD], accumulate=True)  # dWord += dlogits.T @ e
-        de = matmul_nn(dlogits, params[WORD])  # [r, E]
-        dg = layernorm_bwd(de, cache["ln"], params, grads, "predictions.LayerNorm")
-        _, act_b = activation(cfg.hidden_act)
-        dm = act_b(dg.reshape(-1), cache["m"].reshape(-1)).reshape(dg.shape)
-        dx = dense_backward(dm, cache["x"], params, grads, "predictions.dense")
-        if cache["rows"] is not None:  # masked path: scatter the rows back into [n, H]
-            dseq = np.zeros((B * T, H), self.dtype)
-            dseq[cache["rows"]] = dx
-        else:
-            dseq = dx
+        # MLM head
+        dx = mlm_head_backward(dlogits, cache["mlm"], params, grads, cfg)
+        dseq = _scatter_rows(dx, cache["rows"], cache["B"], cache["T"], self.dtype)
         self.encode_backward(dseq, dpooled, cache["enc"], grads)
         return grads

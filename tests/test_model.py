@@ -15,7 +15,7 @@ from minialbert.config import AlbertConfig, preset
 from minialbert.gradcheck import gradcheck
 from minialbert.model import (WORD, AlbertForPreTraining, count_parameters, init_params,
                               layer_prefixes, zeros_like_params)
-from reference import assert_close, n, require
+from reference import assert_close, hf_from_params, n, require
 
 CONFIGS = {
     "E<H": dict(),
@@ -90,17 +90,7 @@ def test_finite_differences_with_dropout_on(rng):
 # ----------------------------------------------------------------------------- parity
 
 def hf_model(cfg, params, torch_dtype):
-    torch = require("torch")
-    transformers = require("transformers")
-    hcfg = transformers.AlbertConfig(**cfg.to_dict(hf=True))
-    hcfg._attn_implementation = "eager"
-    hf = transformers.AlbertForPreTraining(hcfg).to(torch_dtype)
-    sd = {k: torch.from_numpy(v.copy()) for k, v in params.items()}
-    sd["predictions.decoder.weight"] = sd[WORD]
-    sd["predictions.decoder.bias"] = sd["predictions.bias"]
-    missing, unexpected = hf.load_state_dict(sd, strict=False)
-    assert not unexpected and not [k for k in missing if "position_ids" not in k], (missing, unexpected)
-    return hf
+    return hf_from_params(cfg, params, torch_dtype)
 
 
 def run_parity(cfg, dtype, rng, mlm_path="all"):

@@ -74,7 +74,7 @@ ids = np.array([[2, 0, 5, 5, 9, 3]])  # a pad id 0 in the input
 labels = np.array([[-100, -100, 5, -100, 9, -100]])
 out, cache = m.forward(ids, labels=labels, sentence_order_label=np.array([0]))
 g = m.backward(cache)
-dlogits, e = cache["dlogits"], cache["e"]
+dlogits, e = cache["dlogits"], cache["mlm"][2]  # mlm cache: (x, m, e, ln)
 decoder_part = dlogits.T @ e  # [V, E]
 lookup_part = g[WORD] - decoder_part
 print("lookup gradient of row 0 (the pad id):", np.abs(lookup_part[0]).max())

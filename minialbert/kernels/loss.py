@@ -74,3 +74,25 @@ def cross_entropy(logits, labels, ignore_index=-100, grad=True, scale=1.0):
         dlogits *= logits.dtype.type(scale / count)
         return loss, dlogits, count
     return loss, None, count
+
+
+# The two losses below act on a handful of numbers per example ([B, C] logits), so they
+# are plain NumPy: there is nothing for a kernel to win.
+
+def mse_loss(pred, target):
+    """mean((pred - target)^2) -> (loss, dpred). Regression heads (num_labels = 1)."""
+    pred = np.asarray(pred)
+    diff = pred - np.asarray(target, dtype=pred.dtype).reshape(pred.shape)
+    loss = pred.dtype.type(np.mean(diff.astype(np.float64) ** 2))
+    return loss, diff * pred.dtype.type(2.0 / diff.size)
+
+
+def bce_with_logits(logits, targets):
+    """Binary cross-entropy on logits, averaged over every entry (torch's
+    BCEWithLogitsLoss): max(z, 0) - z y + log(1 + exp(-|z|)) -> (loss, dlogits)."""
+    z = np.asarray(logits)
+    y = np.asarray(targets, dtype=z.dtype).reshape(z.shape)
+    per = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+    loss = z.dtype.type(per.astype(np.float64).mean())
+    sig = np.where(z >= 0, 1 / (1 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z))))
+    return loss, ((sig - y) / z.size).astype(z.dtype)
