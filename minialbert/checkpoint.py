@@ -143,7 +143,7 @@ def load_checkpoint(path, dtype=np.float32):
     params = {k: v.astype(dtype) for k, v in _read_tensors(ck / "model.safetensors").items()}
     from .model import parameter_shapes
 
-    expected = parameter_shapes(config)
+    expected = parameter_shapes(config, state.get("head", "pretraining"))
     missing = sorted(set(expected) - set(params))
     wrong = sorted(k for k in expected if k in params and params[k].shape != tuple(expected[k]))
     if missing or wrong:

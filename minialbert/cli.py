@@ -147,8 +147,9 @@ def build_parser():
     d.add_argument("--epoch", type=int, default=0)
     d.set_defaults(func=cmd_data_show)
 
-    from . import train  # the training commands live beside the loop they drive
+    from . import hf, train  # the commands live beside the code they drive
     train.add_commands(sub)
+    hf.add_commands(sub)
     return ap
 
 
@@ -157,11 +158,13 @@ def main(argv=None):
     from .checkpoint import CheckpointError
     from .corpus import CorpusError
     from .data import DataError
+    from .hf import HFCheckpointError
     from .tokenizer import TokenizerError
 
     try:
         return args.func(args)
-    except (CorpusError, TokenizerError, DataError, CheckpointError, UsageError) as e:
+    except (CorpusError, TokenizerError, DataError, CheckpointError, UsageError,
+            HFCheckpointError) as e:
         print(f"minialbert: error: {e}", file=sys.stderr)
         return 2
 

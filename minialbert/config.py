@@ -99,6 +99,17 @@ class AlbertConfig:
             d.pop("sharing")
             d.pop("sop_weight")
             d.update(self.extra)
+            # Hugging Face stores the label count as the id2label map (written when it is
+            # not the default 2); names from extra["id2label"] when they fit
+            C = d.pop("num_labels")
+            names = {int(k): v for k, v in self.extra.get("id2label", {}).items()}
+            if sorted(names) != list(range(C)):
+                names = {i: f"LABEL_{i}" for i in range(C)}
+            d.pop("id2label", None)
+            d.pop("label2id", None)
+            if C != 2 or self.extra.get("id2label"):
+                d["id2label"] = {str(i): names[i] for i in range(C)}
+                d["label2id"] = {names[i]: i for i in range(C)}
             d.setdefault("architectures", ["AlbertForPreTraining"])
             d["model_type"] = "albert"
         return d
@@ -108,6 +119,8 @@ class AlbertConfig:
         d = dict(d)
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: d.pop(k) for k in list(d) if k in names}
+        if "num_labels" not in known and isinstance(d.get("id2label"), dict):
+            known["num_labels"] = len(d["id2label"])  # how Hugging Face stores it
         if known.get("classifier_dropout_prob") is None:
             known.pop("classifier_dropout_prob", None)
         return cls(**known, extra=d)

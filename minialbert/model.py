@@ -241,6 +241,18 @@ class AlbertModel:
     def dtype(self):
         return self.params[WORD].dtype
 
+    @classmethod
+    def from_pretrained(cls, folder, **kw):
+        """A Hugging Face ALBERT folder -> this class (hf.from_pretrained: the report of
+        missing/unexpected weights, num_labels=..., allow_pickle=...)."""
+        from .hf import from_pretrained
+        return from_pretrained(folder, head=cls.head, **kw)
+
+    def save_pretrained(self, folder, tokenizer=None):
+        """Write a Hugging Face folder (config.json, model.safetensors, spiece.model)."""
+        from .hf import save_pretrained
+        return save_pretrained(self, folder, tokenizer)
+
     def encode(self, input_ids, token_type_ids=None, attention_mask=None, drop=None,
                output_attentions=False):
         cfg, params = self.config, self.params

@@ -95,7 +95,49 @@ def train_tokenizer(sentences, vocab_size, out_dir=None, character_coverage=0.99
     return tok
 
 
-class AlbertTokenizer:
+class _Inputs:
+    """What every tokenizer here builds on ``encode``: ALBERT's model inputs."""
+
+    pad_token_id, unk_token_id, cls_token_id, sep_token_id, mask_token_id = PAD, UNK, CLS, SEP, MASK
+
+    def build_inputs(self, ids_a, ids_b=None):
+        """[CLS] A [SEP] (B [SEP]) with token types 0 for [CLS] A [SEP], 1 for B [SEP]."""
+        ids = [CLS] + list(ids_a) + [SEP]
+        types = [0] * len(ids)
+        if ids_b is not None:
+            ids += list(ids_b) + [SEP]
+            types += [1] * (len(ids_b) + 1)
+        return ids, types
+
+    def __call__(self, text, text_pair=None, max_length=None, truncation=True):
+        a = self.encode(text)
+        b = None if text_pair is None else self.encode(text_pair)
+        if max_length is not None:
+            budget = max_length - (2 if b is None else 3)
+            if budget < 0:
+                raise ValueError(f"max_length {max_length} leaves no room for the special tokens")
+            if len(a) + (len(b) if b else 0) > budget:
+                if not truncation:
+                    raise ValueError(f"the input is {len(a) + (len(b) if b else 0) + 3} tokens, "
+                                     f"longer than max_length={max_length}")
+                a, b = truncate_longest_first(a, b, budget)
+        ids, types = self.build_inputs(a, b)
+        return {"input_ids": ids, "token_type_ids": types, "attention_mask": [1] * len(ids)}
+
+    def batch_encode(self, texts, text_pairs=None, max_length=None, padding="longest"):
+        """Many texts (or pairs) -> NumPy arrays [B, T] padded with <pad> (attention 0)."""
+        pairs = text_pairs if text_pairs is not None else [None] * len(texts)
+        enc = [self(t, p, max_length=max_length) for t, p in zip(texts, pairs)]
+        T = max_length if padding == "max_length" else max(len(e["input_ids"]) for e in enc)
+        out = {k: np.zeros((len(enc), T), np.int64) for k in ("input_ids", "token_type_ids",
+                                                              "attention_mask")}
+        for i, e in enumerate(enc):
+            for k in out:
+                out[k][i, :len(e[k])] = e[k]
+        return out
+
+
+class AlbertTokenizer(_Inputs):
     def __init__(self, model_file=None, model_proto=None, lower=True, remove_space=True,
                  keep_accents=False, split_digit_comma=False, mode="transformers"):
         spm = _spm()
@@ -127,8 +169,6 @@ class AlbertTokenizer:
     @property
     def vocab_size(self):
         return self.sp.get_piece_size()
-
-    pad_token_id, unk_token_id, cls_token_id, sep_token_id, mask_token_id = PAD, UNK, CLS, SEP, MASK
 
     @property
     def checksum(self):
@@ -191,42 +231,6 @@ class AlbertTokenizer:
         return [self._special.get(p, None) if p in self._special else self.sp.piece_to_id(p)
                 for p in self.tokenize(text)]
 
-    def build_inputs(self, ids_a, ids_b=None):
-        """[CLS] A [SEP] (B [SEP]) with token types 0 for [CLS] A [SEP], 1 for B [SEP]."""
-        ids = [CLS] + list(ids_a) + [SEP]
-        types = [0] * len(ids)
-        if ids_b is not None:
-            ids += list(ids_b) + [SEP]
-            types += [1] * (len(ids_b) + 1)
-        return ids, types
-
-    def __call__(self, text, text_pair=None, max_length=None, truncation=True):
-        a = self.encode(text)
-        b = None if text_pair is None else self.encode(text_pair)
-        if max_length is not None:
-            budget = max_length - (2 if b is None else 3)
-            if budget < 0:
-                raise ValueError(f"max_length {max_length} leaves no room for the special tokens")
-            if len(a) + (len(b) if b else 0) > budget:
-                if not truncation:
-                    raise ValueError(f"the input is {len(a) + (len(b) if b else 0) + 3} tokens, "
-                                     f"longer than max_length={max_length}")
-                a, b = truncate_longest_first(a, b, budget)
-        ids, types = self.build_inputs(a, b)
-        return {"input_ids": ids, "token_type_ids": types, "attention_mask": [1] * len(ids)}
-
-    def batch_encode(self, texts, text_pairs=None, max_length=None, padding="longest"):
-        """Many texts (or pairs) -> NumPy arrays [B, T] padded with <pad> (attention 0)."""
-        pairs = text_pairs if text_pairs is not None else [None] * len(texts)
-        enc = [self(t, p, max_length=max_length) for t, p in zip(texts, pairs)]
-        T = max_length if padding == "max_length" else max(len(e["input_ids"]) for e in enc)
-        out = {k: np.zeros((len(enc), T), np.int64) for k in ("input_ids", "token_type_ids",
-                                                              "attention_mask")}
-        for i, e in enumerate(enc):
-            for k in out:
-                out[k][i, :len(e[k])] = e[k]
-        return out
-
     def decode(self, ids, skip_special_tokens=True):
         ids = [int(i) for i in ids]
         if skip_special_tokens:  # (<unk> counts as special here, as in transformers)
@@ -243,6 +247,57 @@ class AlbertTokenizer:
         if run:
             out.append(self.sp.decode(run))
         return " ".join(out)
+
+
+class JsonTokenizer(_Inputs):
+    """A tokenizer.json (what transformers 5's save_pretrained writes) read through the
+    `tokenizers` package — for a folder without spiece.model. It must have ALBERT's
+    special-token layout (<pad> 0, <unk> 1, [CLS] 2, [SEP] 3, [MASK] 4)."""
+
+    model_proto = None
+
+    def __init__(self, path):
+        from tokenizers import Tokenizer  # ImportError: the caller says what to install
+
+        self.path = pathlib.Path(path)
+        self.json = self.path.read_bytes()
+        try:
+            self.tk = Tokenizer.from_str(self.json.decode("utf-8"))
+        except Exception as e:  # noqa: BLE001  (tokenizers raises its own Exception type)
+            raise TokenizerError(f"{path}: not a tokenizers JSON file ({e})") from None
+        for i, piece in enumerate(SPECIAL):
+            if self.tk.token_to_id(piece) != i:
+                raise TokenizerError(f"{path}: {piece!r} is not id {i} (not ALBERT's layout)")
+
+    @property
+    def vocab_size(self):
+        return self.tk.get_vocab_size()
+
+    @property
+    def checksum(self):
+        return hashlib.sha256(self.json).hexdigest()
+
+    def id_to_piece(self, i):
+        return self.tk.id_to_token(int(i))
+
+    def piece_to_id(self, p):
+        return self.tk.token_to_id(p)
+
+    def save(self, out_dir):
+        out = pathlib.Path(out_dir) / "tokenizer.json"
+        tmp = out.with_suffix(".tmp")
+        tmp.write_bytes(self.json)
+        os.replace(tmp, out)
+        return out
+
+    def tokenize(self, text):
+        return self.tk.encode(text, add_special_tokens=False).tokens
+
+    def encode(self, text):
+        return self.tk.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids, skip_special_tokens=True):
+        return self.tk.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
 
 def truncate_longest_first(a, b, budget):
