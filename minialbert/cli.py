@@ -147,8 +147,10 @@ def build_parser():
     d.add_argument("--epoch", type=int, default=0)
     d.set_defaults(func=cmd_data_show)
 
-    from . import hf, train  # the commands live beside the code they drive
+    from . import finetune, hf, inference, train  # commands live beside the code they drive
     train.add_commands(sub)
+    finetune.add_commands(sub)
+    inference.add_commands(sub)
     hf.add_commands(sub)
     return ap
 
@@ -159,12 +161,13 @@ def main(argv=None):
     from .corpus import CorpusError
     from .data import DataError
     from .hf import HFCheckpointError
+    from .tasks import TaskError
     from .tokenizer import TokenizerError
 
     try:
         return args.func(args)
     except (CorpusError, TokenizerError, DataError, CheckpointError, UsageError,
-            HFCheckpointError) as e:
+            HFCheckpointError, TaskError) as e:
         print(f"minialbert: error: {e}", file=sys.stderr)
         return 2
 

@@ -92,6 +92,8 @@ class AlbertConfig:
     # ------------------------------------------------------------------ io
     def to_dict(self, hf=False):
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        if not hf:  # other keys (id2label, problem_type, ...) travel beside ours
+            d.update({k: v for k, v in self.extra.items() if k not in d})
         if hf:
             if self.sharing not in ("all", "none"):
                 raise ValueError(f"sharing={self.sharing!r} cannot be written as a Hugging Face "

@@ -191,6 +191,32 @@ def _match(raw, expected, report):
     return tensors
 
 
+def assemble(cfg, head, tensors, report, seed=0, dtype=np.float32, ignore_mismatched_sizes=False):
+    """The parameters of ``head``'s model from named tensors: each expected name copied
+    (cast to dtype), initialised afresh where absent (recorded in ``report.missing``) or,
+    with ignore_mismatched_sizes, where its shape differs; the rest are ``unexpected``."""
+    expected = parameter_shapes(cfg, head)
+    fresh = init_params(cfg, seed, dtype, head)
+    params = {}
+    for k, shape in expected.items():
+        if k not in tensors:
+            report.missing.append(k)
+            params[k] = fresh[k]
+        elif tuple(tensors[k].shape) != tuple(shape):
+            if not ignore_mismatched_sizes:
+                raise HFCheckpointError(
+                    f"{report.source}: {k} has shape {tuple(tensors[k].shape)}, the config wants "
+                    f"{tuple(shape)} (a different num_labels? pass ignore_mismatched_sizes=True "
+                    "to initialise it afresh)")
+            report.notes.append(f"{k}: shape {tuple(tensors[k].shape)} in the checkpoint, "
+                                f"{tuple(shape)} here: newly initialized")
+            params[k] = fresh[k]
+        else:
+            params[k] = np.ascontiguousarray(tensors[k], dtype=dtype)
+    report.unexpected = sorted(k for k in tensors if k not in expected)
+    return params
+
+
 def from_pretrained(folder, head=None, dtype=np.float32, allow_pickle=False, seed=0,
                     ignore_mismatched_sizes=False, output_loading_info=False, verbose=True,
                     **config_overrides):
@@ -214,24 +240,7 @@ def from_pretrained(folder, head=None, dtype=np.float32, allow_pickle=False, see
     expected = parameter_shapes(cfg, head)
     report = LoadReport(source, head)
     tensors = _match(raw, expected, report)
-    fresh = init_params(cfg, seed, dtype, head)
-    params = {}
-    for k, shape in expected.items():
-        if k not in tensors:
-            report.missing.append(k)
-            params[k] = fresh[k]
-        elif tuple(tensors[k].shape) != tuple(shape):
-            if not ignore_mismatched_sizes:
-                raise HFCheckpointError(
-                    f"{source}: {k} has shape {tuple(tensors[k].shape)}, the config wants "
-                    f"{tuple(shape)} (a different num_labels? pass ignore_mismatched_sizes=True "
-                    "to initialise it afresh)")
-            report.notes.append(f"{k}: shape {tuple(tensors[k].shape)} in the checkpoint, "
-                                f"{tuple(shape)} here: newly initialized")
-            params[k] = fresh[k]
-        else:
-            params[k] = np.ascontiguousarray(tensors[k], dtype=dtype)
-    report.unexpected = sorted(k for k in tensors if k not in expected)
+    params = assemble(cfg, head, tensors, report, seed, dtype, ignore_mismatched_sizes)
     if verbose and not report.clean:
         warnings.warn(str(report), LoadReportWarning, stacklevel=2)
     model = cls(cfg, params=params)

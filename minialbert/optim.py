@@ -33,6 +33,7 @@ class _Moments:
         self.b1, self.b2, self.eps, self.wd = b1, b2, eps, weight_decay
         self.exclude = exclude if exclude is not None else (lambda name: False)
         self.m, self.v, self.t = {}, {}, 0
+        self.lr_scale = {}  # name -> multiplier of the learning rate (layer-wise decay)
 
     def _moments(self, name, p, g):
         if name not in self.m:
@@ -77,7 +78,7 @@ class Lamb(_Moments):
                 if w_norm > 0 and u_norm > 0:
                     r = w_norm / u_norm
             ratios[name] = r
-            p -= p.dtype.type(lr * r) * u
+            p -= p.dtype.type(lr * self.lr_scale.get(name, 1.0) * r) * u
         return ratios
 
 
@@ -91,7 +92,7 @@ class AdamWeightDecay(_Moments):
             u = m / (np.sqrt(v) + p.dtype.type(self.eps))
             if not self.exclude(name) and self.wd:
                 u += p.dtype.type(self.wd) * p
-            p -= p.dtype.type(lr) * u
+            p -= p.dtype.type(lr * self.lr_scale.get(name, 1.0)) * u
 
 
 class AdamW(_Moments):
@@ -107,11 +108,12 @@ class AdamW(_Moments):
         bc1 = 1 - self.b1 ** self.t
         bc2 = 1 - self.b2 ** self.t
         for name, p in params.items():
+            lr_p = lr * self.lr_scale.get(name, 1.0)
             if not self.exclude(name) and self.wd:
-                p *= p.dtype.type(1 - lr * self.wd)
+                p *= p.dtype.type(1 - lr_p * self.wd)
             m, v = self._moments(name, p, grads[name])
             denom = np.sqrt(v) / p.dtype.type(math.sqrt(bc2)) + p.dtype.type(self.eps)
-            p -= p.dtype.type(lr / bc1) * (m / denom)
+            p -= p.dtype.type(lr_p / bc1) * (m / denom)
 
 
 OPTIMIZERS = {"lamb": Lamb, "adamw": AdamW, "adam_weight_decay": AdamWeightDecay}

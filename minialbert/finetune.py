@@ -1,0 +1,394 @@
+"""Fine-tuning: `minialbert finetune` on a classification / regression TSV, on SQuAD v1.1
+JSON, or on the embedded default task; progress, checkpoints and exact resume as in
+pretraining (train.py).
+
+The model starts from ``init`` — a minialbert pretraining run or checkpoint, or a Hugging
+Face folder — with the task's head added (initialised as Hugging Face does, and reported),
+or, with ``from_scratch``, from random weights of the same shape and the same tokenizer:
+the comparison that shows what pretraining bought.
+
+A batch is a pure function of (seed, epoch, index): a seeded permutation of the training
+examples per epoch. Step s is batch divmod(s, batches per epoch), dropout is keyed by
+(seed, step), the optimizer state is saved: a resumed run continues exactly.
+
+Layer-wise learning-rate decay (optional, ``layerwise_lr_decay`` < 1): the rate of a
+parameter at depth d is lr * decay^(D - d), depth counting embeddings 0, then each group of
+the encoder in order (each layer, when nothing is shared), then the pooler and head at D.
+With ALBERT's all-shared weights there is one encoder group, so there are three depths.
+Popular write-ups attribute the method to ALBERT; the paper does not use it.
+"""
+import dataclasses
+import json
+import math
+import pathlib
+import re
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels
+from .checkpoint import load_checkpoint, load_tokenizer, save_checkpoint
+from .model import zeros_like_params
+from .optim import clip_by_global_norm, learning_rate, make_optimizer, no_decay
+from .tasks import (TaskError, classification_scores, default_task, qa_decode, qa_features,
+                    regression_scores, squad_scores, squad_task, tsv_task)
+from .train import TrainingError
+
+
+@dataclass
+class FinetuneConfig:
+    out: str = "runs/finetune"
+    task: str = "default"  # default | tsv | squad
+    train: str = None  # the training file (tsv / squad)
+    dev: str = None  # the evaluation file
+    regression: bool = False  # tsv: the label is a number
+    text_column: str = None
+    pair_column: str = None
+    label_column: str = None
+    init: str = "runs/pretrain"  # minialbert run/checkpoint or Hugging Face folder
+    from_scratch: bool = False  # random weights of init's shape (and its tokenizer)
+    seq_len: int = 128
+    batch_size: int = 32
+    micro_batches: int = 1
+    epochs: float = 3.0
+    lr: float = 1e-4
+    warmup: float = 0.1
+    schedule: str = "hf"
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    layerwise_lr_decay: float = 1.0  # 1: off
+    seed: int = 0
+    threads: int = None
+    eval_every: int = None  # None: at the end of each epoch
+    save_every: int = 100
+    doc_stride: int = 48
+    max_query_length: int = 32
+    max_answer_length: int = 30
+    heldout_fraction: float = 0.1  # the default task's dev split (pretraining's, by default)
+    progress: bool = True
+    stop_after: int = None  # stop (and save) after this many steps: an interruption, for tests
+
+
+# ------------------------------------------------------------------------------ LR decay
+
+def depth_of(name, cfg):
+    """0 embeddings; 1 + g for encoder group g (1 + l for the own layer l of a partially
+    shared model); D = the number of encoder depths + 1 for the pooler and the head."""
+    if name.startswith("albert.embeddings.") or "embedding_hidden_mapping_in" in name:
+        return 0
+    m = re.match(r"albert\.encoder\.albert_layer_groups\.(\d+)\.", name)
+    if m:
+        return 1 + int(m.group(1))
+    m = re.match(r"albert\.encoder\.unshared_layers\.(\d+)\.", name)
+    if m:
+        return 1 + int(m.group(1))
+    return None  # pooler and head: the top
+
+
+def layerwise_lr_scales(params, cfg, decay):
+    """{name: multiplier of the learning rate}: decay ** (D - depth)."""
+    depths = {k: depth_of(k, cfg) for k in params}
+    D = max(d for d in depths.values() if d is not None) + 1
+    return {k: decay ** (D - (D if d is None else d)) for k, d in depths.items()}
+
+
+# ------------------------------------------------------------------------------ data
+
+def build_task(fc):
+    if fc.task == "default":
+        return default_task(heldout_fraction=fc.heldout_fraction)
+    if not fc.train or not fc.dev:
+        raise TaskError(f"--task {fc.task} needs --train and --dev files")
+    if fc.task == "tsv":
+        return tsv_task(fc.train, fc.dev, fc.regression, text_column=fc.text_column,
+                        pair_column=fc.pair_column, label_column=fc.label_column)
+    if fc.task == "squad":
+        return squad_task(fc.train, fc.dev)
+    raise TaskError(f"unknown task {fc.task!r}: default, tsv or squad")
+
+
+HEAD_OF = {"classification": "sequence_classification", "regression": "sequence_classification",
+           "qa": "question_answering"}
+
+
+class Batches:
+    """Encoded examples (or QA windows) and batch(epoch, index): a pure function."""
+
+    def __init__(self, task, tok, fc, split="train"):
+        self.kind, self.seed = task.kind, fc.seed
+        examples = task.train if split == "train" else task.dev
+        if not examples:
+            raise TaskError(f"the {split} split of {task.name} is empty")
+        if task.kind == "qa":
+            self.arrays, self.meta = qa_features(examples, tok, fc.seq_len, fc.doc_stride,
+                                                 fc.max_query_length, train=split == "train")
+            self.n = len(self.meta)
+            return
+        enc = [tok(e.text, e.pair, max_length=fc.seq_len) for e in examples]
+        self.n, T = len(enc), max(len(e["input_ids"]) for e in enc)
+        self.arrays = {k: np.zeros((self.n, T), np.int64)
+                       for k in ("input_ids", "token_type_ids", "attention_mask")}
+        for i, e in enumerate(enc):
+            for k in self.arrays:
+                self.arrays[k][i, :len(e[k])] = e[k]
+        lab = [e.label for e in examples]
+        self.arrays["labels"] = np.array(lab, np.float32 if task.kind == "regression" else np.int64)
+
+    def num_batches(self, B):
+        return math.ceil(self.n / B)
+
+    def take(self, rows):
+        b = {k: v[rows] for k, v in self.arrays.items()}
+        T = int(b["attention_mask"].sum(1).max())  # trim the padding no row needs
+        return {k: (v[:, :T] if v.ndim == 2 and k != "labels" else v) for k, v in b.items()}
+
+    def batch(self, epoch, index, B):
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self.take(np.sort(order[index * B:(index + 1) * B]))
+
+
+def _forward(model, b, **kw):
+    keys = ("input_ids", "token_type_ids", "attention_mask", "labels", "start_positions",
+            "end_positions")
+    return model.forward(**{k: b[k] for k in keys if k in b}, **kw)
+
+
+def evaluate(model, task, dev, tok=None, batch_size=64):
+    """Dev metrics: accuracy and macro-F1 (classification), MSE/Pearson/Spearman
+    (regression), exact match and F1 (QA); plus the mean loss where labels exist."""
+    preds, losses = [], []
+    for i in range(0, dev.n, batch_size):
+        b = dev.take(np.arange(i, min(i + batch_size, dev.n)))
+        o, _ = _forward(model, b)
+        if "loss" in o:
+            losses.append(float(o["loss"]) * len(b["input_ids"]))
+        preds.append((o["start_logits"], o["end_logits"]) if task.kind == "qa" else o["logits"])
+    out = {"loss": sum(losses) / dev.n} if losses else {}
+    if task.kind == "qa":
+        # windows have different lengths per batch: pad the logits to the widest
+        T = max(p[0].shape[1] for p in preds)
+        pad = lambda a: np.pad(a, ((0, 0), (0, T - a.shape[1])), constant_values=-1e9)  # noqa: E731
+        s = np.concatenate([pad(p[0]) for p in preds])
+        e = np.concatenate([pad(p[1]) for p in preds])
+        answers = qa_decode(task.dev, dev.meta, s, e)
+        out.update(squad_scores(task.dev, answers))
+    elif task.kind == "regression":
+        out.update(regression_scores(np.concatenate(preds)[:, 0], dev.arrays["labels"]))
+    else:
+        out.update(classification_scores(np.concatenate(preds).argmax(1), dev.arrays["labels"],
+                                         task.num_labels))
+    return out
+
+
+# ------------------------------------------------------------------------------ the model
+
+def initial_model(fc, task):
+    """(model, tokenizer, a line saying where the weights came from)."""
+    from .inference import load_model
+
+    head = HEAD_OF[task.kind]
+    over = dict(num_labels=task.num_labels)
+    if task.kind == "classification":
+        over["extra"] = {"id2label": {str(i): n for i, n in enumerate(task.labels)}}
+    elif task.kind == "regression":
+        over["extra"] = {"problem_type": "regression"}
+    init = pathlib.Path(fc.init)
+    if not init.exists():
+        raise TaskError(f"{init}: no such checkpoint. Pretrain one first (minialbert pretrain), "
+                        "or give --init a minialbert run/checkpoint or a Hugging Face folder")
+    model, tok, report = load_model(init, head=head, seed=fc.seed, ignore_mismatched_sizes=True,
+                                    **over)
+    if fc.seq_len > model.config.max_position_embeddings:
+        raise TaskError(f"seq_len {fc.seq_len} is longer than max_position_embeddings="
+                        f"{model.config.max_position_embeddings}")
+    if fc.from_scratch:
+        model = type(model)(model.config, seed=fc.seed)
+        return model, tok, f"random weights (the shape and tokenizer of {init})"
+    new = ", ".join(report.missing) or "none"
+    return model, tok, f"{init} (newly initialized: {new})"
+
+
+# ------------------------------------------------------------------------------ the loop
+
+def finetune(fc=None, resume=False, **overrides):
+    """Fine-tune; returns a summary dict (also in summary.json). ``resume=True`` continues
+    the run in ``out`` from its latest checkpoint with the settings it started with."""
+    fc = dataclasses.replace(fc or FinetuneConfig(), **overrides)
+    out = pathlib.Path(fc.out)
+    t_start = time.time()
+    kernels.set_threads(fc.threads)
+    state = None
+    if resume:
+        cfg, params, state, opt_arrays, ck = load_checkpoint(out)
+        saved = dict(state["run"], threads=fc.threads, progress=fc.progress,
+                     stop_after=fc.stop_after, out=str(out))
+        fc = FinetuneConfig(**saved)
+    say = print  # (progress=False turns off only the progress bar)
+    task = build_task(fc)
+    if state is None:
+        model, tok, origin = initial_model(fc, task)
+    else:
+        from .heads import model_class
+        model = model_class(state["head"])(cfg, params=params)
+        tok = load_tokenizer(ck, cfg.vocab_size)
+        origin = state["origin"]
+    out.mkdir(parents=True, exist_ok=True)
+    train, dev = Batches(task, tok, fc, "train"), Batches(task, tok, fc, "dev")
+    nb = train.num_batches(fc.batch_size)
+    total = max(1, int(round(fc.epochs * nb)))
+    warmup = int(fc.warmup * total)
+    opt = make_optimizer(fc.optimizer, weight_decay=fc.weight_decay,
+                         **({"exclude": no_decay} if fc.optimizer == "adamw" else {}))
+    if fc.layerwise_lr_decay != 1.0:
+        opt.lr_scale = layerwise_lr_scales(model.params, model.config, fc.layerwise_lr_decay)
+    step = 0
+    if state is not None:
+        opt.load_state_dict(opt_arrays, state["optimizer"])
+        step = state["step"]
+    baseline = task.majority_baseline()
+    say(f"task {task.name}: {task.kind}, {len(task.train)} train / {len(task.dev)} dev examples"
+        + (f" ({train.n} / {dev.n} windows)" if task.kind == "qa" else "")
+        + (f", {task.num_labels} classes, majority-class baseline {baseline:.3f}"
+           if baseline is not None else ""))
+    say(f"start: {origin}; {total} steps ({fc.epochs:g} epochs × {nb}), {fc.optimizer} lr "
+        f"{fc.lr}" + (f", layer-wise decay {fc.layerwise_lr_decay}"
+                      if fc.layerwise_lr_decay != 1.0 else ""))
+    run = dataclasses.asdict(fc)
+    log_path = out / "log.jsonl"
+    if state is None and log_path.exists():
+        log_path.unlink()
+    elif state is not None and log_path.exists():  # drop records past the checkpoint
+        keep = [ln for ln in log_path.read_text().splitlines()
+                if json.loads(ln).get("step", 0) <= step]
+        log_path.write_text("".join(ln + "\n" for ln in keep))
+
+    def log(**rec):
+        with open(log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def checkpoint():
+        st = dict(head=model.head, origin=origin, run=run, total_steps=total,
+                  task=dict(name=task.name, kind=task.kind, labels=task.labels, **task.info),
+                  threads=kernels.get_threads())
+        return save_checkpoint(out, step, model.params, model.config, st, opt, tok)
+
+    bar = None
+    if fc.progress:
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout)
+        except ImportError:
+            pass
+    grads = zeros_like_params(model.params)
+    k = fc.micro_batches
+    last_ck, ev, interrupted = None, None, False
+    try:
+        while step < total:
+            epoch, index = divmod(step, nb)
+            b = train.batch(epoch, index, fc.batch_size)
+            for g in grads.values():
+                g.fill(0)
+            rows = len(b["input_ids"])
+            losses = []
+            for j in range(k):
+                mb = {key: v[j * rows // k:(j + 1) * rows // k] for key, v in b.items()}
+                if not len(mb["input_ids"]):
+                    continue
+                o, c = _forward(model, mb, train=True, seed=fc.seed, step=step * k + j)
+                if not np.isfinite(o["loss"]):
+                    raise TrainingError(
+                        f"the loss is {float(o['loss'])} at step {step + 1}: fine-tuning stopped. "
+                        f"The last good checkpoint is {last_ck or 'not written yet'}; resume "
+                        "from it with a lower --lr")
+                model.backward(c, grads, scale=len(mb["input_ids"]) / rows)
+                losses.append(float(o["loss"]) * len(mb["input_ids"]) / rows)
+            norm = clip_by_global_norm(grads, fc.clip)
+            lr = learning_rate(step, fc.lr, total, warmup, fc.schedule)
+            opt.step(model.params, grads, lr)
+            step += 1
+            log(step=step, loss=sum(losses), lr=lr, grad_norm=norm, epoch=epoch,
+                elapsed=time.time() - t_start)
+            if bar is not None:
+                bar.set_postfix(loss=f"{sum(losses):.3f}")
+                bar.update(1)
+            at_epoch_end = step % nb == 0 or step == total
+            if (fc.eval_every and step % fc.eval_every == 0) or (not fc.eval_every and at_epoch_end):
+                ev = evaluate(model, task, dev)
+                log(eval=True, step=step, **ev)
+                msg = ", ".join(f"{key} {v:.4f}" for key, v in ev.items())
+                (bar.write if bar is not None else say)(f"step {step}: dev {msg}")
+            if fc.save_every and step % fc.save_every == 0:
+                last_ck = checkpoint()
+            if fc.stop_after is not None and step >= fc.stop_after and step < total:
+                interrupted = True
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: saving a checkpoint (resume with --resume)", flush=True)
+    finally:
+        if bar is not None:
+            bar.close()
+    last_ck = checkpoint()
+    if interrupted:
+        return dict(interrupted=True, step=step, checkpoint=str(last_ck))
+    if ev is None:
+        ev = evaluate(model, task, dev)
+    summary = dict(task=task.name, kind=task.kind, start=origin, from_scratch=fc.from_scratch,
+                   step=step, dev=ev, majority_baseline=baseline, checkpoint=str(last_ck),
+                   wall_seconds=time.time() - t_start, threads=kernels.get_threads(),
+                   train_examples=len(task.train), dev_examples=len(task.dev),
+                   layerwise_lr_decay=fc.layerwise_lr_decay, lr=fc.lr)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    say(f"done: {step} steps in {summary['wall_seconds'] / 60:.1f} min; dev: "
+        + ", ".join(f"{key} {v:.4f}" for key, v in ev.items())
+        + (f" (majority-class baseline {baseline:.4f})" if baseline is not None else ""))
+    say(f"checkpoint: {last_ck}  (minialbert classify / answer --checkpoint {out})")
+    return summary
+
+
+# ------------------------------------------------------------------------------ CLI
+
+def _cmd_finetune(args):
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    kw = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.no_progress:
+        kw["progress"] = False
+    try:
+        s = finetune(FinetuneConfig(**kw), resume=args.resume)
+    except TrainingError as e:
+        print(f"minialbert: error: {e}", file=sys.stderr)
+        return 3
+    return 0 if s else 1
+
+
+def add_commands(sub):
+    d = FinetuneConfig()
+    p = sub.add_parser("finetune", help="fine-tune on a TSV / SQuAD file or the embedded "
+                       "default task (which stdlib area a passage documents)")
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--task", default=None, choices=["default", "tsv", "squad"])
+    p.add_argument("--train", default=None, help="training file (TSV or SQuAD JSON)")
+    p.add_argument("--dev", default=None, help="evaluation file (TSV or SQuAD JSON)")
+    p.add_argument("--regression", action="store_true", default=None,
+                   help="TSV labels are numbers (one output, MSE)")
+    p.add_argument("--text-column", default=None)
+    p.add_argument("--pair-column", default=None)
+    p.add_argument("--label-column", default=None)
+    p.add_argument("--init", default=None, help=f"pretrained weights: a minialbert run/checkpoint "
+                   f"or a Hugging Face folder (default {d.init})")
+    p.add_argument("--from-scratch", action="store_true", default=None,
+                   help="random weights of --init's shape, with its tokenizer")
+    for name, typ in (("seq-len", int), ("batch-size", int), ("micro-batches", int),
+                      ("epochs", float), ("lr", float), ("warmup", float),
+                      ("weight-decay", float), ("clip", float), ("layerwise-lr-decay", float),
+                      ("seed", int), ("threads", int), ("eval-every", int), ("save-every", int),
+                      ("doc-stride", int), ("max-query-length", int)):
+        p.add_argument(f"--{name}", type=typ, default=None)
+    p.add_argument("--optimizer", default=None, choices=["adamw", "lamb", "adam_weight_decay"])
+    p.add_argument("--schedule", default=None, choices=["albert", "hf"])
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_finetune)

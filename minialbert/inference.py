@@ -1,0 +1,234 @@
+"""Using a trained model: load any checkpoint into any head, embed, classify, fill masks,
+answer questions, and look at the attention maps.
+
+    from minialbert.inference import Predictor
+    p = Predictor.load("runs/finetune")            # a minialbert run/checkpoint folder
+    p = Predictor.load("path/to/albert-base-v2")   # or a Hugging Face folder
+    p.embed(["some text"], pooling="mean")         # [N, H]
+    p.classify(["some text"])                      # [(label, probability), ...] per text
+    p.fill_mask("sorted() returns a new [MASK].")  # top-k pieces per [MASK]
+    p.answer("What does it return?", "It returns a new list.")
+    p.attentions("some text")                      # [layers, heads, T, T] and the tokens
+
+Every model here runs in inference mode (no dropout) in float32.
+"""
+import pathlib
+import sys
+
+import numpy as np
+
+from .checkpoint import CheckpointError, check_tokenizer, load_checkpoint
+from .heads import model_class
+from .hf import LoadReport, assemble, from_pretrained, is_hf_folder, load_tokenizer
+
+
+def load_model(path, head=None, seed=0, ignore_mismatched_sizes=False, **config_overrides):
+    """A minialbert run/checkpoint folder or a Hugging Face folder -> (model, tokenizer,
+    LoadReport). With ``head``, the weights go into that head's model (missing head weights
+    initialised and reported); without, into the head the checkpoint was saved with."""
+    path = pathlib.Path(path)
+    if is_hf_folder(path):
+        model, report = from_pretrained(path, head=head, seed=seed, output_loading_info=True,
+                                        verbose=False,
+                                        ignore_mismatched_sizes=ignore_mismatched_sizes,
+                                        **config_overrides)
+        tok = load_tokenizer(path)
+        check_tokenizer(tok, model.config.vocab_size)
+        return model, tok, report
+    cfg, params, state, _, ck = load_checkpoint(path)
+    from .checkpoint import load_tokenizer as load_ck_tokenizer
+
+    tok = load_ck_tokenizer(ck, cfg.vocab_size)
+    check_tokenizer(tok, cfg.vocab_size, state.get("tokenizer_sha256"))
+    saved = state.get("head", "pretraining")
+    head = head or saved
+    if config_overrides:
+        cfg = cfg.replace(**config_overrides)
+    report = LoadReport(str(ck), head)
+    params = assemble(cfg, head, params, report, seed, np.float32, ignore_mismatched_sizes)
+    return model_class(head)(cfg, params=params), tok, report
+
+
+def _softmax(z):
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+class Predictor:
+    def __init__(self, model, tokenizer, labels=None, batch_size=32):
+        self.model, self.tok, self.batch_size = model, tokenizer, batch_size
+        names = model.config.extra.get("id2label")
+        self.labels = labels or ([names[str(i)] for i in range(len(names))] if names else None)
+
+    @classmethod
+    def load(cls, path, head=None):
+        model, tok, report = load_model(path, head)
+        if report.missing:
+            print(f"warning: {report}", file=sys.stderr)
+        return cls(model, tok)
+
+    @property
+    def max_length(self):
+        return self.model.config.max_position_embeddings
+
+    def _batches(self, texts, pairs=None):
+        pairs = pairs if pairs is not None else [None] * len(texts)
+        for i in range(0, len(texts), self.batch_size):
+            yield self.tok.batch_encode(texts[i:i + self.batch_size], pairs[i:i + self.batch_size],
+                                        max_length=self.max_length)
+
+    def embed(self, texts, pooling="mean", layer=-1):
+        """Texts -> [N, H]. pooling: "mean" (over the real tokens), "cls" (the [CLS] hidden
+        state) or "pooler" (tanh(dense([CLS])), the vector the classifiers read; needs a
+        model with a pooler). ``layer`` picks a hidden state (-1: the last)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        out = []
+        for enc in self._batches(texts):
+            o, _ = self.model.encode(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"])
+            if pooling == "pooler":
+                if o["pooler_output"] is None:
+                    raise ValueError(f"this {type(self.model).__name__} has no pooler; use "
+                                     "pooling='mean' or 'cls'")
+                out.append(o["pooler_output"])
+                continue
+            h = o["hidden_states"][layer]
+            if pooling == "cls":
+                out.append(h[:, 0])
+            elif pooling == "mean":
+                m = enc["attention_mask"][..., None].astype(h.dtype)
+                out.append((h * m).sum(1) / m.sum(1))
+            else:
+                raise ValueError(f"pooling must be mean, cls or pooler, not {pooling!r}")
+        return np.concatenate(out)
+
+    def classify(self, texts, pairs=None, top_k=None):
+        """Texts (or pairs) -> per text the labels with their probabilities, best first
+        (a regression model returns its score)."""
+        if self.model.head != "sequence_classification":
+            raise ValueError(f"classify needs a sequence-classification model, this one is "
+                             f"{type(self.model).__name__}")
+        if isinstance(texts, str):
+            texts, pairs = [texts], None if pairs is None else [pairs]
+        res = []
+        for enc in self._batches(texts, pairs):
+            o, _ = self.model.forward(**enc)
+            if self.model.config.num_labels == 1:
+                res += [float(z[0]) for z in o["logits"]]
+                continue
+            for p in _softmax(o["logits"]):
+                order = np.argsort(-p)[:top_k]
+                names = self.labels or [f"LABEL_{i}" for i in range(len(p))]
+                res.append([(names[i], float(p[i])) for i in order])
+        return res
+
+    def fill_mask(self, text, top_k=5):
+        from .train import fill_mask
+        if self.model.head not in ("pretraining", "masked_lm"):
+            raise ValueError("fill_mask needs a model with the MLM head (pretraining or masked_lm)")
+        return fill_mask(self.model, self.tok, text, top_k)
+
+    def answer(self, question, context, max_answer_length=30, doc_stride=48):
+        """The best span of ``context`` answering ``question`` (windows over long contexts)."""
+        from .tasks import QAExample, qa_decode, qa_features
+        if self.model.head != "question_answering":
+            raise ValueError("answer needs a question-answering model")
+        ex = [QAExample("q", question, context, [])]
+        feats, meta = qa_features(ex, self.tok, min(self.max_length, 384), doc_stride,
+                                  train=False)
+        o, _ = self.model.forward(feats["input_ids"], feats["token_type_ids"],
+                                  feats["attention_mask"])
+        return qa_decode(ex, meta, o["start_logits"], o["end_logits"],
+                         max_answer_length=max_answer_length)["q"]
+
+    def attentions(self, text, pair=None):
+        """-> (attention maps [applications, heads, T, T], the tokens)."""
+        enc = self.tok(text, pair, max_length=self.max_length)
+        o, _ = self.model.encode(np.array([enc["input_ids"]]), np.array([enc["token_type_ids"]]),
+                                 output_attentions=True)
+        tokens = [self.tok.id_to_piece(i) for i in enc["input_ids"]]
+        return np.stack([a[0] for a in o["attentions"]]), tokens
+
+
+# ------------------------------------------------------------------------------ CLI
+
+def _save_attentions(pred, texts, path):
+    arrays = {}
+    for i, t in enumerate(texts):
+        a, tokens = pred.attentions(t)
+        arrays[f"attentions_{i}"] = a
+        arrays[f"tokens_{i}"] = np.array(tokens)
+    np.savez(path, **arrays)
+    print(f"attention maps [layers, heads, T, T] of {len(texts)} text(s) -> {path}")
+
+
+def _cmd_embed(args):
+    p = Predictor.load(args.checkpoint, head=args.head)
+    v = p.embed(args.text, pooling=args.pooling)
+    if args.out:
+        np.save(args.out, v)
+        print(f"{v.shape[0]} embeddings of size {v.shape[1]} ({args.pooling}) -> {args.out}")
+    else:
+        for t, e in zip(args.text, v):
+            print(f"{t!r}: [{', '.join(f'{x:+.4f}' for x in e[:6])}, ...] |v| = "
+                  f"{np.linalg.norm(e):.3f}")
+    if len(args.text) > 1:
+        u = v / np.linalg.norm(v, axis=1, keepdims=True)
+        print("cosine similarities:\n" + np.array2string(u @ u.T, precision=3))
+    if args.attentions:
+        _save_attentions(p, args.text, args.attentions)
+    return 0
+
+
+def _cmd_classify(args):
+    p = Predictor.load(args.checkpoint)
+    for t, r in zip(args.text, p.classify(args.text, top_k=args.top_k)):
+        print(t)
+        print("  " + (f"score {r:.4f}" if isinstance(r, float) else
+                      ", ".join(f"{lab}: {prob:.3f}" for lab, prob in r)))
+    if args.attentions:
+        _save_attentions(p, args.text, args.attentions)
+    return 0
+
+
+def _cmd_answer(args):
+    p = Predictor.load(args.checkpoint)
+    context = pathlib.Path(args.context_file).read_text() if args.context_file else args.context
+    if not context:
+        print("minialbert: error: give --context or --context-file", file=sys.stderr)
+        return 2
+    print(p.answer(args.question, context) or "(no answer found)")
+    if args.attentions:
+        _save_attentions(p, [args.question], args.attentions)
+    return 0
+
+
+def add_commands(sub):
+    p = sub.add_parser("embed", help="sentence embeddings (mean / [CLS] / pooler) of texts")
+    p.add_argument("--checkpoint", required=True, help="minialbert run/checkpoint or Hugging "
+                   "Face folder")
+    p.add_argument("--pooling", default="mean", choices=["mean", "cls", "pooler"])
+    p.add_argument("--head", default=None)
+    p.add_argument("--out", default=None, help="save the [N, H] array as .npy")
+    p.add_argument("--attentions", default=None, help="save attention maps to this .npz")
+    p.add_argument("text", nargs="+")
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("classify", help="labels of texts with a fine-tuned classifier")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--attentions", default=None, help="save attention maps to this .npz")
+    p.add_argument("text", nargs="+")
+    p.set_defaults(func=_cmd_classify)
+
+    p = sub.add_parser("answer", help="answer a question from a passage (a fine-tuned QA model)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--question", required=True)
+    p.add_argument("--context", default=None)
+    p.add_argument("--context-file", default=None)
+    p.add_argument("--attentions", default=None, help="save attention maps to this .npz")
+    p.set_defaults(func=_cmd_answer)
+
+
+__all__ = ["Predictor", "load_model", "CheckpointError"]
