@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train_step.py            # tiny and base configs
     python benchmarks/bench_train_step.py --quick    # tiny only, fewer steps
+    python benchmarks/bench_train_step.py --head classification   # a fine-tuning step
 
 Forward + backward + an AdamW step (ours and torch.optim.AdamW, the same arithmetic; pass
 --no-optimizer to time forward + backward alone), on the same weights and the same batch,
@@ -43,28 +44,36 @@ def make_batch(cfg, B, T, seed=0):
                 labels=labels, sentence_order_label=r.integers(0, 2, B))
 
 
-def worker(side, name, path, threads, steps, weights, optimizer=True):
+def worker(side, name, path, threads, steps, weights, optimizer=True, head="pretraining"):
     cfg_kw, B, T = CONFIGS[name]
     batch = make_batch(cfg_kw, B, T)
+    if head == "classification":  # a fine-tuning step: 7 classes on the pooled [CLS]
+        cfg_kw = dict(cfg_kw, num_labels=7)
+        batch = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+        batch["input_ids"] = np.where(batch["input_ids"] == 4, 9, batch["input_ids"])
+        batch["labels"] = np.random.default_rng(1).integers(0, 7, B)
     params = dict(np.load(weights))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     if side == "ours":
         from minialbert import kernels
         from minialbert.config import AlbertConfig
+        from minialbert.heads import AlbertForSequenceClassification
         from minialbert.model import AlbertForPreTraining, zeros_like_params
 
         kernels.set_threads(threads)
         from minialbert.optim import AdamW
 
-        m = AlbertForPreTraining(AlbertConfig(**cfg_kw), params=params)
+        cls = AlbertForSequenceClassification if head == "classification" else AlbertForPreTraining
+        m = cls(AlbertConfig(**cfg_kw), params=params)
         grads = zeros_like_params(m.params)
         opt = AdamW()
         for i in range(steps + 2):
             t0 = time.perf_counter()
             for g in grads.values():
                 g.fill(0)
-            out, cache = m.forward(**batch, mlm_path=path)
+            out, cache = (m.forward(**batch) if head == "classification"
+                          else m.forward(**batch, mlm_path=path))
             m.backward(cache, grads)
             if optimizer:
                 opt.step(m.params, grads, 1e-5)
@@ -79,10 +88,12 @@ def worker(side, name, path, threads, steps, weights, optimizer=True):
                                          attention_probs_dropout_prob=0.0,
                                          classifier_dropout_prob=0.0)
         hcfg._attn_implementation = "eager" if path == "eager" else "sdpa"
-        hf = transformers.AlbertForPreTraining(hcfg).train()
+        hf = (transformers.AlbertForSequenceClassification if head == "classification"
+              else transformers.AlbertForPreTraining)(hcfg).train()
         sd = {k: torch.from_numpy(v) for k, v in params.items()}
-        sd["predictions.decoder.weight"] = sd["albert.embeddings.word_embeddings.weight"]
-        sd["predictions.decoder.bias"] = sd["predictions.bias"]
+        if head != "classification":
+            sd["predictions.decoder.weight"] = sd["albert.embeddings.word_embeddings.weight"]
+            sd["predictions.decoder.bias"] = sd["predictions.bias"]
         hf.load_state_dict(sd, strict=False)
         tb = {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
         topt = torch.optim.AdamW(hf.parameters(), lr=1e-5, foreach=True)
@@ -108,11 +119,12 @@ def main():
     ap.add_argument("--worker", nargs=4, metavar=("SIDE", "CONFIG", "PATH", "WEIGHTS"))
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--no-optimizer", action="store_true")
+    ap.add_argument("--head", default="pretraining", choices=["pretraining", "classification"])
     a = ap.parse_args()
     if a.worker:
         side, name, path, weights = a.worker
         print(json.dumps(worker(side, name, path, a.threads, a.steps, weights,
-                                not a.no_optimizer)))
+                                not a.no_optimizer, a.head)))
         return
 
     from minialbert.config import AlbertConfig
@@ -132,19 +144,23 @@ def main():
         steps = a.steps or (3 if a.quick or name == "base" else 8)
         with tempfile.TemporaryDirectory() as d:
             w = os.path.join(d, "w.npz")
-            np.savez(w, **init_params(AlbertConfig(**cfg_kw), seed=0))
+            cls = a.head == "classification"
+            np.savez(w, **init_params(AlbertConfig(**cfg_kw, num_labels=7 if cls else 2), seed=0,
+                                      head="sequence_classification" if cls else "pretraining"))
             rows = []
-            for side, path in [("hf", "eager"), ("hf", "sdpa"), ("ours", "all"),
-                               ("ours", "masked")]:
+            sides = [("hf", "eager"), ("hf", "sdpa")] + (
+                [("ours", "classifier")] if cls else [("ours", "all"), ("ours", "masked")])
+            for side, path in sides:
                 r = subprocess.run([sys.executable, __file__, "--threads", str(a.threads),
-                                    "--steps", str(steps), "--worker", side, name, path, w]
+                                    "--steps", str(steps), "--head", a.head,
+                                    "--worker", side, name, path, w]
                                    + (["--no-optimizer"] if a.no_optimizer else []),
                                    capture_output=True, text=True)
                 if r.returncode:
                     sys.exit(r.stderr)
                 rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         hf_eager = rows[0]
-        print(f"\n{name}: {cfg_kw}, B={B}, T={T}, {steps} timed steps (median), "
+        print(f"\n{name} ({a.head}): {cfg_kw}, B={B}, T={T}, {steps} timed steps (median), "
               f"forward + backward{'' if a.no_optimizer else ' + AdamW step'}, float32")
         print(f"{'':<24}{'ms/step':>9}{'tokens/s':>10}{'vs HF eager':>12}{'loss':>9}"
               f"{'peak MB':>9}{'step MB':>9}")
