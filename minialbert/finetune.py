@@ -34,7 +34,7 @@ from .model import zeros_like_params
 from .optim import clip_by_global_norm, learning_rate, make_optimizer, no_decay
 from .tasks import (TaskError, classification_scores, default_task, qa_decode, qa_features,
                     regression_scores, squad_scores, squad_task, tsv_task)
-from .train import TrainingError
+from .train import TrainingError, progress_bar
 
 
 @dataclass
@@ -275,13 +275,7 @@ def finetune(fc=None, resume=False, **overrides):
                   threads=kernels.get_threads())
         return save_checkpoint(out, step, model.params, model.config, st, opt, tok)
 
-    bar = None
-    if fc.progress:
-        try:
-            from tqdm import tqdm
-            bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout)
-        except ImportError:
-            pass
+    bar = progress_bar(fc.progress, total, step)
     grads = zeros_like_params(model.params)
     k = fc.micro_batches
     last_ck, ev, interrupted = None, None, False

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from .checkpoint import CheckpointError, check_tokenizer, load_checkpoint
+from .checkpoint import check_tokenizer, load_checkpoint
 from .heads import model_class
 from .hf import LoadReport, assemble, from_pretrained, is_hf_folder, load_tokenizer
 
@@ -153,6 +153,18 @@ class Predictor:
 
 # ------------------------------------------------------------------------------ CLI
 
+def _clear_errors(cmd):
+    """A ValueError (e.g. classify with a model that has no classifier) is a usage error:
+    its message and exit status 2, no traceback."""
+    def run(args):
+        try:
+            return cmd(args)
+        except ValueError as e:
+            print(f"minialbert: error: {e}", file=sys.stderr)
+            return 2
+    return run
+
+
 def _save_attentions(pred, texts, path):
     arrays = {}
     for i, t in enumerate(texts):
@@ -213,14 +225,14 @@ def add_commands(sub):
     p.add_argument("--out", default=None, help="save the [N, H] array as .npy")
     p.add_argument("--attentions", default=None, help="save attention maps to this .npz")
     p.add_argument("text", nargs="+")
-    p.set_defaults(func=_cmd_embed)
+    p.set_defaults(func=_clear_errors(_cmd_embed))
 
     p = sub.add_parser("classify", help="labels of texts with a fine-tuned classifier")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--attentions", default=None, help="save attention maps to this .npz")
     p.add_argument("text", nargs="+")
-    p.set_defaults(func=_cmd_classify)
+    p.set_defaults(func=_clear_errors(_cmd_classify))
 
     p = sub.add_parser("answer", help="answer a question from a passage (a fine-tuned QA model)")
     p.add_argument("--checkpoint", required=True)
@@ -228,7 +240,7 @@ def add_commands(sub):
     p.add_argument("--context", default=None)
     p.add_argument("--context-file", default=None)
     p.add_argument("--attentions", default=None, help="save attention maps to this .npz")
-    p.set_defaults(func=_cmd_answer)
+    p.set_defaults(func=_clear_errors(_cmd_answer))
 
 
-__all__ = ["Predictor", "load_model", "CheckpointError"]
+__all__ = ["Predictor", "load_model"]

@@ -66,6 +66,17 @@ class PretrainConfig:
 
 # ------------------------------------------------------------------------------ pieces
 
+def progress_bar(enabled, total, initial):
+    """A tqdm bar over steps (None when disabled or tqdm is missing)."""
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stdout)
+
+
 def _micro(batch, k):
     B = batch["input_ids"].shape[0]
     if B % k:
@@ -281,13 +292,7 @@ def pretrain(pc=None, resume=False, **overrides):
         log.write(eval=True, step=step, unigram=unigram, **ev)
         return ev
 
-    bar = None
-    if pc.progress:
-        try:
-            from tqdm import tqdm
-            bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout)
-        except ImportError:
-            pass
+    bar = progress_bar(pc.progress, total, step)
     last_ck = None
     ev, ev_step = None, None
     tokens_seen = 0

@@ -59,3 +59,21 @@ def hf_from_params(cfg, params, dtype, cls="AlbertForPreTraining", **config_kw):
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     assert not unexpected and not [k for k in missing if "position_ids" not in k], (missing, unexpected)
     return hf
+
+
+def assert_grads_match(grads, hf_grads, dtype, zero_bias=()):
+    """Every gradient against transformers'. float64: 1e-8 relative; float32: 1e-3 relative
+    + 1e-5 of the tensor's largest entry. A gradient that is truly zero (the attention key
+    bias; the biases named in ``zero_bias`` by their weight — a softmax ignores a constant
+    added to every logit it normalises over) is rounding noise on both sides, judged
+    against the scale of its weight's gradient."""
+    for k, g in grads.items():
+        ref = hf_grads[k]
+        scale = float(np.abs(ref).max()) or 1.0
+        if k.endswith("attention.key.bias") or (k.endswith(".bias") and
+                                                   k[:-4] + "weight" in zero_bias):
+            scale = float(np.abs(hf_grads[k[:-4] + "weight"]).max())
+        tol = dict(rtol=1e-8, atol=1e-10 * scale) if dtype == np.float64 else \
+            dict(rtol=1e-3, atol=1e-5 * scale)
+        assert g.dtype == dtype
+        assert_close(g, ref, **tol, what=f"grad {k}")

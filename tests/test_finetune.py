@@ -203,6 +203,8 @@ def test_inference_embed_attentions_and_cli(pretrained, tmp_path, capsys):
     assert main(["fill-mask", "--checkpoint", str(pretrained[0]), "the [MASK] function"]) == 0
     with pytest.raises(ValueError, match="sequence-classification"):
         p.classify(["x"])
+    assert main(["classify", "--checkpoint", str(pretrained[0]), "x"]) == 2
+    assert "sequence-classification" in capsys.readouterr().err
 
 
 def test_finetune_without_a_checkpoint_is_clear(tmp_path):

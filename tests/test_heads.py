@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from minialbert.gradcheck import gradcheck
 from minialbert.heads import MODEL_CLASSES, AlbertForMultipleChoice, AlbertForQuestionAnswering
 from minialbert.model import WORD, parameter_shapes
-from reference import assert_close, hf_from_params, n, require
+from reference import assert_close, assert_grads_match, hf_from_params, n, require
 from test_model import tiny
 
 B, T, V = 3, 7, 50
@@ -99,17 +99,7 @@ def test_head_parity_with_transformers(case, dt, rng):
     hf_grads = {k: n(p.grad) for k, p in hf.named_parameters() if p.grad is not None}
     names = {k for k, _ in hf.named_parameters()}
     assert names == set(m.params) == set(parameter_shapes(cfg, head)), names ^ set(m.params)
-    for k, g in grads.items():
-        ref = hf_grads[k]
-        scale = float(np.abs(ref).max()) or 1.0
-        if k.endswith("attention.key.bias") or (k.endswith(".bias") and k[:-4] + "weight" in
-                                                   ZERO_BIAS_GRAD.get(case, ())):
-            # truly zero (a softmax ignores a constant added to every logit it normalises
-            # over): both sides are rounding noise, judged against the weight's scale
-            scale = float(np.abs(hf_grads[k[:-4] + "weight"]).max())
-        gt = dict(rtol=1e-8, atol=1e-10 * scale) if f64 else dict(rtol=1e-3, atol=1e-5 * scale)
-        assert g.dtype == dt
-        assert_close(g, ref, **gt, what=f"grad {k}")
+    assert_grads_match(grads, hf_grads, dt, ZERO_BIAS_GRAD.get(case, ()))
 
 
 def test_base_model_parity_with_transformers(rng):

@@ -21,7 +21,7 @@ from minialbert.config import AlbertConfig, preset
 from minialbert.corpus import default_corpus
 from minialbert.heads import MODEL_CLASSES
 from minialbert.model import WORD, AlbertForPreTraining
-from minialbert.tokenizer import AlbertTokenizer, TokenizerError, train_tokenizer
+from minialbert.tokenizer import TokenizerError, train_tokenizer
 from reference import assert_close, n, require
 from test_heads import CASES
 from test_model import tiny
