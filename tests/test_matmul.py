@@ -123,12 +123,104 @@ def test_dense_forms_against_torch_autograd(dt, rng):
     assert_close(db, n(tb.grad), **tol, what="db")
 
 
-def test_tn_long_reduction_is_chunked_correctly(rng):
-    """A weight gradient sums over thousands of tokens: done in chunks of _TN_CHUNK rows."""
+def test_long_reduction_is_blocked_correctly(rng):
+    """A weight gradient sums over thousands of tokens: the GEMM walks K in KC blocks, the
+    first written (or added, with accumulate) and the rest added, in order."""
     from minialbert.kernels import matmul as mm
-    dy = rng.standard_normal((2 * mm._TN_CHUNK + 37, 9))
-    x = rng.standard_normal((2 * mm._TN_CHUNK + 37, 6))
+    KC = mm.blocking(np.float64, 9, 6)["KC"]
+    dy = rng.standard_normal((2 * KC + 37, 9))
+    x = rng.standard_normal((2 * KC + 37, 6))
     out = np.ones((9, 6))
     matmul_tn(dy, x, out=out, accumulate=True)
     assert_close(out, 1 + dy.T @ x, rtol=1e-12, atol=1e-11)
     assert_close(matmul_tn(dy, x), dy.T @ x, rtol=1e-12, atol=1e-11)
+
+
+def test_empty_reduction_gives_zeros_or_leaves_out():
+    A = np.ones((3, 0), np.float32)
+    B = np.ones((4, 0), np.float32)
+    assert np.array_equal(matmul_nt(A, B), np.zeros((3, 4), np.float32))
+    out = np.full((3, 4), 2.0, np.float32)
+    matmul_nt(A, B, out=out, accumulate=True)
+    assert np.array_equal(out, np.full((3, 4), 2.0, np.float32))
+
+
+# ---------------------------------------------------------------------------- the packed GEMM
+
+def _isas():
+    """Every micro-kernel this CPU can run (the plain-loop twin on any CPU)."""
+    from minialbert.kernels.microkernel import ISA_CODES, host_isa
+    return [name for name, code in ISA_CODES.items() if code <= ISA_CODES[host_isa()]]
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("isa", _isas())
+def test_microkernel_matches_its_readable_twin(dt, isa, rng):
+    """The IR micro-kernel (vector registers, FMA) against ``microkernel_loops`` on the same
+    packed panels: the same MR x NR tile, written and then accumulated."""
+    from minialbert.kernels import matmul as mm
+    from minialbert.kernels.microkernel import microkernel_loops
+    MR, NR = mm.blocking(dt, 64, 64, isa=isa)["MR"], mm.blocking(dt, 64, 64, isa=isa)["NR"]
+    for kc in (1, 3, 64):
+        A = rng.standard_normal((MR, kc)).astype(dt)
+        B = rng.standard_normal((kc, NR)).astype(dt)
+        out = np.empty((MR, NR), dt)
+        mm.gemm(A, False, B, False, out, False, isa=isa)  # one tile: the micro-kernel alone
+        Ap = np.ascontiguousarray(A.T).reshape(-1)
+        ref = np.zeros(MR * NR, dt)
+        microkernel_loops(kc, Ap, 0, np.ascontiguousarray(B).reshape(-1), 0, ref, 0, NR,
+                          False, MR, NR)
+        assert_close(out.reshape(-1), ref, **_tol(dt), what=f"{isa} kc={kc}")
+        mm.gemm(A, False, B, False, out, True, isa=isa)
+        assert_close(out.reshape(-1), 2 * ref, **_tol(dt), what=f"{isa} kc={kc} accumulate")
+
+
+@given(data=st.data())
+def test_packed_gemm_any_shape_every_isa_every_form(data):
+    """Shapes around the tile and block sizes (1, primes, MR±1, NR±1, KC±1), each form,
+    each micro-kernel, write and accumulate, against NumPy in float64."""
+    from minialbert.kernels import matmul as mm
+    isa = data.draw(st.sampled_from(_isas()))
+    b = mm.blocking(np.float64, 64, 64, isa=isa)
+    MR, NR, KC = b["MR"], b["NR"], b["KC"]
+    dims = st.sampled_from([1, 2, 7, 13, MR - 1, MR + 1, NR - 1, NR + 1, 2 * NR + 3])
+    M, N = data.draw(dims), data.draw(dims)
+    K = data.draw(st.sampled_from([1, 5, KC - 1, KC + 1, 2 * KC + 7]))
+    form = data.draw(st.sampled_from(["nt", "nn", "tn"]))
+    accumulate = data.draw(st.booleans())
+    r = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    A = r.standard_normal((K, M) if form == "tn" else (M, K))
+    B = r.standard_normal((N, K) if form == "nt" else (K, N))
+    ref = {"nt": lambda: A @ B.T, "nn": lambda: A @ B, "tn": lambda: A.T @ B}[form]()
+    out = r.standard_normal((M, N))
+    start = out.copy()
+    mm.gemm(A, form == "tn", B, form == "nt", out, accumulate, isa=isa)
+    assert_close(out, ref + start if accumulate else ref, rtol=1e-12, atol=1e-11,
+                 what=f"{isa} {form} M={M} K={K} N={N} accumulate={accumulate}")
+
+
+def test_packed_gemm_bitwise_across_threads_and_runs(rng):
+    """Float32, shapes that split into many blocks: 1 thread, all threads, and a repeat
+    give the very same bits (each tile's sum runs in one fixed order)."""
+    A = rng.standard_normal((517, 700)).astype(np.float32)
+    B = rng.standard_normal((300, 700)).astype(np.float32)
+    prev = numba.get_num_threads()
+    try:
+        results = []
+        for th in (1, numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(th)
+            results.append((matmul_nt(A, B), matmul_nn(A[:, :300], B), matmul_tn(A, A[:, :64])))
+    finally:
+        numba.set_num_threads(prev)
+    for other in results[1:]:
+        for x, y in zip(results[0], other):
+            assert np.array_equal(x, y)
+
+
+def test_the_three_steps_of_chapter_01_agree(rng):
+    from minialbert.kernels.matmul import matmul_nt_4x4
+    A = rng.standard_normal((37, 50)).astype(np.float32)
+    B = rng.standard_normal((29, 50)).astype(np.float32)
+    ref = matmul_nt_naive(A, B)
+    assert_close(matmul_nt_4x4(A, B), ref, **_tol(np.float32), what="4x4")
+    assert_close(matmul_nt(A, B), ref, **_tol(np.float32), what="packed")

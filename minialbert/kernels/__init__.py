@@ -5,7 +5,8 @@ from .dropout import dropout_backward, dropout_forward, dropout_key, dropout_mas
 from .embedding import embedding_backward, embedding_forward
 from .loss import cross_entropy
 from . import attention
-from .matmul import (bias_add, bias_grad, matmul_nn, matmul_nt, matmul_nt_naive, matmul_tn,
+from .matmul import (bias_add, bias_grad, matmul_nn, matmul_nt, matmul_nt_4x4, matmul_nt_naive,
+                     matmul_tn,
                      transpose, use_blas)
 from .norm import layernorm_backward, layernorm_forward
 from .softmax import mask_bias, softmax_backward, softmax_forward
@@ -22,6 +23,7 @@ def warmup():
         matmul_nn(a, a.T.copy())
         matmul_tn(a, a)
         matmul_nt_naive(a, a)
+        matmul_nt_4x4(a, a)
         bias_add(a.copy(), a[0])
         bias_grad(a, np.zeros(6, dt))
         sm = softmax_forward(a, mask_bias(np.ones((1, 6)), dt))

@@ -1,30 +1,8 @@
-"""Matrix multiplication: the three GEMM forms a dense layer needs.
-
-Legend: M rows of the left operand (tokens), K the reduction length, N output columns.
-Hugging Face stores a Linear weight as W[out, in], so
-
-    forward          y  = x @ W.T      [M,K] x [N,K]  -> [M,N]   "NT"  matmul_nt
-    input gradient   dx = dy @ W       [M,N] x [N,K]  -> [M,K]   "NN"  matmul_nn
-    weight gradient  dW = dy.T @ x     [M,N] x [M,K]  -> [N,K]   "TN"  matmul_tn
-
-One fast kernel does the work: ``_gemm_nt``, where both operands are read along
-contiguous rows, so every output entry is a dot product of two contiguous vectors.
-The NN and TN forms are brought to it by an O(n^2) transpose (chapter 01 measures
-what that costs: little next to the O(n^3) product).
-
-How ``_gemm_nt`` is fast (chapter 01 builds it step by step):
-  * a 4x4 register block: 4 rows of A against 4 rows of B, 16 running sums, so each
-    loaded value is used 4 times;
-  * the reassociation flag lets LLVM turn each running sum into a SIMD vector of
-    partial sums (AVX-512: 16 floats), i.e. the k loop is vectorised;
-  * ``prange`` over blocks of 4 output rows: every thread owns whole rows of C, so
-    no two threads write the same entry (no race) and each entry is always summed in
-    the same order: results are bitwise identical for any thread count.
-"""
 import numpy as np
 from numba import njit, prange
 
-from ._base import FASTMATH, ROW_CHUNK, cast_like, check_float
+from ._base import FASTMATH, ROW_CHUNK, cast_like, check_float, get_threads
+from .microkernel import ISA_CODES, host_isa, microkernel, tile
 
 _USE_BLAS = False
 
@@ -68,7 +46,7 @@ def matmul_nt_naive(A, B):  # A: [M,K], B: [N,K] -> C: [M,N] = A @ B.T
 
 
 # ----------------------------------------------------------------------------------
-# the fast kernel
+# step 2: a 4x4 block of dot products (the previous fast kernel, kept as a step)
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -161,7 +139,7 @@ def _dot_into(A, B, C, i, j, accumulate):  # C[i, j] (+)= A[i] . B[j]  (edges of
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _gemm_nt(A, B, C, accumulate):  # A: [M,K], B: [N,K], C: [M,N] (+)= A @ B.T
+def _gemm_nt_4x4(A, B, C, accumulate):  # A: [M,K], B: [N,K], C: [M,N] (+)= A @ B.T
     M = A.shape[0]
     N = B.shape[0]
     n_blocks = (M + 3) // 4
@@ -181,39 +159,157 @@ def _gemm_nt(A, B, C, accumulate):  # A: [M,K], B: [N,K], C: [M,N] (+)= A @ B.T
                     _dot_into(A, B, C, i, jr, accumulate)
 
 
-@njit(parallel=True, cache=True)
-def _transpose_rows(A, out):  # A: [R,S] -> out: [S,R]; threads own 16-row strips of A
-    R, S = A.shape
-    for t in prange((R + 15) // 16):
-        r0 = t * 16
-        r1 = min(R, r0 + 16)
-        for s0 in range(0, S, 16):
-            s1 = min(S, s0 + 16)
-            for r in range(r0, r1):
-                for s in range(s0, s1):
-                    out[s, r] = A[r, s]
+def matmul_nt_4x4(A, B):  # [M,K] x [N,K] -> [M,N]: step 2 of chapter 01
+    check_float(A, B)
+    C = np.empty((A.shape[0], B.shape[0]), dtype=A.dtype)
+    _gemm_nt_4x4(np.ascontiguousarray(A), np.ascontiguousarray(B), C, False)
+    return C
+
+
+# ----------------------------------------------------------------------------------
+# step 3: packed panels and a register micro-kernel
+
+
+# Packing copies a block of A or B into panels. Every loop below indexes a slice with loop
+# variables only: an index Numba cannot prove non-negative (like j0 + r*NR + j) gets a
+# wrap-around check that stops the loop from vectorising (a copy then runs ~10x slower).
+
+
+@njit(cache=True)
+def _pack_a(A, a_trans, i0, m, p0, kc, MR, Ap):
+    # opA(A)[i0:i0+m, p0:p0+kc] -> Ap: ceil(m/MR) panels, each [kc, MR] (flat), rows past m
+    # zero. opA(A) = A ([M,K]) or, with a_trans, A.T (A is [K,M]).
+    for r in range((m + MR - 1) // MR):
+        rows = min(MR, m - r * MR)
+        dst = Ap[r * kc * MR:(r + 1) * kc * MR].reshape(kc, MR)
+        if rows < MR:
+            dst[:] = 0
+        if a_trans:  # the block is A[p0:p0+kc, cols]: row p of it is row p of the panel
+            src = A[p0:p0 + kc, i0 + r * MR:i0 + r * MR + rows]
+            for p in range(kc):
+                for i in range(rows):
+                    dst[p, i] = src[p, i]
+        else:  # the block is A[rows, p0:p0+kc]: a transposing copy, 16 p at a time
+            src = A[i0 + r * MR:i0 + r * MR + rows, p0:p0 + kc]
+            for q in range(0, kc, 16):
+                s = src[:, q:q + 16]
+                d = dst[q:q + 16]
+                for i in range(rows):
+                    for p in range(s.shape[1]):
+                        d[p, i] = s[i, p]
+
+
+@njit(cache=True)
+def _pack_b(B, b_trans, p0, kc, j0, n, NR, Bp):
+    # opB(B)[p0:p0+kc, j0:j0+n] -> Bp: ceil(n/NR) panels, each [kc, NR] (flat), columns past
+    # n zero. opB(B) = B ([K,N]) or, with b_trans, B.T (B is [N,K]).
+    for r in range((n + NR - 1) // NR):
+        cols = min(NR, n - r * NR)
+        dst = Bp[r * kc * NR:(r + 1) * kc * NR].reshape(kc, NR)
+        if cols < NR:
+            dst[:] = 0
+        if b_trans:  # the block is B[cols, p0:p0+kc]: a transposing copy, 16 p at a time
+            src = B[j0 + r * NR:j0 + r * NR + cols, p0:p0 + kc]  # so both sides stay in L1
+            for q in range(0, kc, 16):
+                s = src[:, q:q + 16]
+                d = dst[q:q + 16]
+                for j in range(cols):
+                    for p in range(s.shape[1]):
+                        d[p, j] = s[j, p]
+        else:  # rows of B[p0:p0+kc, cols] are rows of the panel
+            src = B[p0:p0 + kc, j0 + r * NR:j0 + r * NR + cols]
+            for p in range(kc):
+                for j in range(cols):
+                    dst[p, j] = src[p, j]
 
 
 @njit(parallel=True, cache=True)
-def _transpose_cols(A, out):  # the same, threads own 32-column strips (tall, thin A)
-    R, S = A.shape
-    for t in prange((S + 31) // 32):
-        s0 = t * 32
-        s1 = min(S, s0 + 32)
-        for r0 in range(0, R, 32):
-            r1 = min(R, r0 + 32)
-            for s in range(s0, s1):
-                for r in range(r0, r1):
-                    out[s, r] = A[r, s]
+def _gemm_packed(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC):
+    # C: [M,N] (+)= opA(A) [M,K] @ opB(B) [K,N].
+    # C is cut into blocks of MC rows x NC columns (multiples of MR and NR); one task a
+    # block, in parallel. A task owns its block of C (no races) and walks the whole
+    # reduction in KC steps, packing the A rows and B columns it needs for each step.
+    M, N = C.shape
+    K = A.shape[0] if a_trans else A.shape[1]
+    Cf = C.reshape(M * N)
+    n_mb = (M + MC - 1) // MC
+    n_nb = (N + NC - 1) // NC
+    for t in prange(n_mb * n_nb):
+        i0 = (t // n_nb) * MC
+        m = min(MC, M - i0)
+        j0 = (t % n_nb) * NC
+        n = min(NC, N - j0)
+        if K == 0 and not accumulate:  # an empty sum
+            for i in range(i0, i0 + m):
+                for j in range(j0, j0 + n):
+                    Cf[i * N + j] = 0
+        Ap = np.empty(((m + MR - 1) // MR) * MR * min(KC, K), dtype=C.dtype)
+        Bp = np.empty(((n + NR - 1) // NR) * NR * min(KC, K), dtype=C.dtype)
+        edge = np.empty(MR * NR, dtype=C.dtype)
+        for p0 in range(0, K, KC):  # the reduction, KC at a time, always in this order
+            kc = min(KC, K - p0)
+            add = accumulate or p0 > 0  # later blocks add to what the first wrote
+            _pack_a(A, a_trans, i0, m, p0, kc, MR, Ap)  # [m, kc] block of A: L2
+            _pack_b(B, b_trans, p0, kc, j0, n, NR, Bp)  # [kc, n] block of B: L2
+            for jr in range(0, n, NR):  # one NR-wide panel of B (L1) ...
+                nr = min(NR, n - jr)
+                b_off = (jr // NR) * kc * NR
+                for ir in range(0, m, MR):  # ... against every MR-tall panel of A
+                    mr = min(MR, m - ir)
+                    a_off = (ir // MR) * kc * MR
+                    c_off = (i0 + ir) * N + j0 + jr
+                    if mr == MR and nr == NR:  # a whole tile: straight into C
+                        microkernel(isa, kc, Ap, a_off, Bp, b_off, Cf, c_off, N, add, MR, NR)
+                    else:  # the ragged edge: into a scratch tile, then its valid part
+                        microkernel(isa, kc, Ap, a_off, Bp, b_off, edge, 0, NR, False, MR, NR)
+                        for i in range(mr):
+                            for j in range(nr):
+                                if add:
+                                    Cf[c_off + i * N + j] += edge[i * NR + j]
+                                else:
+                                    Cf[c_off + i * N + j] = edge[i * NR + j]
 
 
-def transpose(A):  # A: [R,S] -> [S,R], a new C-contiguous array (memory bound: tiles
-    out = np.empty((A.shape[1], A.shape[0]), dtype=A.dtype)  # sized from measurement)
-    A = np.ascontiguousarray(A)
-    if A.shape[0] >= 2 * A.shape[1]:
-        _transpose_cols(A, out)
-    else:
-        _transpose_rows(A, out)
+ISA = host_isa()  # 'avx512', 'avx2' or 'sse': the micro-kernel this CPU runs
+
+
+def blocking(dtype, M, N, isa=None, threads=None, KC=None):
+    """Tile and block sizes for a [M, *] x [*, N] product.
+
+    KC (reduction block) fixes the order of the sum, so it depends on the dtype only. One
+    task computes an MC x NC block of C; its packed blocks of A (MC*KC) and B (KC*NC) stay
+    in L2 and one NR-wide panel of B (KC*NR) in L1. MC and NC only divide the work (at
+    least two tasks a thread where the shape allows), so the result is bitwise the same
+    for any thread count."""
+    isa = isa or ISA
+    MR, NR = tile(np.dtype(dtype), isa)
+    threads = threads or get_threads()
+    KC = KC or (_KC if np.dtype(dtype).itemsize == 4 else _KC // 2)
+    n_mb, n_nb = -(-M // _MC), -(-N // _NC)  # blocks of at most _MC x _NC
+    max_mb, max_nb = -(-M // MR), -(-N // NR)
+    while (n_mb * n_nb) % threads and (n_mb < max_mb or n_nb < max_nb):
+        # equal work for every thread: add a cut across the longer side of a block
+        if (M / n_mb >= N / n_nb and n_mb < max_mb) or n_nb == max_nb:
+            n_mb += 1
+        else:
+            n_nb += 1
+    MC = MR * -(-(-(-M // n_mb)) // MR)  # rows per block, rounded up to whole tiles
+    NC = NR * -(-(-(-N // n_nb)) // NR)
+    return dict(MR=MR, NR=NR, KC=KC, MC=MC, NC=NC)
+
+
+_KC, _MC, _NC = 256, 288, 1920
+
+
+def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None):
+    """out [M,N] (+)= opA(A) @ opB(B): the one driver behind matmul_nt/_nn/_tn."""
+    M, N = out.shape
+    if M == 0 or N == 0:
+        return out
+    isa = isa or ISA
+    b = blocking(out.dtype, M, N, isa)
+    _gemm_packed(A, a_trans, B, b_trans, out, accumulate, ISA_CODES[isa], b["MR"], b["NR"],
+                 b["KC"], b["MC"], b["NC"])
     return out
 
 
@@ -228,6 +324,14 @@ def _prepare_out(out, shape, dtype, accumulate):
     return out
 
 
+def _blas(a, b, out, accumulate):
+    if accumulate:
+        out += a @ b
+    else:
+        np.dot(a, b, out=out)
+    return out
+
+
 def matmul_nt(A, B, out=None, accumulate=False):  # [M,K] x [N,K] -> [M,N] = A @ B.T
     """``A @ B.T``; with ``accumulate`` the product is added into ``out`` (the ``+=``
     with which a shared weight collects one gradient contribution per use)."""
@@ -236,54 +340,33 @@ def matmul_nt(A, B, out=None, accumulate=False):  # [M,K] x [N,K] -> [M,N] = A @
         raise ValueError(f"matmul_nt: shapes {A.shape} and {B.shape} do not fit A @ B.T")
     out = _prepare_out(out, (A.shape[0], B.shape[0]), A.dtype, accumulate)
     if _USE_BLAS:
-        if accumulate:
-            out += A @ B.T
-        else:
-            np.dot(A, B.T, out=out)
-        return out
-    _gemm_nt(np.ascontiguousarray(A), np.ascontiguousarray(B), out, accumulate)
-    return out
+        return _blas(A, B.T, out, accumulate)
+    return gemm(np.ascontiguousarray(A), False, np.ascontiguousarray(B), True, out, accumulate)
 
 
 def matmul_nn(A, B, out=None, accumulate=False):  # [M,K] x [K,N] -> [M,N] = A @ B
     check_float(A, B)
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[0]:
         raise ValueError(f"matmul_nn: shapes {A.shape} and {B.shape} do not fit A @ B")
+    out = _prepare_out(out, (A.shape[0], B.shape[1]), A.dtype, accumulate)
     if _USE_BLAS:
-        out = _prepare_out(out, (A.shape[0], B.shape[1]), A.dtype, accumulate)
-        if accumulate:
-            out += A @ B
-        else:
-            np.dot(A, B, out=out)
-        return out
-    return matmul_nt(A, transpose(B), out, accumulate)
+        return _blas(A, B, out, accumulate)
+    return gemm(np.ascontiguousarray(A), False, np.ascontiguousarray(B), False, out, accumulate)
 
 
 def matmul_tn(A, B, out=None, accumulate=False):  # [K,M] x [K,N] -> [M,N] = A.T @ B
     check_float(A, B)
     if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[0]:
         raise ValueError(f"matmul_tn: shapes {A.shape} and {B.shape} do not fit A.T @ B")
-    if _USE_BLAS:
-        out = _prepare_out(out, (A.shape[1], B.shape[1]), A.dtype, accumulate)
-        if accumulate:
-            out += A.T @ B
-        else:
-            np.dot(A.T, B, out=out)
-        return out
-    # The reduction runs over A's rows (tokens in a weight gradient: thousands). Long
-    # dot products stream rows that no longer fit in L1, so the sum is done in chunks of
-    # _TN_CHUNK rows, each chunk's product added into out (a fixed order: deterministic).
-    K = A.shape[0]
-    if K <= _TN_CHUNK:
-        return matmul_nt(transpose(A), transpose(B), out, accumulate)
     out = _prepare_out(out, (A.shape[1], B.shape[1]), A.dtype, accumulate)
-    for k0 in range(0, K, _TN_CHUNK):
-        matmul_nt(transpose(A[k0:k0 + _TN_CHUNK]), transpose(B[k0:k0 + _TN_CHUNK]), out,
-                  accumulate=accumulate or k0 > 0)
-    return out
+    if _USE_BLAS:
+        return _blas(A.T, B, out, accumulate)
+    return gemm(np.ascontiguousarray(A), True, np.ascontiguousarray(B), False, out, accumulate)
 
 
-_TN_CHUNK = 512
+def transpose(A):  # A: [R,S] -> [S,R], a new C-contiguous array
+    return np.ascontiguousarray(A.T)
+
 
 # ----------------------------------------------------------------------------------
 # bias: y += b (forward) and db += sum over rows of dy (backward)

@@ -1,0 +1,186 @@
+"""The GEMM micro-kernel: an MR x NR tile of C kept in vector registers.
+
+Legend: kc the length of one block of the reduction, MR x NR the tile of C, W the floats in
+one vector register (AVX-512: 16 float32, AVX2: 8, SSE: 4), NV = NR / W vectors per row.
+
+What it computes (the readable twin, ``microkernel_loops``, is exactly this):
+
+    for p in range(kc):                     # one rank-1 update per step of the reduction
+        for i in range(MR):
+            for j in range(NR):
+                C[i, j] += Ap[p, i] * Bp[p, j]
+
+Ap and Bp are *packed* panels (matmul.py makes them): for each p, the MR values of A's
+column p and the NR values of B's row p lie next to each other in memory, so the kernel
+reads both panels front to back, once.
+
+Why an intrinsic. LLVM does not keep a 2-D accumulator array in registers when it comes from
+plain loops (the array lives in memory, every update is a load and a store). So the fast
+kernel is written one level down, in LLVM IR through llvmlite — still our code, one screen:
+MR x NV accumulators of type <W x float>; per step p, NV vector loads of Bp's row, then for
+each i one broadcast of Ap[p, i] and NV fused multiply-adds (``llvm.fma``). With MR*NV
+accumulators + NV loaded vectors + 1 broadcast within the register file, nothing spills:
+
+    ISA      registers  W (f32)  tile MR x NR   registers used
+    AVX-512  32 x 512b  16       8 x 48 (NV 3)  24 + 3 + 1 = 28
+    AVX2     16 x 256b   8       6 x 16 (NV 2)  12 + 2 + 1 = 15
+    SSE      16 x 128b   4       4 x  8 (NV 2)   8 + 2 + 1 = 11
+
+(float64 halves W, so NR halves: 8 x 24 on AVX-512.) The tile is picked at run time from the
+CPU's features (``host_isa``); all three variants are compiled into the GEMM and chosen by an
+argument, so one cached build serves every tile and a benchmark can time them side by side.
+Accumulators are allocas: LLVM's mem2reg pass turns them into registers.
+"""
+import os
+
+import llvmlite.binding as llvm_binding
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# isa code -> (name, vector bytes, MR, NV)
+ISAS = {
+    0: ("loops", 64, 4, 1),  # the readable twin: plain loops, tile 4 x 16 (f32)
+    1: ("sse", 16, 4, 2),
+    2: ("avx2", 32, 6, 2),
+    3: ("avx512", 64, 8, 3),
+}
+ISA_CODES = {v[0]: k for k, v in ISAS.items()}
+
+
+def _host_features():
+    return {k for k, v in llvm_binding.get_host_cpu_features().items() if v}
+
+
+def host_isa():
+    """The widest vector ISA this CPU has ('avx512', 'avx2' or 'sse'); the environment
+    variable MINIALBERT_GEMM_ISA picks a narrower one (to compare tiles on one machine)."""
+    f = _host_features()
+    best = "avx512" if "avx512f" in f else "avx2" if {"avx2", "fma"} <= f else "sse"
+    want = os.environ.get("MINIALBERT_GEMM_ISA", best)
+    if want not in ISA_CODES:
+        raise ValueError(f"MINIALBERT_GEMM_ISA={want!r}: choose one of {sorted(ISA_CODES)}")
+    if ISA_CODES[want] > ISA_CODES[best]:
+        raise ValueError(f"MINIALBERT_GEMM_ISA={want!r}: this CPU has only {best}")
+    return want
+
+
+def tile(dtype, isa):
+    """(MR, NR) of the micro-kernel for this dtype (float32 or float64) and ISA name."""
+    _, vbytes, mr, nv = ISAS[ISA_CODES[isa]]
+    w = vbytes // dtype.itemsize
+    return mr, nv * w
+
+
+_HAS_FMA = "fma" in _host_features()
+
+
+# ----------------------------------------------------------------------------------
+# the readable twin
+
+
+@njit(cache=True)
+def microkernel_loops(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR):
+    # C[c0 + i*ldc + j] (+)= sum_p Ap[a0 + p*MR + i] * Bp[b0 + p*NR + j]   (C flat)
+    for i in range(MR):
+        for j in range(NR):
+            s = Ap.dtype.type(0)
+            for p in range(kc):
+                s += Ap[a0 + p * MR + i] * Bp[b0 + p * NR + j]
+            if accumulate:
+                C[c0 + i * ldc + j] += s
+            else:
+                C[c0 + i * ldc + j] = s
+
+
+# ----------------------------------------------------------------------------------
+# the fast kernel, one per ISA, written as LLVM IR
+
+
+def _make_microkernel(vbytes, MR, NV):
+    @intrinsic
+    def microkernel(typingctx, kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate):
+        # the same contract as microkernel_loops, with MR and NR = NV*W fixed
+        sig = types.void(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate)
+
+        def codegen(context, builder, signature, args):
+            kc_, Ap_, a0_, Bp_, b0_, C_, c0_, ldc_, acc_ = args
+            fty = context.get_value_type(signature.args[1].dtype)  # float or double
+            esize = 4 if fty == ir.FloatType() else 8  # bytes per element
+            W = vbytes // esize
+            NR = NV * W
+            vty = ir.VectorType(fty, W)
+            i64 = ir.IntType(64)
+
+            def data(k, v):  # pointer to element 0 of a flat array argument
+                return context.make_array(signature.args[k])(context, builder, v).data
+
+            def c64(x):
+                return ir.Constant(i64, x)
+
+            a_ptr = builder.gep(data(1, Ap_), [a0_])
+            b_ptr = builder.gep(data(3, Bp_), [b0_])
+            c_ptr = builder.gep(data(5, C_), [c0_])
+            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * W)
+            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(NV)]
+                   for _ in range(MR)]
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                f"llvm.fma.v{W}f{8 * esize}")
+            undef = ir.Constant(vty, ir.Undefined)
+            splat0 = ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W)
+            with cgutils.for_range(builder, kc_) as loop:  # for p in range(kc)
+                p = loop.index
+                brow = builder.gep(b_ptr, [builder.mul(p, c64(NR))])
+                arow = builder.gep(a_ptr, [builder.mul(p, c64(MR))])
+                b = [builder.load(builder.bitcast(builder.gep(brow, [c64(v * W)]),
+                                                  vty.as_pointer()), align=esize)
+                     for v in range(NV)]  # Bp[p, v*W:(v+1)*W], unaligned loads
+                for i in range(MR):
+                    a = builder.load(builder.gep(arow, [c64(i)]))  # Ap[p, i], broadcast
+                    a = builder.shuffle_vector(
+                        builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)),
+                        undef, splat0)
+                    for v in range(NV):  # acc[i][v] += a * b[v]
+                        old = builder.load(acc[i][v])
+                        if _HAS_FMA:
+                            new = builder.call(fma, [a, b[v], old])
+                        else:
+                            new = builder.fadd(builder.fmul(a, b[v]), old)
+                        builder.store(new, acc[i][v])
+            add = builder.icmp_unsigned("!=", acc_, ir.Constant(acc_.type, 0))
+            for i in range(MR):  # the tile out to C, row i at c_ptr + i*ldc
+                crow = builder.gep(c_ptr, [builder.mul(c64(i), ldc_)])
+                for v in range(NV):
+                    ptr = builder.bitcast(builder.gep(crow, [c64(v * W)]), vty.as_pointer())
+                    val = builder.load(acc[i][v])
+                    with builder.if_else(add) as (then, otherwise):
+                        with then:
+                            builder.store(builder.fadd(builder.load(ptr, align=esize), val), ptr,
+                                          align=esize)
+                        with otherwise:
+                            builder.store(val, ptr, align=esize)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return microkernel
+
+
+microkernel_sse = _make_microkernel(*ISAS[1][1:])
+microkernel_avx2 = _make_microkernel(*ISAS[2][1:])
+microkernel_avx512 = _make_microkernel(*ISAS[3][1:])
+
+
+@njit(inline="always")
+def microkernel(isa, kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR):
+    """Dispatch on the ISA code (an argument: one compiled GEMM holds all tiles)."""
+    if isa == 3:
+        microkernel_avx512(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate)
+    elif isa == 2:
+        microkernel_avx2(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate)
+    elif isa == 1:
+        microkernel_sse(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate)
+    else:
+        microkernel_loops(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR)
