@@ -1,4 +1,4 @@
-"""Fused multi-head self-attention, forward and backward, mask aware.
+"""Multi-head self-attention, forward and backward, mask aware.
 
 Legend: B batch, T sequence, H hidden, N heads, D = H/N head size.
 q, k, v come from the Q/K/V dense layers as [B, T, H]; head h is columns h*D..(h+1)*D.
@@ -15,6 +15,14 @@ backward, for each (b, h):
     dS = P * (dP - rowsum(dP * P));  dQ = dS K * scale;  dK = dS^T Q * scale
 Every write lands in the (b, h) slice its task owns: no races, and results that do not
 depend on the number of threads.
+
+Two versions, the same arithmetic:
+  * ``attention_forward_rows`` / ``attention_backward_rows``: one query row at a time, every
+    product a plain loop (the readable reference: read these first);
+  * ``attention_forward`` / ``attention_backward`` (what the model calls): each of the
+    products above (QK^T, PV; dO V^T, Pd^T dO, dS K, dS^T Q) is one ``_gemm_block`` call on
+    the head's [T, D] slices: packed panels and the register micro-kernel of matmul.py, one
+    thread per (b, h). Softmax and dropout run on the [T, T] block in between.
 """
 import math
 
@@ -23,10 +31,12 @@ from numba import njit, prange
 
 from ._base import FASTMATH, cast_like
 from .dropout import _hash_uniform
+from .matmul import ISA, _gemm_block, blocking, packing_buffers
+from .microkernel import ISA_CODES
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def attention_forward(q, k, v, mask_bias, n_heads, p_drop, key):
+def attention_forward_rows(q, k, v, mask_bias, n_heads, p_drop, key):
     # q, k, v: [B,T,H]; mask_bias: [B,T] -> ctx: [B,T,H], probs: [B,N,T,T]
     B, T, H = q.shape
     D = H // n_heads
@@ -79,7 +89,7 @@ def attention_forward(q, k, v, mask_bias, n_heads, p_drop, key):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def attention_backward(dctx, q, k, v, probs, n_heads, p_drop, key):
+def attention_backward_rows(dctx, q, k, v, probs, n_heads, p_drop, key):
     # dctx: [B,T,H]; q, k, v: [B,T,H]; probs: [B,N,T,T] -> dq, dk, dv: [B,T,H]
     B, T, H = q.shape
     D = H // n_heads
@@ -133,3 +143,133 @@ def attention_backward(dctx, q, k, v, probs, n_heads, p_drop, key):
                     dqi[d] += ds * kj[d]
                     dkj[d] += ds * qi[d]
     return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------
+# through the GEMM micro-kernel
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _attention_forward(q, k, v, mask_bias, n_heads, p_drop, key, isa, MR, NR, KC):
+    # q, k, v: [B,T,H]; mask_bias: [B,T] -> ctx: [B,T,H], probs: [B,N,T,T]
+    B, T, H = q.shape
+    D = H // n_heads
+    scale = cast_like(q, 1.0 / math.sqrt(D))
+    keep_scale = cast_like(q, 1.0 / (1.0 - p_drop))
+    ctx = np.empty((B, T, H), dtype=q.dtype)
+    probs = np.empty((B, n_heads, T, T), dtype=q.dtype)
+    ctx_f = ctx.reshape(B * T * H)
+    for bh in prange(B * n_heads):
+        b = bh // n_heads
+        h = bh % n_heads
+        c0 = h * D
+        Qh = q[b, :, c0:c0 + D]  # [T, D] slices of this head
+        Kh = k[b, :, c0:c0 + D]
+        Vh = v[b, :, c0:c0 + D]
+        P = probs[b, h]  # [T, T]
+        P_f = P.reshape(T * T)
+        L = max(T, D)
+        Ap, Bp, edge = packing_buffers(T, L, L, MR, NR, KC, q.dtype)
+        # S = Q K^T  (into probs[b, h], then softmax in place)
+        _gemm_block(Qh, False, 0, T, Kh, True, 0, T, D, P_f, 0, T, False, isa, MR, NR, KC,
+                    Ap, Bp, edge)
+        for i in range(T):
+            row = P[i]
+            m = -np.inf
+            for j in range(T):
+                s = row[j] * scale + mask_bias[b, j]
+                row[j] = s
+                if s > m:
+                    m = s
+            tot = cast_like(q, 0.0)
+            for j in range(T):
+                e = math.exp(row[j] - m)
+                row[j] = e
+                tot += e
+            inv = cast_like(q, 1.0) / tot
+            for j in range(T):
+                row[j] *= inv
+        Pd = P  # dropout on a copy: probs keeps P (the attention map, as before)
+        if p_drop > 0.0:
+            Pd = np.empty((T, T), dtype=q.dtype)
+            for i in range(T):
+                base = ((b * n_heads + h) * T + i) * T
+                for j in range(T):
+                    keep = _hash_uniform(key, base + j) >= p_drop
+                    Pd[i, j] = P[i, j] * keep_scale if keep else cast_like(q, 0.0)
+        # O = Pd V  -> ctx[b, :, c0:c0+D] (row stride H)
+        _gemm_block(Pd, False, 0, T, Vh, False, 0, D, T, ctx_f, b * T * H + c0, H, False, isa,
+                    MR, NR, KC, Ap, Bp, edge)
+    return ctx, probs
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _attention_backward(dctx, q, k, v, probs, n_heads, p_drop, key, isa, MR, NR, KC):
+    # dctx: [B,T,H]; q, k, v: [B,T,H]; probs: [B,N,T,T] -> dq, dk, dv: [B,T,H]
+    B, T, H = q.shape
+    D = H // n_heads
+    scale = cast_like(q, 1.0 / math.sqrt(D))
+    keep_scale = cast_like(q, 1.0 / (1.0 - p_drop))
+    dq = np.empty_like(q)
+    dk = np.empty_like(k)
+    dv = np.empty_like(v)
+    dq_f = dq.reshape(B * T * H)
+    dk_f = dk.reshape(B * T * H)
+    dv_f = dv.reshape(B * T * H)
+    for bh in prange(B * n_heads):
+        b = bh // n_heads
+        h = bh % n_heads
+        c0 = h * D
+        out0 = b * T * H + c0
+        Qh = q[b, :, c0:c0 + D]
+        Kh = k[b, :, c0:c0 + D]
+        Vh = v[b, :, c0:c0 + D]
+        dO = dctx[b, :, c0:c0 + D]
+        P = probs[b, h]
+        L = max(T, D)
+        Ap, Bp, edge = packing_buffers(T, L, L, MR, NR, KC, q.dtype)
+        dS = np.empty((T, T), dtype=q.dtype)  # first dPd, then dS, in place
+        dS_f = dS.reshape(T * T)
+        # dPd = dO V^T
+        _gemm_block(dO, False, 0, T, Vh, True, 0, T, D, dS_f, 0, T, False, isa, MR, NR, KC,
+                    Ap, Bp, edge)
+        Pd = P
+        if p_drop > 0.0:
+            Pd = np.empty((T, T), dtype=q.dtype)
+            for i in range(T):
+                base = ((b * n_heads + h) * T + i) * T
+                for j in range(T):
+                    keep = _hash_uniform(key, base + j) >= p_drop
+                    kept = keep_scale if keep else cast_like(q, 0.0)
+                    Pd[i, j] = P[i, j] * kept
+                    dS[i, j] *= kept  # back through dropout: dP = dPd * keep/(1-p)
+        # dV = Pd^T dO
+        _gemm_block(Pd, True, 0, T, dO, False, 0, D, T, dv_f, out0, H, False, isa, MR, NR, KC,
+                    Ap, Bp, edge)
+        for i in range(T):  # softmax backward, then the 1/sqrt(D): dS = P (dP - <dP, P>) s
+            dot = cast_like(q, 0.0)
+            for j in range(T):
+                dot += dS[i, j] * P[i, j]
+            for j in range(T):
+                dS[i, j] = P[i, j] * (dS[i, j] - dot) * scale
+        # dQ = dS K;  dK = dS^T Q
+        _gemm_block(dS, False, 0, T, Kh, False, 0, D, T, dq_f, out0, H, False, isa, MR, NR, KC,
+                    Ap, Bp, edge)
+        _gemm_block(dS, True, 0, T, Qh, False, 0, D, T, dk_f, out0, H, False, isa, MR, NR, KC,
+                    Ap, Bp, edge)
+    return dq, dk, dv
+
+
+def _tiles(dtype):
+    b = blocking(dtype, 1, 1)
+    return ISA_CODES[ISA], b["MR"], b["NR"], b["KC"]
+
+
+def attention_forward(q, k, v, mask_bias, n_heads, p_drop, key):
+    # q, k, v: [B,T,H]; mask_bias: [B,T] -> ctx: [B,T,H], probs: [B,N,T,T]
+    return _attention_forward(q, k, v, mask_bias, n_heads, p_drop, key, *_tiles(q.dtype))
+
+
+def attention_backward(dctx, q, k, v, probs, n_heads, p_drop, key):
+    # dctx, q, k, v: [B,T,H]; probs: [B,N,T,T] -> dq, dk, dv: [B,T,H]
+    return _attention_backward(dctx, q, k, v, probs, n_heads, p_drop, key, *_tiles(q.dtype))

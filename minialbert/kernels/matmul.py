@@ -223,12 +223,56 @@ def _pack_b(B, b_trans, p0, kc, j0, n, NR, Bp):
                     dst[p, j] = src[p, j]
 
 
+@njit(cache=True)
+def _gemm_block(A, a_trans, i0, m, B, b_trans, j0, n, K, Cf, c0, ldc, accumulate, isa, MR, NR,
+                KC, Ap, Bp, edge):
+    # One thread's GEMM: Cf[c0 + i*ldc + j] (+)= sum_p opA(A)[i0+i, p] opB(B)[p, j0+j] for
+    # i < m, j < n. Walks the reduction in KC steps, packing the A rows and B columns it
+    # needs for each step into Ap, Bp (scratch buffers the caller owns). Used by the
+    # parallel driver below (one call a block of C) and by attention (one call a head).
+    if K == 0 and not accumulate:  # an empty sum
+        for i in range(m):
+            for j in range(n):
+                Cf[c0 + i * ldc + j] = 0
+    for p0 in range(0, K, KC):  # the reduction, KC at a time, always in this order
+        kc = min(KC, K - p0)
+        add = accumulate or p0 > 0  # later blocks add to what the first wrote
+        _pack_a(A, a_trans, i0, m, p0, kc, MR, Ap)  # [m, kc] block of A: L2
+        _pack_b(B, b_trans, p0, kc, j0, n, NR, Bp)  # [kc, n] block of B: L2
+        for jr in range(0, n, NR):  # one NR-wide panel of B (L1) ...
+            nr = min(NR, n - jr)
+            b_off = (jr // NR) * kc * NR
+            for ir in range(0, m, MR):  # ... against every MR-tall panel of A
+                mr = min(MR, m - ir)
+                a_off = (ir // MR) * kc * MR
+                c_off = c0 + ir * ldc + jr
+                if mr == MR and nr == NR:  # a whole tile: straight into C
+                    microkernel(isa, kc, Ap, a_off, Bp, b_off, Cf, c_off, ldc, add, MR, NR)
+                else:  # the ragged edge: into a scratch tile, then its valid part
+                    microkernel(isa, kc, Ap, a_off, Bp, b_off, edge, 0, NR, False, MR, NR)
+                    for i in range(mr):
+                        for j in range(nr):
+                            if add:
+                                Cf[c_off + i * ldc + j] += edge[i * NR + j]
+                            else:
+                                Cf[c_off + i * ldc + j] = edge[i * NR + j]
+
+
+@njit(cache=True)
+def packing_buffers(m, n, K, MR, NR, KC, dtype):
+    # scratch for _gemm_block on an [m, K] x [K, n] product: packed A, packed B, edge tile
+    kc = max(1, min(KC, K))
+    return (np.empty(((m + MR - 1) // MR) * MR * kc, dtype=dtype),
+            np.empty(((n + NR - 1) // NR) * NR * kc, dtype=dtype),
+            np.empty(MR * NR, dtype=dtype))
+
+
 @njit(parallel=True, cache=True)
 def _gemm_packed(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC):
     # C: [M,N] (+)= opA(A) [M,K] @ opB(B) [K,N].
     # C is cut into blocks of MC rows x NC columns (multiples of MR and NR); one task a
-    # block, in parallel. A task owns its block of C (no races) and walks the whole
-    # reduction in KC steps, packing the A rows and B columns it needs for each step.
+    # block, in parallel. A task owns its block of C (no races) and computes it with
+    # _gemm_block, packing the A rows and B columns it needs.
     M, N = C.shape
     K = A.shape[0] if a_trans else A.shape[1]
     Cf = C.reshape(M * N)
@@ -239,35 +283,9 @@ def _gemm_packed(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC)
         m = min(MC, M - i0)
         j0 = (t % n_nb) * NC
         n = min(NC, N - j0)
-        if K == 0 and not accumulate:  # an empty sum
-            for i in range(i0, i0 + m):
-                for j in range(j0, j0 + n):
-                    Cf[i * N + j] = 0
-        Ap = np.empty(((m + MR - 1) // MR) * MR * min(KC, K), dtype=C.dtype)
-        Bp = np.empty(((n + NR - 1) // NR) * NR * min(KC, K), dtype=C.dtype)
-        edge = np.empty(MR * NR, dtype=C.dtype)
-        for p0 in range(0, K, KC):  # the reduction, KC at a time, always in this order
-            kc = min(KC, K - p0)
-            add = accumulate or p0 > 0  # later blocks add to what the first wrote
-            _pack_a(A, a_trans, i0, m, p0, kc, MR, Ap)  # [m, kc] block of A: L2
-            _pack_b(B, b_trans, p0, kc, j0, n, NR, Bp)  # [kc, n] block of B: L2
-            for jr in range(0, n, NR):  # one NR-wide panel of B (L1) ...
-                nr = min(NR, n - jr)
-                b_off = (jr // NR) * kc * NR
-                for ir in range(0, m, MR):  # ... against every MR-tall panel of A
-                    mr = min(MR, m - ir)
-                    a_off = (ir // MR) * kc * MR
-                    c_off = (i0 + ir) * N + j0 + jr
-                    if mr == MR and nr == NR:  # a whole tile: straight into C
-                        microkernel(isa, kc, Ap, a_off, Bp, b_off, Cf, c_off, N, add, MR, NR)
-                    else:  # the ragged edge: into a scratch tile, then its valid part
-                        microkernel(isa, kc, Ap, a_off, Bp, b_off, edge, 0, NR, False, MR, NR)
-                        for i in range(mr):
-                            for j in range(nr):
-                                if add:
-                                    Cf[c_off + i * N + j] += edge[i * NR + j]
-                                else:
-                                    Cf[c_off + i * N + j] = edge[i * NR + j]
+        Ap, Bp, edge = packing_buffers(m, n, K, MR, NR, KC, C.dtype)
+        _gemm_block(A, a_trans, i0, m, B, b_trans, j0, n, K, Cf, i0 * N + j0, N, accumulate,
+                    isa, MR, NR, KC, Ap, Bp, edge)
 
 
 ISA = host_isa()  # 'avx512', 'avx2' or 'sse': the micro-kernel this CPU runs

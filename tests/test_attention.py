@@ -1,0 +1,90 @@
+"""Attention through the GEMM micro-kernel against its readable twin (one query row at a
+time, plain loops) and against torch autograd.
+
+Tolerances: float64 1e-12 (the same sums in another order); float32 1e-5 relative +
+1e-6 absolute (probabilities and products of O(1) values, sums of up to T*D terms).
+"""
+import numba
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minialbert.kernels import attention as at
+from minialbert.kernels import dropout_key, mask_bias
+from reference import assert_close, n, require, t
+
+
+def _tol(dt):
+    return dict(rtol=1e-5, atol=1e-6) if dt == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+
+def _case(r, B, T, N, D, dt, masked_rows=True):
+    q, k, v, do = (r.standard_normal((B, T, N * D)).astype(dt) for _ in range(4))
+    m = np.ones((B, T))
+    m[0, max(1, T // 2):] = 0  # padding in the first sequence
+    if masked_rows and B > 1:
+        m[-1] = 0  # a fully masked sequence: every row uniform, as Hugging Face
+    return q, k, v, do, mask_bias(m, dt)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_packed_matches_rows_with_masks_and_dropout(dt, p, threads, rng):
+    q, k, v, do, mb = _case(rng, 3, 37, 3, 11, dt)
+    key = dropout_key(7, 1, 2)
+    c1, p1 = at.attention_forward(q, k, v, mb, 3, p, key)
+    c0, p0 = at.attention_forward_rows(q, k, v, mb, 3, p, key)
+    assert c1.dtype == dt and p1.dtype == dt
+    assert_close(p1, p0, **_tol(dt), what="probs")
+    assert_close(c1, c0, **_tol(dt), what="ctx")
+    for a, b, name in zip(at.attention_backward(do, q, k, v, p1, 3, p, key),
+                          at.attention_backward_rows(do, q, k, v, p0, 3, p, key), "qkv"):
+        assert_close(a, b, **_tol(dt), what="d" + name)
+
+
+@given(B=st.integers(1, 3), T=st.sampled_from([1, 2, 7, 9, 17, 49, 50]),
+       N=st.integers(1, 3), D=st.sampled_from([1, 3, 8, 13, 49]), seed=st.integers(0, 999))
+def test_packed_any_shape(B, T, N, D, seed):
+    """T = 1, sizes around the tiles (MR 8, NR 48 on AVX-512; 6, 16 on AVX2), in float64."""
+    q, k, v, do, mb = _case(np.random.default_rng(seed), B, T, N, D, np.float64)
+    c1, p1 = at.attention_forward(q, k, v, mb, N, 0.0, np.uint64(0))
+    c0, p0 = at.attention_forward_rows(q, k, v, mb, N, 0.0, np.uint64(0))
+    assert_close(c1, c0, rtol=1e-12, atol=1e-12, what="ctx")
+    for a, b in zip(at.attention_backward(do, q, k, v, p1, N, 0.0, np.uint64(0)),
+                    at.attention_backward_rows(do, q, k, v, p0, N, 0.0, np.uint64(0))):
+        assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_packed_against_torch_autograd(dt, rng):
+    torch = require("torch")
+    B, T, N, D = 2, 19, 2, 7
+    q, k, v, do, mb = _case(rng, B, T, N, D, dt, masked_rows=False)
+    tq, tk, tv = t(q, True), t(k, True), t(v, True)
+    split = lambda x: x.reshape(B, T, N, D).transpose(1, 2)  # noqa: E731 [B,N,T,D]
+    s = split(tq) @ split(tk).transpose(-1, -2) / np.sqrt(D) + t(mb)[:, None, None, :]
+    pr = torch.softmax(s, -1)
+    ctx = (pr @ split(tv)).transpose(1, 2).reshape(B, T, N * D)
+    ctx.backward(t(do))
+    c, p = at.attention_forward(q, k, v, mb, N, 0.0, np.uint64(0))
+    assert_close(c, n(ctx), **_tol(dt), what="ctx")
+    assert_close(p, n(pr), **_tol(dt), what="probs")
+    for a, b, name in zip(at.attention_backward(do, q, k, v, p, N, 0.0, np.uint64(0)),
+                          (tq.grad, tk.grad, tv.grad), "qkv"):
+        assert_close(a, n(b), **_tol(dt), what="d" + name)
+
+
+def test_packed_bitwise_across_threads(rng):
+    q, k, v, do, mb = _case(rng, 4, 64, 4, 16, np.float32)
+    prev = numba.get_num_threads()
+    try:
+        res = []
+        for th in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(th)
+            c, p = at.attention_forward(q, k, v, mb, 4, 0.2, np.uint64(5))
+            res.append((c, p) + at.attention_backward(do, q, k, v, p, 4, 0.2, np.uint64(5)))
+    finally:
+        numba.set_num_threads(prev)
+    for a, b in zip(*res):
+        assert np.array_equal(a, b)
