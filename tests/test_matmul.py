@@ -224,3 +224,20 @@ def test_the_three_steps_of_chapter_01_agree(rng):
     ref = matmul_nt_naive(A, B)
     assert_close(matmul_nt_4x4(A, B), ref, **_tol(np.float32), what="4x4")
     assert_close(matmul_nt(A, B), ref, **_tol(np.float32), what="packed")
+
+
+def test_gemm_runs_as_plain_python_under_disable_jit():
+    """Chapter 01: NUMBA_DISABLE_JIT=1 steps through every kernel in a debugger; the GEMM
+    then uses the plain-loop micro-kernel (the IR one cannot run as Python)."""
+    import subprocess
+    import sys
+    code = ("import numpy as np; from minialbert.kernels import matmul as mm;"
+            "r = np.random.default_rng(0); A = r.standard_normal((5, 9)); B = r.standard_normal((7, 9));"
+            "assert mm.ISA == 'loops', mm.ISA;"
+            "assert np.allclose(mm.matmul_nt(A, B), A @ B.T, rtol=1e-12, atol=1e-12);"
+            "assert np.allclose(mm.matmul_tn(A, A), A.T @ A, rtol=1e-12, atol=1e-12); print('ok')")
+    import os
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

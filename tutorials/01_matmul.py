@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 01 — Matrix multiplication in Numba, from a triple loop to a tiled parallel kernel
+# # 01 — Matrix multiplication in Numba, from a triple loop to a packed micro-kernel
 #
 # Every dense layer of ALBERT is a matrix product, and so is most of its training time.
 # We write the product ourselves, step by step, and time each step against NumPy's BLAS.
@@ -22,15 +22,19 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import OUT, QUICK, plt, savefig, write_table  # noqa: E402
 
 from minialbert.demo import best_time, blas_info, cpu_name  # noqa: E402
-from minialbert.kernels import matmul_nn, matmul_nt, matmul_tn  # noqa: E402
+from minialbert.kernels import matmul_nn, matmul_nt, matmul_nt_4x4, matmul_tn  # noqa: E402
+from minialbert.kernels import matmul as mm  # noqa: E402
 from minialbert.kernels._base import FASTMATH  # noqa: E402
+from minialbert.kernels.microkernel import ISA_CODES  # noqa: E402
 
 n = 128 if QUICK else 512
 rng = np.random.default_rng(0)
 A = rng.standard_normal((n, n)).astype(np.float32)
 B = rng.standard_normal((n, n)).astype(np.float32)
 reference = A @ B.T
-print(f"n = {n}; CPU {cpu_name()}; {numba.get_num_threads()} threads; BLAS {blas_info()}")
+print(f"n = {n}; CPU {cpu_name()}; vector ISA {mm.ISA} (micro-kernel tile "
+      f"{mm.blocking(np.float32, n, n)['MR']}x{mm.blocking(np.float32, n, n)['NR']}); "
+      f"{numba.get_num_threads()} threads; BLAS {blas_info()}")
 
 
 # %% [markdown]
@@ -101,16 +105,43 @@ def step3_blocked_serial(A, B):
 # ## Step 4: all cores
 # `prange` over blocks of 4 rows of C: each thread owns whole rows, so no two threads
 # write the same entry and each entry is summed in the same order whatever the number of
-# threads. This is the library's `matmul_nt`.
+# threads. This is `matmul_nt_4x4`. Its 16 vector accumulators fit AVX-512's 32 registers
+# and spill on AVX2's 16.
+#
+# ## Step 5: packed panels
+# The library's GEMM copies a block of A into panels MR rows tall and a block of B into
+# panels NR columns wide, each laid out so that step p of the sum reads MR + NR
+# neighbouring numbers. Then a micro-kernel does rank-1 updates of an MR × NR tile of C.
+# Here the micro-kernel is plain loops (`microkernel_loops`): LLVM keeps that tile in
+# memory, not registers.
+#
+# ## Step 6: the tile in registers
+# The same packing, with the micro-kernel written in LLVM IR (`microkernel.py`): MR × NR/W
+# vector accumulators, one broadcast of A and NR/W loads of B per step, `llvm.fma`. The
+# tile is picked from this CPU's vector width. Narrower tiles this CPU can also run are
+# timed too, so you can see what an AVX2 machine would pick.
 
 # %%
+def packed(isa):
+    def f(a, b):
+        out = np.empty((a.shape[0], b.shape[0]), a.dtype)
+        return mm.gemm(a, False, b, True, out, False, isa=isa)
+    return f
+
+
 steps = [
     ("1 triple loop", step1_triple_loop),
     ("2 + vectorised (reassoc)", step2_vectorised),
     ("3 + 4x4 register block", step3_blocked_serial),
-    ("4 + parallel: matmul_nt", matmul_nt),
-    ("NumPy BLAS (A @ B.T)", lambda a, b: a @ b.T),
+    ("4 + parallel: matmul_nt_4x4", matmul_nt_4x4),
+    ("5 packed, loop micro-kernel", packed("loops")),
 ]
+for isa in sorted((i for i in ISA_CODES if 0 < ISA_CODES[i] <= ISA_CODES[mm.ISA]),
+                  key=ISA_CODES.get):
+    t_ = mm.blocking(np.float32, n, n, isa=isa)
+    label = "6 packed, register tile" + (": matmul_nt" if isa == mm.ISA else "")
+    steps.append((f"{label} ({isa} {t_['MR']}x{t_['NR']})", packed(isa)))
+steps.append(("NumPy BLAS (A @ B.T)", lambda a, b: a @ b.T))
 rows = []
 flops = 2.0 * n ** 3
 results = {}
@@ -125,8 +156,8 @@ write_table("01_matmul_steps.md", ["step", "ms", "GFLOP/s"], rows)
 
 # %% [markdown]
 # ## The other two forms
-# The backward pass needs `dx = dy @ W` (NN) and `dW = dy.T @ x` (TN). We bring both to
-# the NT kernel with a transpose: O(n²) work next to the O(n³) product.
+# The backward pass needs `dx = dy @ W` (NN) and `dW = dy.T @ x` (TN). Packing reads an
+# operand in whatever layout it has, so the three forms share one driver and no transpose.
 
 # %%
 dy = rng.standard_normal((n, n)).astype(np.float32)
@@ -139,10 +170,11 @@ for name, ours, blas in [("NN dx = dy @ W", lambda: matmul_nn(dy, B), lambda: dy
 write_table("01_matmul_forms.md", ["form", "ours GFLOP/s", "BLAS GFLOP/s", "ratio"], form_rows)
 
 # %%
-speedup = results["4 + parallel: matmul_nt"] / results["1 triple loop"]
-ratio = results["4 + parallel: matmul_nt"] / results["NumPy BLAS (A @ B.T)"]
+final = [k for k in results if "matmul_nt" in k and k.startswith("6")][0]
+speedup = results[final] / results["1 triple loop"]
+ratio = results[final] / results["NumPy BLAS (A @ B.T)"]
 print(f"triple loop -> our kernel: {speedup:.0f}x faster; ours / BLAS = {ratio:.2f}")
-assert speedup > (3 if QUICK else 10), speedup  # the steps matter
+assert speedup > 3, speedup  # the steps matter (a speed margin is not asserted: it is machine-dependent)
 
 p = plt()
 if p is not None:
@@ -150,5 +182,5 @@ if p is not None:
     names = list(results)
     ax.barh(names[::-1], [results[k] for k in names][::-1], color="#4477aa")
     ax.set_xlabel(f"GFLOP/s (float32, n = {n}, {numba.get_num_threads()} threads)")
-    ax.set_title("From a triple loop to a tiled parallel kernel")
+    ax.set_title(f"From a triple loop to a packed micro-kernel ({cpu_name()}, {mm.ISA})")
     savefig(fig, "01_matmul_steps.png")

@@ -35,7 +35,7 @@ import os
 
 import llvmlite.binding as llvm_binding
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -55,7 +55,12 @@ def _host_features():
 
 def host_isa():
     """The widest vector ISA this CPU has ('avx512', 'avx2' or 'sse'); the environment
-    variable MINIALBERT_GEMM_ISA picks a narrower one (to compare tiles on one machine)."""
+    variable MINIALBERT_GEMM_ISA picks a narrower one (to compare tiles on one machine).
+    Under NUMBA_DISABLE_JIT=1 (to step through kernels in a debugger) the IR micro-kernel
+    cannot run as Python, so the GEMM uses its plain-loop twin: 'loops'."""
+    import numba
+    if numba.config.DISABLE_JIT:
+        return "loops"
     f = _host_features()
     best = "avx512" if "avx512f" in f else "avx2" if {"avx2", "fma"} <= f else "sse"
     want = os.environ.get("MINIALBERT_GEMM_ISA", best)
@@ -184,3 +189,36 @@ def microkernel(isa, kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR):
         microkernel_sse(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate)
     else:
         microkernel_loops(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR)
+
+
+@njit(parallel=True, cache=True)
+def _peak_loop(isa, Ap, Bp, C, kc, MR, NR, reps):
+    n = C.shape[0]
+    for t in prange(n):  # one copy of the panels per thread, all in L1
+        for r in range(reps):
+            microkernel(isa, kc, Ap[t], 0, Bp[t], 0, C[t], 0, NR, True, MR, NR)
+
+
+def measured_peak_gflops(dtype, isa, threads, seconds=0.3):
+    """FLOP/s of the micro-kernel alone on L1-resident panels, on every thread: the most
+    arithmetic this CPU delivers to our code (it stands in for cores x FMA units x lanes x
+    2 x clock, whose clock under load a program cannot read reliably)."""
+    import time
+
+    import numpy as np
+    from .matmul import blocking
+    b = blocking(dtype, 1, 1, isa=isa)
+    MR, NR, kc = b["MR"], b["NR"], 128
+    Ap = np.ones((threads, kc * MR), dtype)
+    Bp = np.ones((threads, kc * NR), dtype)
+    C = np.zeros((threads, MR * NR), dtype)
+    code = ISA_CODES[isa]
+    _peak_loop(code, Ap, Bp, C, kc, MR, NR, 1)
+    reps = 1000
+    while True:
+        t0 = time.perf_counter()
+        _peak_loop(code, Ap, Bp, C, kc, MR, NR, reps)
+        dt = time.perf_counter() - t0
+        if dt > seconds:
+            return 2.0 * kc * MR * NR * reps * threads / dt / 1e9
+        reps *= 4
