@@ -229,6 +229,7 @@ def test_the_three_steps_of_chapter_01_agree(rng):
 def test_gemm_runs_as_plain_python_under_disable_jit():
     """Chapter 01: NUMBA_DISABLE_JIT=1 steps through every kernel in a debugger; the GEMM
     then uses the plain-loop micro-kernel (the IR one cannot run as Python)."""
+    import os
     import subprocess
     import sys
     code = ("import numpy as np; from minialbert.kernels import matmul as mm;"
@@ -236,7 +237,6 @@ def test_gemm_runs_as_plain_python_under_disable_jit():
             "assert mm.ISA == 'loops', mm.ISA;"
             "assert np.allclose(mm.matmul_nt(A, B), A @ B.T, rtol=1e-12, atol=1e-12);"
             "assert np.allclose(mm.matmul_tn(A, A), A.T @ A, rtol=1e-12, atol=1e-12); print('ok')")
-    import os
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=300)

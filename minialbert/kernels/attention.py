@@ -35,6 +35,24 @@ from .matmul import ISA, _gemm_block, blocking, packing_buffers
 from .microkernel import ISA_CODES
 
 
+@njit(fastmath=FASTMATH, inline="always")
+def _softmax_row(row, bias, scale):
+    # row: [T] scores -> exp(row*scale + bias - max) in place; returns 1/sum (the caller
+    # normalises). bias: [T], 0 or finfo.min per key (a fully masked row becomes uniform).
+    m = -np.inf
+    for j in range(row.shape[0]):
+        s = row[j] * scale + bias[j]
+        row[j] = s
+        if s > m:
+            m = s
+    tot = cast_like(row, 0.0)
+    for j in range(row.shape[0]):
+        e = math.exp(row[j] - m)
+        row[j] = e
+        tot += e
+    return cast_like(row, 1.0) / tot
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def attention_forward_rows(q, k, v, mask_bias, n_heads, p_drop, key):
     # q, k, v: [B,T,H]; mask_bias: [B,T] -> ctx: [B,T,H], probs: [B,N,T,T]
@@ -61,18 +79,7 @@ def attention_forward_rows(q, k, v, mask_bias, n_heads, p_drop, key):
                 ktd = kt[d]
                 for j in range(T):
                     row[j] += qid * ktd[j]
-            m = -np.inf
-            for j in range(T):
-                s = row[j] * scale + mask_bias[b, j]
-                row[j] = s
-                if s > m:
-                    m = s
-            tot = cast_like(q, 0.0)
-            for j in range(T):
-                e = math.exp(row[j] - m)
-                row[j] = e
-                tot += e
-            inv = cast_like(q, 1.0) / tot
+            inv = _softmax_row(row, mask_bias[b], scale)  # row = exp(S - max); inv = 1/sum
             out = ctx[b, i, c0:c0 + D]
             base = ((b * n_heads + h) * T + i) * T
             for j in range(T):
@@ -175,18 +182,7 @@ def _attention_forward(q, k, v, mask_bias, n_heads, p_drop, key, isa, MR, NR, KC
                     Ap, Bp, edge)
         for i in range(T):
             row = P[i]
-            m = -np.inf
-            for j in range(T):
-                s = row[j] * scale + mask_bias[b, j]
-                row[j] = s
-                if s > m:
-                    m = s
-            tot = cast_like(q, 0.0)
-            for j in range(T):
-                e = math.exp(row[j] - m)
-                row[j] = e
-                tot += e
-            inv = cast_like(q, 1.0) / tot
+            inv = _softmax_row(row, mask_bias[b], scale)
             for j in range(T):
                 row[j] *= inv
         Pd = P  # dropout on a copy: probs keeps P (the attention map, as before)

@@ -176,51 +176,29 @@ def matmul_nt_4x4(A, B):  # [M,K] x [N,K] -> [M,N]: step 2 of chapter 01
 
 
 @njit(cache=True)
-def _pack_a(A, a_trans, i0, m, p0, kc, MR, Ap):
-    # opA(A)[i0:i0+m, p0:p0+kc] -> Ap: ceil(m/MR) panels, each [kc, MR] (flat), rows past m
-    # zero. opA(A) = A ([M,K]) or, with a_trans, A.T (A is [K,M]).
-    for r in range((m + MR - 1) // MR):
-        rows = min(MR, m - r * MR)
-        dst = Ap[r * kc * MR:(r + 1) * kc * MR].reshape(kc, MR)
-        if rows < MR:
+def _pack(X, k_major, p0, kc, j0, n, R, out):
+    # The [kc, n] block opX[p0:p0+kc, j0:j0+n] -> out: ceil(n/R) panels, each [kc, R]
+    # (flat), columns past n zero. opX = X if k_major (X is [K, *]) else X.T (X is [*, K]).
+    # The same copy packs both operands: B's panels (R = NR) from opB = B or B.T, and A's
+    # panels (R = MR) from opA.T = A.T or A — the micro-kernel reads both as [p, r].
+    for r in range((n + R - 1) // R):
+        cols = min(R, n - r * R)
+        dst = out[r * kc * R:(r + 1) * kc * R].reshape(kc, R)
+        if cols < R:
             dst[:] = 0
-        if a_trans:  # the block is A[p0:p0+kc, cols]: row p of it is row p of the panel
-            src = A[p0:p0 + kc, i0 + r * MR:i0 + r * MR + rows]
+        if k_major:  # rows of X[p0:p0+kc, cols] are rows of the panel
+            src = X[p0:p0 + kc, j0 + r * R:j0 + r * R + cols]
             for p in range(kc):
-                for i in range(rows):
-                    dst[p, i] = src[p, i]
-        else:  # the block is A[rows, p0:p0+kc]: a transposing copy, 16 p at a time
-            src = A[i0 + r * MR:i0 + r * MR + rows, p0:p0 + kc]
-            for q in range(0, kc, 16):
-                s = src[:, q:q + 16]
-                d = dst[q:q + 16]
-                for i in range(rows):
-                    for p in range(s.shape[1]):
-                        d[p, i] = s[i, p]
-
-
-@njit(cache=True)
-def _pack_b(B, b_trans, p0, kc, j0, n, NR, Bp):
-    # opB(B)[p0:p0+kc, j0:j0+n] -> Bp: ceil(n/NR) panels, each [kc, NR] (flat), columns past
-    # n zero. opB(B) = B ([K,N]) or, with b_trans, B.T (B is [N,K]).
-    for r in range((n + NR - 1) // NR):
-        cols = min(NR, n - r * NR)
-        dst = Bp[r * kc * NR:(r + 1) * kc * NR].reshape(kc, NR)
-        if cols < NR:
-            dst[:] = 0
-        if b_trans:  # the block is B[cols, p0:p0+kc]: a transposing copy, 16 p at a time
-            src = B[j0 + r * NR:j0 + r * NR + cols, p0:p0 + kc]  # so both sides stay in L1
+                for j in range(cols):
+                    dst[p, j] = src[p, j]
+        else:  # the block is X[cols, p0:p0+kc]: a transposing copy, 16 p at a time
+            src = X[j0 + r * R:j0 + r * R + cols, p0:p0 + kc]  # so both sides stay in L1
             for q in range(0, kc, 16):
                 s = src[:, q:q + 16]
                 d = dst[q:q + 16]
                 for j in range(cols):
                     for p in range(s.shape[1]):
                         d[p, j] = s[j, p]
-        else:  # rows of B[p0:p0+kc, cols] are rows of the panel
-            src = B[p0:p0 + kc, j0 + r * NR:j0 + r * NR + cols]
-            for p in range(kc):
-                for j in range(cols):
-                    dst[p, j] = src[p, j]
 
 
 @njit(cache=True)
@@ -237,8 +215,8 @@ def _gemm_block(A, a_trans, i0, m, B, b_trans, j0, n, K, Cf, c0, ldc, accumulate
     for p0 in range(0, K, KC):  # the reduction, KC at a time, always in this order
         kc = min(KC, K - p0)
         add = accumulate or p0 > 0  # later blocks add to what the first wrote
-        _pack_a(A, a_trans, i0, m, p0, kc, MR, Ap)  # [m, kc] block of A: L2
-        _pack_b(B, b_trans, p0, kc, j0, n, NR, Bp)  # [kc, n] block of B: L2
+        _pack(A, a_trans, p0, kc, i0, m, MR, Ap)  # [m, kc] block of A: L2
+        _pack(B, not b_trans, p0, kc, j0, n, NR, Bp)  # [kc, n] block of B: L2
         for jr in range(0, n, NR):  # one NR-wide panel of B (L1) ...
             nr = min(NR, n - jr)
             b_off = (jr // NR) * kc * NR
