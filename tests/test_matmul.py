@@ -147,41 +147,41 @@ def test_empty_reduction_gives_zeros_or_leaves_out():
 
 # ---------------------------------------------------------------------------- the packed GEMM
 
-def _isas():
+def _kernels():
     """Every micro-kernel this CPU can run (the plain-loop twin on any CPU)."""
-    from minialbert.kernels.microkernel import ISA_CODES, host_isa
-    return [name for name, code in ISA_CODES.items() if code <= ISA_CODES[host_isa()]]
+    from minialbert.kernels.microkernel import host_isa, kernels_up_to
+    return kernels_up_to(host_isa())
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
-@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("isa", _kernels())
 def test_microkernel_matches_its_readable_twin(dt, isa, rng):
     """The IR micro-kernel (vector registers, FMA) against ``microkernel_loops`` on the same
     packed panels: the same MR x NR tile, written and then accumulated."""
     from minialbert.kernels import matmul as mm
-    from minialbert.kernels.microkernel import microkernel_loops
-    MR, NR = mm.blocking(dt, 64, 64, isa=isa)["MR"], mm.blocking(dt, 64, 64, isa=isa)["NR"]
+    from minialbert.kernels.microkernel import kernel_tile, microkernel_loops
+    MR, NR = kernel_tile(dt, isa)
     for kc in (1, 3, 64):
         A = rng.standard_normal((MR, kc)).astype(dt)
         B = rng.standard_normal((kc, NR)).astype(dt)
         out = np.empty((MR, NR), dt)
-        mm.gemm(A, False, B, False, out, False, isa=isa)  # one tile: the micro-kernel alone
+        mm.gemm(A, False, B, False, out, False, kernel=isa)  # one tile: the micro-kernel alone
         Ap = np.ascontiguousarray(A.T).reshape(-1)
         ref = np.zeros(MR * NR, dt)
         microkernel_loops(kc, Ap, 0, np.ascontiguousarray(B).reshape(-1), 0, ref, 0, NR,
                           False, MR, NR)
         assert_close(out.reshape(-1), ref, **_tol(dt), what=f"{isa} kc={kc}")
-        mm.gemm(A, False, B, False, out, True, isa=isa)
+        mm.gemm(A, False, B, False, out, True, kernel=isa)
         assert_close(out.reshape(-1), 2 * ref, **_tol(dt), what=f"{isa} kc={kc} accumulate")
 
 
+@pytest.mark.parametrize("isa", _kernels())
 @given(data=st.data())
-def test_packed_gemm_any_shape_every_isa_every_form(data):
+def test_packed_gemm_any_shape_every_isa_every_form(isa, data):
     """Shapes around the tile and block sizes (1, primes, MR±1, NR±1, KC±1), each form,
     each micro-kernel, write and accumulate, against NumPy in float64."""
     from minialbert.kernels import matmul as mm
-    isa = data.draw(st.sampled_from(_isas()))
-    b = mm.blocking(np.float64, 64, 64, isa=isa)
+    b = mm.blocking(np.float64, 64, 64, kernel=isa)
     MR, NR, KC = b["MR"], b["NR"], b["KC"]
     dims = st.sampled_from([1, 2, 7, 13, MR - 1, MR + 1, NR - 1, NR + 1, 2 * NR + 3])
     M, N = data.draw(dims), data.draw(dims)
@@ -194,9 +194,21 @@ def test_packed_gemm_any_shape_every_isa_every_form(data):
     ref = {"nt": lambda: A @ B.T, "nn": lambda: A @ B, "tn": lambda: A.T @ B}[form]()
     out = r.standard_normal((M, N))
     start = out.copy()
-    mm.gemm(A, form == "tn", B, form == "nt", out, accumulate, isa=isa)
+    mm.gemm(A, form == "tn", B, form == "nt", out, accumulate, kernel=isa)
     assert_close(out, ref + start if accumulate else ref, rtol=1e-12, atol=1e-11,
                  what=f"{isa} {form} M={M} K={K} N={N} accumulate={accumulate}")
+
+
+def test_tile_is_picked_from_the_shape():
+    """AVX-512 has two tiles: 8 x 48 unless 12 x 32 covers the product with less padding
+    (N = 128, the embedding size; N = 64, a head). The choice depends on the shape only,
+    never on the machine's thread count. (Pure logic: runs on any CPU.)"""
+    from minialbert.kernels.microkernel import pick_kernel
+    assert pick_kernel(np.float32, "avx512", 1024, 768) == (3, 8, 48)
+    assert pick_kernel(np.float32, "avx512", 2500, 128) == (4, 12, 32)
+    assert pick_kernel(np.float32, "avx512", 128, 64) == (4, 12, 32)
+    assert pick_kernel(np.float64, "avx512", 1024, 768) == (3, 8, 24)
+    assert pick_kernel(np.float32, "avx2", 2500, 128) == (2, 6, 16)
 
 
 def test_packed_gemm_bitwise_across_threads_and_runs(rng):

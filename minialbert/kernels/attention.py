@@ -31,8 +31,7 @@ from numba import njit, prange
 
 from ._base import FASTMATH, cast_like
 from .dropout import _hash_uniform
-from .matmul import ISA, _gemm_block, blocking, packing_buffers
-from .microkernel import ISA_CODES
+from .matmul import _gemm_block, blocking, packing_buffers
 
 
 @njit(fastmath=FASTMATH, inline="always")
@@ -256,16 +255,19 @@ def _attention_backward(dctx, q, k, v, probs, n_heads, p_drop, key, isa, MR, NR,
     return dq, dk, dv
 
 
-def _tiles(dtype):
-    b = blocking(dtype, 1, 1)
-    return ISA_CODES[ISA], b["MR"], b["NR"], b["KC"]
+def _tiles(q, n_heads):
+    # one tile for the five products of a head: the one that fits [T, D] best
+    B, T, H = q.shape
+    b = blocking(q.dtype, T, H // n_heads)
+    return b["code"], b["MR"], b["NR"], b["KC"]
 
 
 def attention_forward(q, k, v, mask_bias, n_heads, p_drop, key):
     # q, k, v: [B,T,H]; mask_bias: [B,T] -> ctx: [B,T,H], probs: [B,N,T,T]
-    return _attention_forward(q, k, v, mask_bias, n_heads, p_drop, key, *_tiles(q.dtype))
+    return _attention_forward(q, k, v, mask_bias, n_heads, p_drop, key, *_tiles(q, n_heads))
 
 
 def attention_backward(dctx, q, k, v, probs, n_heads, p_drop, key):
     # dctx, q, k, v: [B,T,H]; probs: [B,N,T,T] -> dq, dk, dv: [B,T,H]
-    return _attention_backward(dctx, q, k, v, probs, n_heads, p_drop, key, *_tiles(q.dtype))
+    return _attention_backward(dctx, q, k, v, probs, n_heads, p_drop, key,
+                               *_tiles(q, n_heads))

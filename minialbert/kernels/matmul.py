@@ -1,8 +1,10 @@
+import threading
+
 import numpy as np
 from numba import njit, prange
 
 from ._base import FASTMATH, ROW_CHUNK, cast_like, check_float, get_threads
-from .microkernel import ISA_CODES, host_isa, microkernel, tile
+from .microkernel import host_isa, kernel_tile, microkernel, pick_kernel
 
 _USE_BLAS = False
 
@@ -202,38 +204,52 @@ def _pack(X, k_major, p0, kc, j0, n, R, out):
 
 
 @njit(cache=True)
-def _gemm_block(A, a_trans, i0, m, B, b_trans, j0, n, K, Cf, c0, ldc, accumulate, isa, MR, NR,
-                KC, Ap, Bp, edge):
-    # One thread's GEMM: Cf[c0 + i*ldc + j] (+)= sum_p opA(A)[i0+i, p] opB(B)[p, j0+j] for
-    # i < m, j < n. Walks the reduction in KC steps, packing the A rows and B columns it
-    # needs for each step into Ap, Bp (scratch buffers the caller owns). Used by the
-    # parallel driver below (one call a block of C) and by attention (one call a head).
+def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, edge):
+    # Cf[c0 + i*ldc + j] (+)= sum_{p < kc} Ap-panels[p, i] Bp-panels[p, j], i < m, j < n.
+    # Ap[a_off:] holds ceil(m/MR) panels [kc, MR] one after the other, Bp[b_off:] holds
+    # ceil(n/NR) panels [kc, NR]. One NR-wide panel of B (reused from L1/L2) against every
+    # MR-tall panel of A; a whole tile goes straight into C, a ragged edge through `edge`.
+    for jr in range(0, n, NR):
+        nr = min(NR, n - jr)
+        b = b_off + (jr // NR) * kc * NR
+        for ir in range(0, m, MR):
+            mr = min(MR, m - ir)
+            a = a_off + (ir // MR) * kc * MR
+            c = c0 + ir * ldc + jr
+            if mr == MR and nr == NR:
+                microkernel(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR)
+            else:
+                microkernel(isa, kc, Ap, a, Bp, b, edge, 0, NR, False, MR, NR)
+                for i in range(mr):
+                    for j in range(nr):
+                        if add:
+                            Cf[c + i * ldc + j] += edge[i * NR + j]
+                        else:
+                            Cf[c + i * ldc + j] = edge[i * NR + j]
+
+
+@njit(cache=True)
+def _zero_if_empty(K, accumulate, Cf, c0, ldc, m, n):
     if K == 0 and not accumulate:  # an empty sum
         for i in range(m):
             for j in range(n):
                 Cf[c0 + i * ldc + j] = 0
+
+
+@njit(cache=True)
+def _gemm_block(A, a_trans, i0, m, B, b_trans, j0, n, K, Cf, c0, ldc, accumulate, isa, MR, NR,
+                KC, Ap, Bp, edge):
+    # One thread's GEMM: Cf[c0 + i*ldc + j] (+)= sum_p opA(A)[i0+i, p] opB(B)[p, j0+j] for
+    # i < m, j < n. Walks the reduction in KC steps, packing the A rows and B columns of
+    # each step into Ap, Bp (scratch the caller owns), then runs the macro-kernel on them.
+    # Attention calls it once a head (small products, one thread each).
+    _zero_if_empty(K, accumulate, Cf, c0, ldc, m, n)
     for p0 in range(0, K, KC):  # the reduction, KC at a time, always in this order
         kc = min(KC, K - p0)
-        add = accumulate or p0 > 0  # later blocks add to what the first wrote
-        _pack(A, a_trans, p0, kc, i0, m, MR, Ap)  # [m, kc] block of A: L2
-        _pack(B, not b_trans, p0, kc, j0, n, NR, Bp)  # [kc, n] block of B: L2
-        for jr in range(0, n, NR):  # one NR-wide panel of B (L1) ...
-            nr = min(NR, n - jr)
-            b_off = (jr // NR) * kc * NR
-            for ir in range(0, m, MR):  # ... against every MR-tall panel of A
-                mr = min(MR, m - ir)
-                a_off = (ir // MR) * kc * MR
-                c_off = c0 + ir * ldc + jr
-                if mr == MR and nr == NR:  # a whole tile: straight into C
-                    microkernel(isa, kc, Ap, a_off, Bp, b_off, Cf, c_off, ldc, add, MR, NR)
-                else:  # the ragged edge: into a scratch tile, then its valid part
-                    microkernel(isa, kc, Ap, a_off, Bp, b_off, edge, 0, NR, False, MR, NR)
-                    for i in range(mr):
-                        for j in range(nr):
-                            if add:
-                                Cf[c_off + i * ldc + j] += edge[i * NR + j]
-                            else:
-                                Cf[c_off + i * ldc + j] = edge[i * NR + j]
+        _pack(A, a_trans, p0, kc, i0, m, MR, Ap)  # [m, kc] block of A
+        _pack(B, not b_trans, p0, kc, j0, n, NR, Bp)  # [kc, n] block of B
+        _macrokernel(Ap, 0, Bp, 0, kc, m, n, Cf, c0, ldc, accumulate or p0 > 0, isa, MR, NR,
+                     edge)
 
 
 @njit(cache=True)
@@ -246,14 +262,41 @@ def packing_buffers(m, n, K, MR, NR, KC, dtype):
 
 
 @njit(parallel=True, cache=True)
-def _gemm_packed(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC):
-    # C: [M,N] (+)= opA(A) [M,K] @ opB(B) [K,N].
-    # C is cut into blocks of MC rows x NC columns (multiples of MR and NR); one task a
-    # block, in parallel. A task owns its block of C (no races) and computes it with
-    # _gemm_block, packing the A rows and B columns it needs.
+def _pack_all(A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp):
+    # Both operands, whole, into panels, in parallel: one task a (KC block, panel).
+    # Reduction block p0 of A starts at p0 * Mp (Mp = M rounded up to MR), its panel r at
+    # p0 * Mp + r * kc * MR; the same for B with N and NR. Each element is copied once,
+    # however many blocks of C will read it.
+    Mp = (M + MR - 1) // MR
+    Np = (N + NR - 1) // NR
+    nk = (K + KC - 1) // KC
+    for t in prange(nk * (Mp + Np)):
+        p0 = (t // (Mp + Np)) * KC
+        kc = min(KC, K - p0)
+        r = t % (Mp + Np)
+        if r < Mp:
+            o = p0 * Mp * MR + r * kc * MR
+            _pack(A, a_trans, p0, kc, r * MR, min(MR, M - r * MR), MR, Ap[o:o + kc * MR])
+        else:
+            r -= Mp
+            o = p0 * Np * NR + r * kc * NR
+            _pack(B, not b_trans, p0, kc, r * NR, min(NR, N - r * NR), NR, Bp[o:o + kc * NR])
+
+
+@njit(parallel=True, cache=True)
+def _gemm_packed(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap, Bp):
+    # C: [M,N] (+)= opA(A) [M,K] @ opB(B) [K,N], in two parallel steps:
+    #   1. pack A and B whole into panels (each element copied once) in Ap, Bp: scratch of
+    #      at least Mp*K and Np*K elements (M, N rounded up to MR, NR) the caller owns;
+    #   2. cut C into blocks of MC rows x NC columns (multiples of MR and NR), one task a
+    #      block: a task owns its block of C (no races) and walks the reduction in KC
+    #      blocks, always in the same order, running the macro-kernel on the panels.
     M, N = C.shape
     K = A.shape[0] if a_trans else A.shape[1]
     Cf = C.reshape(M * N)
+    Mp = (M + MR - 1) // MR * MR
+    Np = (N + NR - 1) // NR * NR
+    _pack_all(A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp)
     n_mb = (M + MC - 1) // MC
     n_nb = (N + NC - 1) // NC
     for t in prange(n_mb * n_nb):
@@ -261,24 +304,32 @@ def _gemm_packed(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC)
         m = min(MC, M - i0)
         j0 = (t % n_nb) * NC
         n = min(NC, N - j0)
-        Ap, Bp, edge = packing_buffers(m, n, K, MR, NR, KC, C.dtype)
-        _gemm_block(A, a_trans, i0, m, B, b_trans, j0, n, K, Cf, i0 * N + j0, N, accumulate,
-                    isa, MR, NR, KC, Ap, Bp, edge)
+        edge = np.empty(MR * NR, dtype=C.dtype)
+        _zero_if_empty(K, accumulate, Cf, i0 * N + j0, N, m, n)
+        for p0 in range(0, K, KC):
+            kc = min(KC, K - p0)
+            _macrokernel(Ap, p0 * Mp + i0 * kc, Bp, p0 * Np + j0 * kc, kc, m, n, Cf,
+                         i0 * N + j0, N, accumulate or p0 > 0, isa, MR, NR, edge)
 
 
 ISA = host_isa()  # 'avx512', 'avx2' or 'sse': the micro-kernel this CPU runs
 
 
-def blocking(dtype, M, N, isa=None, threads=None, KC=None):
+def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None):
     """Tile and block sizes for a [M, *] x [*, N] product.
 
-    KC (reduction block) fixes the order of the sum, so it depends on the dtype only. One
+    The tile comes from the ISA and the shape (microkernel.pick_kernel), or is the given
+    ``kernel``. KC (reduction block) fixes the order of the sum, so it depends on the dtype
+    only. One
     task computes an MC x NC block of C; its packed blocks of A (MC*KC) and B (KC*NC) stay
     in L2 and one NR-wide panel of B (KC*NR) in L1. MC and NC only divide the work (at
     least two tasks a thread where the shape allows), so the result is bitwise the same
     for any thread count."""
     isa = isa or ISA
-    MR, NR = tile(np.dtype(dtype), isa)
+    if kernel is None:
+        code, MR, NR = pick_kernel(dtype, isa, M, N)
+    else:
+        code, (MR, NR) = kernel, kernel_tile(dtype, kernel)
     threads = threads or get_threads()
     KC = KC or (_KC if np.dtype(dtype).itemsize == 4 else _KC // 2)
     n_mb, n_nb = -(-M // _MC), -(-N // _NC)  # blocks of at most _MC x _NC
@@ -291,22 +342,49 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None):
             n_nb += 1
     MC = MR * -(-(-(-M // n_mb)) // MR)  # rows per block, rounded up to whole tiles
     NC = NR * -(-(-(-N // n_nb)) // NR)
-    return dict(MR=MR, NR=NR, KC=KC, MC=MC, NC=NC)
+    return dict(code=code, MR=MR, NR=NR, KC=KC, MC=MC, NC=NC)
 
 
-_KC, _MC, _NC = 256, 288, 1920
+_KC, _MC, _NC = 128, 288, 1920
 
 
-def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None):
-    """out [M,N] (+)= opA(A) @ opB(B): the one driver behind matmul_nt/_nn/_tn."""
+def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None):
+    """out [M,N] (+)= opA(A) @ opB(B): the one driver behind matmul_nt/_nn/_tn.
+    ``isa`` picks the ISA's best tile for the shape; ``kernel`` (a code of
+    microkernel.KERNELS) forces one, for tests and benchmarks."""
     M, N = out.shape
     if M == 0 or N == 0:
         return out
     isa = isa or ISA
-    b = blocking(out.dtype, M, N, isa)
-    _gemm_packed(A, a_trans, B, b_trans, out, accumulate, ISA_CODES[isa], b["MR"], b["NR"],
-                 b["KC"], b["MC"], b["NC"])
+    b = blocking(out.dtype, M, N, isa, kernel=kernel)
+    K = A.shape[0] if a_trans else A.shape[1]
+    Ap = _workspace.get("A", out.dtype, -(-M // b["MR"]) * b["MR"] * K)
+    Bp = _workspace.get("B", out.dtype, -(-N // b["NR"]) * b["NR"] * K)
+    _gemm_packed(A, a_trans, B, b_trans, out, accumulate, b["code"], b["MR"], b["NR"],
+                 b["KC"], b["MC"], b["NC"], Ap, Bp)
     return out
+
+
+class Workspace(threading.local):
+    """Packing buffers kept between calls (one set per Python thread): a training step
+    makes hundreds of products, and a fresh buffer each time would cost its page faults
+    every time. A buffer grows to the largest product seen and stays."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def get(self, name, dtype, size):
+        key = (name, np.dtype(dtype))
+        buf = self.buffers.get(key)
+        if buf is None or buf.size < size:
+            buf = self.buffers[key] = np.empty(max(size, 1), dtype=dtype)
+        return buf
+
+    def nbytes(self):
+        return sum(b.nbytes for b in self.buffers.values())
+
+
+_workspace = Workspace()
 
 
 def _prepare_out(out, shape, dtype, accumulate):

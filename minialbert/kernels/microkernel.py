@@ -23,30 +23,35 @@ accumulators + NV loaded vectors + 1 broadcast within the register file, nothing
 
     ISA      registers  W (f32)  tile MR x NR   registers used
     AVX-512  32 x 512b  16       8 x 48 (NV 3)  24 + 3 + 1 = 28
+                                 12 x 32 (NV 2) 24 + 2 + 1 = 27  (narrow: N = 64, 128, ...)
     AVX2     16 x 256b   8       6 x 16 (NV 2)  12 + 2 + 1 = 15
     SSE      16 x 128b   4       4 x  8 (NV 2)   8 + 2 + 1 = 11
 
 (float64 halves W, so NR halves: 8 x 24 on AVX-512.) The tile is picked at run time from the
-CPU's features (``host_isa``); all three variants are compiled into the GEMM and chosen by an
-argument, so one cached build serves every tile and a benchmark can time them side by side.
+CPU's features (``host_isa``) and, on AVX-512, from the product's shape (``pick_kernel``:
+the tile that wastes least on ragged edges). Every variant is compiled into the GEMM and
+chosen by an argument, so one cached build serves every tile and a benchmark can time them
+side by side.
 Accumulators are allocas: LLVM's mem2reg pass turns them into registers.
 """
 import os
 
 import llvmlite.binding as llvm_binding
+import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# isa code -> (name, vector bytes, MR, NV)
-ISAS = {
+# kernel code -> (ISA, vector bytes, MR, NV)
+KERNELS = {
     0: ("loops", 64, 4, 1),  # the readable twin: plain loops, tile 4 x 16 (f32)
     1: ("sse", 16, 4, 2),
     2: ("avx2", 32, 6, 2),
     3: ("avx512", 64, 8, 3),
+    4: ("avx512", 64, 12, 2),  # narrow: 12 x 32, for N a multiple of 32 but not of 48
 }
-ISA_CODES = {v[0]: k for k, v in ISAS.items()}
+ISA_CODES = {"loops": 0, "sse": 1, "avx2": 2, "avx512": 3}  # ISA -> its main (widest) kernel
 
 
 def _host_features():
@@ -71,11 +76,37 @@ def host_isa():
     return want
 
 
+def kernel_tile(dtype, code):
+    """(MR, NR) of micro-kernel ``code`` for this dtype (float32 or float64)."""
+    _, vbytes, mr, nv = KERNELS[code]
+    return mr, nv * (vbytes // np.dtype(dtype).itemsize)
+
+
 def tile(dtype, isa):
-    """(MR, NR) of the micro-kernel for this dtype (float32 or float64) and ISA name."""
-    _, vbytes, mr, nv = ISAS[ISA_CODES[isa]]
-    w = vbytes // dtype.itemsize
-    return mr, nv * w
+    """(MR, NR) of the ISA's main micro-kernel."""
+    return kernel_tile(dtype, ISA_CODES[isa])
+
+
+def kernels_up_to(isa):
+    """The kernel codes a CPU with this ISA can run (every narrower ISA's too)."""
+    order = list(ISA_CODES)
+    return [c for c, k in KERNELS.items() if order.index(k[0]) <= order.index(isa)]
+
+
+def pick_kernel(dtype, isa, M, N):
+    """(code, MR, NR): of this ISA's kernels, the one whose tiles cover an M x N product
+    with the least padding (tiles x tile size / M N); the widest on a tie. AVX-512's
+    8 x 48 tile covers N = 128 (the embedding size, and the QK^T of T = 128) as 144
+    columns, 12 % of its work wasted on ragged edges; 12 x 32 covers it exactly."""
+    best = None
+    for code, k in KERNELS.items():
+        if k[0] != isa:
+            continue
+        MR, NR = kernel_tile(dtype, code)
+        padded = (-(-M // MR) * MR) * (-(-N // NR) * NR) / max(M * N, 1)
+        if best is None or padded < best[0] - 1e-9:
+            best = (padded, code, MR, NR)
+    return best[1:]
 
 
 _HAS_FMA = "fma" in _host_features()
@@ -173,15 +204,18 @@ def _make_microkernel(vbytes, MR, NV):
     return microkernel
 
 
-microkernel_sse = _make_microkernel(*ISAS[1][1:])
-microkernel_avx2 = _make_microkernel(*ISAS[2][1:])
-microkernel_avx512 = _make_microkernel(*ISAS[3][1:])
+microkernel_sse = _make_microkernel(*KERNELS[1][1:])
+microkernel_avx2 = _make_microkernel(*KERNELS[2][1:])
+microkernel_avx512 = _make_microkernel(*KERNELS[3][1:])
+microkernel_avx512_narrow = _make_microkernel(*KERNELS[4][1:])
 
 
 @njit(inline="always")
 def microkernel(isa, kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR):
-    """Dispatch on the ISA code (an argument: one compiled GEMM holds all tiles)."""
-    if isa == 3:
+    """Dispatch on the kernel code (an argument: one compiled GEMM holds all tiles)."""
+    if isa == 4:
+        microkernel_avx512_narrow(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate)
+    elif isa == 3:
         microkernel_avx512(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate)
     elif isa == 2:
         microkernel_avx2(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate)
@@ -205,10 +239,8 @@ def measured_peak_gflops(dtype, isa, threads, seconds=0.3):
     2 x clock, whose clock under load a program cannot read reliably)."""
     import time
 
-    import numpy as np
-    from .matmul import blocking
-    b = blocking(dtype, 1, 1, isa=isa)
-    MR, NR, kc = b["MR"], b["NR"], 128
+    MR, NR = tile(dtype, isa)
+    kc = 128
     Ap = np.ones((threads, kc * MR), dtype)
     Bp = np.ones((threads, kc * NR), dtype)
     C = np.zeros((threads, MR * NR), dtype)

@@ -1,0 +1,100 @@
+"""Where the time of a training step goes: wall time per kind of kernel.
+
+    with KernelProfile() as prof:
+        out, cache = model.forward(...); model.backward(cache, grads); opt.step(...)
+    print(prof.table(total_seconds))
+
+While the ``with`` block runs, every kernel the layers call (the names ``layers``,
+``model`` and ``heads`` imported from ``kernels``) is wrapped in a timer and its time is
+added to its kind: GEMM, attention, LayerNorm, activation, ... Whatever the step spends
+outside these calls (NumPy adds and copies, Python, allocation) is the "rest". Kernels
+already run in parallel, so timing each call adds only a ``perf_counter`` pair per call.
+Chapter 10's "where the time goes" is printed from this.
+"""
+import time
+
+from . import heads, layers, model, optim
+
+# kind -> the kernel names (as imported into layers/model/heads) that belong to it
+KINDS = {
+    "GEMM (dense layers, MLM decoder)": ("matmul_nt", "matmul_nn", "matmul_tn"),
+    "attention (QK^T, softmax, PV)": ("attention_forward", "attention_backward"),
+    "LayerNorm": ("layernorm_forward", "layernorm_backward"),
+    "activation (gelu_new)": ("gelu_new_forward", "gelu_new_backward", "tanh_forward",
+                              "tanh_backward"),
+    "bias add / bias grad": ("bias_add", "bias_grad"),
+    "dropout": ("dropout_forward", "dropout_backward"),
+    "embeddings (lookup, scatter-add)": ("embedding_forward", "embedding_backward"),
+    "cross-entropy": ("cross_entropy",),
+    "optimizer": ("step",),
+}
+
+
+class KernelProfile:
+    def __init__(self):
+        self.seconds = {k: 0.0 for k in KINDS}
+        self.calls = {k: 0 for k in KINDS}
+        self._saved = []
+
+    def _wrap(self, fn, kind):
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.seconds[kind] += time.perf_counter() - t0
+                self.calls[kind] += 1
+        return timed
+
+    def _patch(self, owner, name, kind):
+        fn = getattr(owner, name, None)
+        if fn is None or getattr(fn, "_profiled", False):
+            return
+        w = self._wrap(fn, kind)
+        w._profiled = True
+        self._saved.append((owner, name, fn))
+        setattr(owner, name, w)
+
+    def __enter__(self):
+        from . import kernels
+        from .kernels import act, attention
+
+        by_name = {n: k for k, names in KINDS.items() for n in names}
+        for mod in (layers, model, heads):
+            for name, kind in by_name.items():
+                if name != "step":
+                    self._patch(mod, name, kind)
+        for name in ("attention_forward", "attention_backward"):
+            self._patch(attention, name, by_name[name])
+        # activations are looked up by name at call time: wrap the table's entries
+        self._acts = dict(act.ACTIVATIONS)
+        for key, (f, b) in self._acts.items():
+            act.ACTIVATIONS[key] = (self._wrap(f, by_name["gelu_new_forward"]),
+                                    self._wrap(b, by_name["gelu_new_backward"]))
+        for cls in (optim.Lamb, optim.AdamW, optim.AdamWeightDecay):
+            self._patch(cls, "step", "optimizer")
+        del kernels
+        return self
+
+    def __exit__(self, *exc):
+        from .kernels import act
+
+        for owner, name, fn in reversed(self._saved):
+            setattr(owner, name, fn)
+        act.ACTIVATIONS.clear()
+        act.ACTIVATIONS.update(self._acts)
+        self._saved = []
+
+    def rows(self, total):
+        """[(kind, seconds, share of total)], largest first, then the rest."""
+        out = sorted(((k, s, s / total) for k, s in self.seconds.items() if self.calls[k]),
+                     key=lambda r: -r[1])
+        rest = total - sum(s for _, s, _ in out)
+        return out + [("rest (NumPy adds, copies, Python)", rest, rest / total)]
+
+    def table(self, total, steps=1):
+        lines = ["| where | ms per step | share |", "|---|---:|---:|"]
+        for k, s, f in self.rows(total):
+            lines.append(f"| {k} | {s * 1e3 / steps:.1f} | {f:.0%} |")
+        lines.append(f"| **step** | **{total * 1e3 / steps:.1f}** | 100% |")
+        return "\n".join(lines)
