@@ -235,6 +235,7 @@ def finetune(fc=None, resume=False, **overrides):
         model = model_class(state["head"])(cfg, params=params)
         tok = load_tokenizer(ck, cfg.vocab_size)
         origin = state["origin"]
+    model.unpad = True  # no work on padding (the same loss and gradients: chapter 10)
     out.mkdir(parents=True, exist_ok=True)
     train, dev = Batches(task, tok, fc, "train"), Batches(task, tok, fc, "dev")
     nb = train.num_batches(fc.batch_size)

@@ -127,6 +127,7 @@ class AlbertForQuestionAnswering(_Head):
     nothing); no dropout in this head."""
 
     head = "question_answering"
+    unpad_exact = False  # its softmax over start/end positions spans the padding
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, start_positions=None,
                 end_positions=None, train=False, seed=0, step=0, output_attentions=False):

@@ -32,6 +32,42 @@ class Dropout:
         return dropout_key(self.seed, self.step, self.site)
 
 
+class Sequences:
+    """How the rows of the [n, H] activations form the batch's sequences.
+
+    padded: n = B*T, sequence b in rows b*T..(b+1)*T, padded keys masked by ``bias``
+            ([B, T], 0 or finfo.min) — Hugging Face's layout;
+    packed: the padding removed, n = number of real tokens, sequence b in rows
+            starts[b]..starts[b]+lens[b] — no work on padding in any layer (attention
+            costs sum_b L_b^2 instead of B T^2)."""
+
+    def __init__(self, B, T, bias=None, starts=None, lens=None):
+        self.B, self.T, self.bias, self.starts, self.lens = B, T, bias, starts, lens
+
+    @property
+    def packed(self):
+        return self.starts is not None
+
+    def attend(self, q, k, v, n_heads, p, key):  # q, k, v: [n, H] -> ctx [n, H], probs
+        if self.packed:
+            return attention.attention_forward_varlen(q, k, v, self.starts, self.lens, self.T,
+                                                      n_heads, p, key)
+        B, T, H = self.B, self.T, q.shape[1]
+        ctx, probs = attention.attention_forward(q.reshape(B, T, H), k.reshape(B, T, H),
+                                                 v.reshape(B, T, H), self.bias, n_heads, p, key)
+        return ctx.reshape(B * T, H), probs
+
+    def attend_backward(self, dctx, q, k, v, probs, n_heads, p, key):  # -> dq, dk, dv [n, H]
+        if self.packed:
+            return attention.attention_backward_varlen(dctx, q, k, v, probs, self.starts,
+                                                       self.lens, self.T, n_heads, p, key)
+        B, T, H = self.B, self.T, q.shape[1]
+        d = attention.attention_backward(dctx.reshape(B, T, H), q.reshape(B, T, H),
+                                         k.reshape(B, T, H), v.reshape(B, T, H), probs,
+                                         n_heads, p, key)
+        return [x.reshape(B * T, H) for x in d]
+
+
 # ------------------------------------------------------------------------------- dense
 
 def dense_forward(x, params, name):  # x: [n, in], W: [out, in], b: [out] -> y: [n, out]
@@ -61,39 +97,34 @@ def layernorm_bwd(dy, cache, params, grads, name):  # dy: [n, C] -> dx: [n, C]
 
 # ------------------------------------------------------------------------------- attention
 
-def attention_block_forward(x, params, name, bias, cfg, drop, B, T):
+def attention_block_forward(x, params, name, seqs, cfg, drop):
     # x: [n, H] -> LayerNorm(x + dropout(dense(MultiHead(x)))): [n, H]   (HF AlbertAttention)
-    H = cfg.hidden_size
+    # seqs: Sequences (which rows form which sequence)
     q, _ = dense_forward(x, params, name + "query")
     k, _ = dense_forward(x, params, name + "key")
     v, _ = dense_forward(x, params, name + "value")
     p_attn = drop.p(cfg.attention_probs_dropout_prob)
     key_attn = drop.key() if p_attn > 0 else np.uint64(0)
-    ctx, probs = attention.attention_forward(q.reshape(B, T, H), k.reshape(B, T, H),
-                                             v.reshape(B, T, H), bias, cfg.num_attention_heads,
-                                             p_attn, key_attn)
-    ctx = ctx.reshape(B * T, H)
+    ctx, probs = seqs.attend(q, k, v, cfg.num_attention_heads, p_attn, key_attn)
     o, _ = dense_forward(ctx, params, name + "dense")
     p_out = drop.p(cfg.hidden_dropout_prob)
     o, keep = dropout_forward(o, p_out, drop.key() if p_out > 0 else 0)
     o += x  # residual
     y, ln = layernorm_fwd(o, params, name + "LayerNorm", cfg.layer_norm_eps)
-    return y, (x, q, k, v, ctx, probs, p_attn, key_attn, keep, p_out, ln, B, T)
+    return y, (x, q, k, v, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs)
 
 
 def attention_block_backward(dy, cache, params, grads, name, cfg):  # dy: [n, H] -> dx: [n, H]
-    x, q, k, v, ctx, probs, p_attn, key_attn, keep, p_out, ln, B, T = cache
-    H = cfg.hidden_size
+    x, q, k, v, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs = cache
     d = layernorm_bwd(dy, ln, params, grads, name + "LayerNorm")
     dx = d.copy()  # the residual branch
     do = dropout_backward(d, keep, p_out)
     dctx = dense_backward(do, ctx, params, grads, name + "dense")
-    dq, dk, dv = attention.attention_backward(dctx.reshape(B, T, H), q.reshape(B, T, H),
-                                              k.reshape(B, T, H), v.reshape(B, T, H), probs,
-                                              cfg.num_attention_heads, p_attn, key_attn)
-    dx += dense_backward(dq.reshape(B * T, H), x, params, grads, name + "query")
-    dx += dense_backward(dk.reshape(B * T, H), x, params, grads, name + "key")
-    dx += dense_backward(dv.reshape(B * T, H), x, params, grads, name + "value")
+    dq, dk, dv = seqs.attend_backward(dctx, q, k, v, probs, cfg.num_attention_heads, p_attn,
+                                      key_attn)
+    dx += dense_backward(dq, x, params, grads, name + "query")
+    dx += dense_backward(dk, x, params, grads, name + "key")
+    dx += dense_backward(dv, x, params, grads, name + "value")
     return dx
 
 

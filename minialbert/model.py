@@ -20,7 +20,7 @@ from .kernels import (cross_entropy, dropout_backward, dropout_forward, embeddin
 from .kernels.act import activation, tanh_backward, tanh_forward
 from .kernels.embedding import check_ids
 from .kernels.matmul import bias_add, bias_grad
-from .layers import (Dropout, attention_block_backward, attention_block_forward, dense_backward,
+from .layers import (Dropout, Sequences, attention_block_backward, attention_block_forward, dense_backward,
                      dense_forward, ffn_block_backward, ffn_block_forward, layernorm_bwd,
                      layernorm_fwd)
 
@@ -151,8 +151,9 @@ def zeros_like_params(params):
 
 # ------------------------------------------------------------------------------ embeddings
 
-def embeddings_forward(params, cfg, input_ids, token_type_ids, drop):
-    # input_ids, token_type_ids: [B, T] -> [n, E] -> (E->H) -> [n, H]
+def embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows=None):
+    # input_ids, token_type_ids: [B, T] -> [n, E] -> (E->H) -> [n, H]; with ``rows`` (flat
+    # indices of the real tokens) only those: n = len(rows)
     B, T = input_ids.shape
     if T > cfg.max_position_embeddings:
         raise ValueError(f"sequence length {T} is longer than max_position_embeddings="
@@ -161,6 +162,8 @@ def embeddings_forward(params, cfg, input_ids, token_type_ids, drop):
     tts = check_ids(token_type_ids, cfg.type_vocab_size, "token_type_ids").reshape(-1)
     tts = tts.astype(np.int64)
     pos = np.tile(np.arange(T, dtype=np.int64), B)
+    if rows is not None:
+        ids, tts, pos = ids[rows], tts[rows], pos[rows]
     x = embedding_forward(ids, params[WORD])
     x += embedding_forward(tts, params[EMB + "token_type_embeddings.weight"])
     x += embedding_forward(pos, params[EMB + "position_embeddings.weight"])
@@ -184,13 +187,14 @@ def embeddings_backward(dh, cache, params, grads, cfg):  # dh: [n, H]
 
 # ------------------------------------------------------------------------------ encoder
 
-def encoder_forward(h, params, cfg, bias, drop, B, T):
+def encoder_forward(h, params, cfg, seqs, drop):
     # h: [n, H] -> [n, H]; L steps, step l runs group g(l)'s inner_group_num layers.
+    # seqs: layers.Sequences (padded with a mask bias, or packed without padding)
     hidden_states, caches = [h], []
     for l in range(cfg.num_hidden_layers):
         for i in range(cfg.inner_group_num):
             attn_name, ffn_name = layer_prefixes(cfg, l, i)
-            a, ca = attention_block_forward(h, params, attn_name, bias, cfg, drop, B, T)
+            a, ca = attention_block_forward(h, params, attn_name, seqs, cfg, drop)
             h, cf = ffn_block_forward(a, params, ffn_name, cfg)
             caches.append((attn_name, ffn_name, ca, cf))
             hidden_states.append(h)  # one per layer application, as Hugging Face returns
@@ -253,6 +257,28 @@ class AlbertModel:
         from .hf import save_pretrained
         return save_pretrained(self, folder, tokenizer)
 
+    # Run the encoder on the real tokens only (the padding removed: no layer spends work on
+    # it). Off by default: outputs at padded positions are then zeros, not the values
+    # Hugging Face computes there (which nothing should read); loss and gradients are the
+    # same. The trainers turn it on. A head whose loss reads padded positions (question
+    # answering: the softmax over start positions spans the padding, as in Hugging Face)
+    # sets unpad_exact = False and always runs padded.
+    unpad = False
+    unpad_exact = True
+
+    def _sequences(self, attention_mask, bias, output_attentions):
+        """(Sequences, rows): padded, or packed without padding (rows = the flat indices of
+        the real tokens) when unpad is on, some token is padding, and every row keeps its
+        position 0 (the pooler reads it) — otherwise padded, exactly as Hugging Face."""
+        B, T = attention_mask.shape
+        real = attention_mask != 0
+        if (not self.unpad or not self.unpad_exact or output_attentions or real.all()
+                or not real[:, 0].all()):
+            return Sequences(B, T, bias), None
+        lens = real.sum(1).astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        return Sequences(B, T, starts=starts, lens=lens), np.flatnonzero(real.reshape(-1))
+
     def encode(self, input_ids, token_type_ids=None, attention_mask=None, drop=None,
                output_attentions=False):
         cfg, params = self.config, self.params
@@ -268,29 +294,44 @@ class AlbertModel:
         attention_mask = np.asarray(attention_mask).reshape(B, T)
         drop = drop or Dropout()
         bias = mask_bias(attention_mask, self.dtype)  # [B, T]: 0 or finfo.min per key
-        h, ce = embeddings_forward(params, cfg, input_ids, token_type_ids, drop)
-        h, hidden_states, caches = encoder_forward(h, params, cfg, bias, drop, B, T)
-        out = {"last_hidden_state": h.reshape(B, T, -1), "pooler_output": None,
-               "hidden_states": [s.reshape(B, T, -1) for s in hidden_states]}
+        seqs, rows = self._sequences(attention_mask, bias, output_attentions)
+        h, ce = embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows)
+        h, hidden_states, caches = encoder_forward(h, params, cfg, seqs, drop)
+
+        def padded(a):  # [n, H] -> [B, T, H]
+            return _scatter_rows(a, rows, B, T, self.dtype).reshape(B, T, -1)
+
+        out = {"last_hidden_state": padded(h), "pooler_output": None,
+               "hidden_states": [padded(s) for s in hidden_states]}
         first = pooled = None
         if "albert.pooler.weight" in params:  # tanh(dense(hidden state of [CLS]))
-            first = np.ascontiguousarray(h.reshape(B, T, -1)[:, 0])  # [B, H]
+            first = np.ascontiguousarray(h[seqs.starts] if seqs.packed else
+                                         h.reshape(B, T, -1)[:, 0])  # [B, H]
             z, _ = dense_forward(first, params, "albert.pooler")
             pooled = tanh_forward(z.reshape(-1)).reshape(z.shape)
             out["pooler_output"] = pooled
         if output_attentions:
             out["attentions"] = [c[2][5] for c in caches]
-        return out, (ce, caches, first, pooled, B, T)
+        return out, (ce, caches, first, pooled, B, T, seqs, rows)
 
     def encode_backward(self, dseq, dpooled, cache, grads):
-        # dseq: [n, H] (or None), dpooled: [B, H] (or None) -> grads +=
-        ce, caches, first, pooled, B, T = cache
+        # dseq: [B*T, H] (or None), dpooled: [B, H] (or None) -> grads +=
+        ce, caches, first, pooled, B, T, seqs, rows = cache
         H = self.config.hidden_size
-        dh = np.zeros((B * T, H), self.dtype) if dseq is None else dseq.reshape(B * T, H).copy()
+        n = B * T if rows is None else len(rows)
+        if dseq is None:
+            dh = np.zeros((n, H), self.dtype)
+        elif rows is None:
+            dh = dseq.reshape(n, H).copy()
+        else:  # padded positions are constants (zeros) when packed: their gradient drops
+            dh = dseq.reshape(B * T, H)[rows]
         if dpooled is not None:
             dz = tanh_backward(dpooled.reshape(-1), pooled.reshape(-1)).reshape(pooled.shape)
             dfirst = dense_backward(dz, first, self.params, grads, "albert.pooler")
-            dh.reshape(B, T, H)[:, 0] += dfirst
+            if seqs.packed:
+                dh[seqs.starts] += dfirst
+            else:
+                dh.reshape(B, T, H)[:, 0] += dfirst
         dh = encoder_backward(dh, caches, self.params, grads, self.config)
         embeddings_backward(dh, ce, self.params, grads, self.config)
 
@@ -373,7 +414,7 @@ class AlbertForMaskedLM(AlbertModel):
         grads = zeros_like_params(self.params) if grads is None else grads
         d = _upstream(cache["d"], dlogits, scale, self.dtype)
         dx = mlm_head_backward(d, cache["mlm"], self.params, grads, self.config)
-        _, _, _, _, B, T = cache["enc"]
+        B, T = cache["enc"][4:6]
         self.encode_backward(_scatter_rows(dx, cache["rows"], B, T, self.dtype), None,
                              cache["enc"], grads)
         return grads

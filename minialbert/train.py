@@ -233,6 +233,7 @@ def pretrain(pc=None, resume=False, **overrides):
     else:
         check_tokenizer(tok, cfg.vocab_size, state.get("tokenizer_sha256"))
         model = AlbertForPreTraining(cfg, params=params)
+    model.unpad = True  # no work on padding (the same loss and gradients: chapter 10)
     tc = tokenize_corpus(train_c, tok, out / "cache")
     held_tc = tokenize_corpus(held_c, tok, out / "cache")
     data = PretrainingData(tc, tok, pc.seq_len, seed=pc.seed)

@@ -282,3 +282,80 @@ def test_batch_elements_are_independent(B, seed):
     out, _ = m.forward(ids)
     one, _ = m.forward(ids[1:2])
     assert_close(out["last_hidden_state"][1:2], one["last_hidden_state"], rtol=1e-10, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- no padding work
+
+def _ragged_batch(r, lens, T, V=50):
+    B = len(lens)
+    ids = r.integers(1, V, (B, T))
+    am = (np.arange(T)[None] < np.asarray(lens)[:, None]).astype(np.int64)
+    labels = np.full((B, T), -100)
+    for b, L in enumerate(lens):
+        if L > 1:
+            labels[b, r.integers(1, L)] = r.integers(0, V)
+    tt = np.zeros((B, T), np.int64)
+    return dict(input_ids=ids, token_type_ids=tt, attention_mask=am, labels=labels,
+                sentence_order_label=r.integers(0, 2, B))
+
+
+@given(lens=st.lists(st.integers(1, 9), min_size=1, max_size=4), extra=st.integers(0, 3),
+       seed=st.integers(0, 100), mlm_path=st.sampled_from(["all", "masked"]))
+def test_padding_removed_gives_the_same_loss_and_gradients(lens, extra, seed, mlm_path):
+    """unpad: the encoder runs on the real tokens only (attention over each sequence's
+    own rows). Loss, every gradient and every output at a real position equal the padded
+    run's in float64; lengths from 1 (T = 1 rows) to the full T, and full batches."""
+    r = np.random.default_rng(seed)
+    T = max(lens) + extra
+    b = _ragged_batch(r, lens, T)
+    m = AlbertForPreTraining(tiny(), seed=seed, dtype=np.float64)
+    out, cache = m.forward(**b, mlm_path=mlm_path)
+    g = m.backward(cache)
+    m.unpad = True
+    out_u, cache_u = m.forward(**b, mlm_path=mlm_path)
+    g_u = m.backward(cache_u)
+    assert (cache_u["enc"][7] is not None) == (min(lens) < T)  # packed iff there is padding
+    assert_close(out_u["loss"], out["loss"], rtol=1e-12, atol=1e-13)
+    real = b["attention_mask"].astype(bool)
+    assert_close(out_u["last_hidden_state"][real], out["last_hidden_state"][real], rtol=1e-10,
+                 atol=1e-12)
+    assert_close(out_u["sop_logits"], out["sop_logits"], rtol=1e-10, atol=1e-12)
+    for k in g:
+        assert_close(g_u[k], g[k], rtol=1e-9, atol=1e-12, what=k)
+
+
+def test_padding_removed_matches_transformers_float32(rng):
+    """The packed path against transformers (float32, its padded run): loss and every
+    gradient, on a batch with rows of 2..T tokens."""
+    torch = require("torch")
+    cfg = tiny()
+    m = AlbertForPreTraining(cfg, seed=3, dtype=np.float32)
+    m.unpad = True
+    b = _ragged_batch(rng, [7, 2, 5, 6], 7)
+    hf = hf_model(cfg, m.params, torch.float32)
+    hf.eval()
+    o = hf(**{k: torch.from_numpy(np.asarray(v)) for k, v in b.items()})
+    o.loss.backward()
+    out, cache = m.forward(**b)
+    assert cache["enc"][7] is not None
+    assert_close(out["loss"], n(o.loss), rtol=1e-4, atol=1e-4, what="loss")
+    grads = m.backward(cache)
+    assert_grads_match(grads, {k: n(p.grad) for k, p in hf.named_parameters()}, np.float32)
+
+
+def test_padding_kept_where_removing_it_would_change_the_result(rng):
+    """Padded anyway: output_attentions (the maps are [B, N, T, T]), a row whose position 0
+    is padding (the pooler reads position 0), a row with no token at all, and question
+    answering (its softmax over positions spans the padding)."""
+    from minialbert.heads import AlbertForQuestionAnswering
+    m = AlbertForPreTraining(tiny(), seed=0, dtype=np.float64)
+    m.unpad = True
+    b = _ragged_batch(rng, [5, 3], 5)
+    assert m.forward(**b, output_attentions=True)[1]["enc"][7] is None
+    left = dict(b, attention_mask=b["attention_mask"][:, ::-1].copy())
+    assert m.forward(**left)[1]["enc"][7] is None
+    empty = dict(b, attention_mask=np.array([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]]))
+    assert m.forward(**empty)[1]["enc"][7] is None
+    qa = AlbertForQuestionAnswering(tiny(num_labels=2), seed=0, dtype=np.float64)
+    qa.unpad = True
+    assert qa.forward(b["input_ids"], attention_mask=b["attention_mask"])[1]["enc"][7] is None

@@ -19,7 +19,7 @@ from _common import plt, savefig, write_table  # noqa: E402
 from minialbert.config import AlbertConfig  # noqa: E402
 from minialbert.gradcheck import gradcheck  # noqa: E402
 from minialbert.kernels import activation, mask_bias  # noqa: E402
-from minialbert.layers import (Dropout, attention_block_backward,  # noqa: E402
+from minialbert.layers import (Dropout, Sequences, attention_block_backward,  # noqa: E402
                                attention_block_forward, ffn_block_backward, ffn_block_forward)
 from minialbert.model import init_params, layer_prefixes, zeros_like_params  # noqa: E402
 
@@ -58,7 +58,7 @@ w = rng.standard_normal((B * T, cfg.hidden_size))
 
 
 def layer(xin):
-    a, ca = attention_block_forward(xin, params, attn, bias, cfg, Dropout(), B, T)
+    a, ca = attention_block_forward(xin, params, attn, Sequences(B, T, bias), cfg, Dropout())
     y, cf = ffn_block_forward(a, params, ffn, cfg)
     return y, ca, cf
 

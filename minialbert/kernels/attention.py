@@ -156,118 +156,165 @@ def attention_backward_rows(dctx, q, k, v, probs, n_heads, p_drop, key):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _attention_forward(q, k, v, mask_bias, n_heads, p_drop, key, isa, MR, NR, KC):
-    # q, k, v: [B,T,H]; mask_bias: [B,T] -> ctx: [B,T,H], probs: [B,N,T,T]
-    B, T, H = q.shape
+def _attention_forward(q, k, v, starts, lens, mask_bias, T, n_heads, p_drop, key, isa, MR, NR,
+                       KC):
+    # q, k, v: [n, H], sequence b in rows starts[b]..starts[b]+lens[b]; mask_bias: [B, >=L]
+    # -> ctx: [n, H], probs: flat, (b, h)'s [L, L] block at poffsets(lens)[b] + h*L*L.
+    # T is the padded length the dropout hash indexes with (the same keep mask whether
+    # the batch runs padded or with its padding removed).
+    n, H = q.shape
+    B = lens.shape[0]
     D = H // n_heads
     scale = cast_like(q, 1.0 / math.sqrt(D))
     keep_scale = cast_like(q, 1.0 / (1.0 - p_drop))
-    ctx = np.empty((B, T, H), dtype=q.dtype)
-    probs = np.empty((B, n_heads, T, T), dtype=q.dtype)
-    ctx_f = ctx.reshape(B * T * H)
+    ctx = np.empty((n, H), dtype=q.dtype)
+    poff = _prob_offsets(lens, n_heads)
+    probs = np.empty(poff[B], dtype=q.dtype)
+    ctx_f = ctx.reshape(n * H)
     for bh in prange(B * n_heads):
         b = bh // n_heads
         h = bh % n_heads
         c0 = h * D
-        Qh = q[b, :, c0:c0 + D]  # [T, D] slices of this head
-        Kh = k[b, :, c0:c0 + D]
-        Vh = v[b, :, c0:c0 + D]
-        P = probs[b, h]  # [T, T]
-        P_f = P.reshape(T * T)
-        L = max(T, D)
-        Ap, Bp, edge = packing_buffers(T, L, L, MR, NR, KC, q.dtype)
-        # S = Q K^T  (into probs[b, h], then softmax in place)
-        _gemm_block(Qh, False, 0, T, Kh, True, 0, T, D, P_f, 0, T, False, isa, MR, NR, KC,
+        s0 = starts[b]
+        L = lens[b]
+        Qh = q[s0:s0 + L, c0:c0 + D]  # [L, D] slices of this head
+        Kh = k[s0:s0 + L, c0:c0 + D]
+        Vh = v[s0:s0 + L, c0:c0 + D]
+        P_f = probs[poff[b] + h * L * L:poff[b] + (h + 1) * L * L]
+        P = P_f.reshape(L, L)
+        Ap, Bp, edge = packing_buffers(L, max(L, D), max(L, D), MR, NR, KC, q.dtype)
+        # S = Q K^T  (into probs, then softmax in place)
+        _gemm_block(Qh, False, 0, L, Kh, True, 0, L, D, P_f, 0, L, False, isa, MR, NR, KC,
                     Ap, Bp, edge)
-        for i in range(T):
+        for i in range(L):
             row = P[i]
-            inv = _softmax_row(row, mask_bias[b], scale)
-            for j in range(T):
+            inv = _softmax_row(row, mask_bias[b, :L], scale)
+            for j in range(L):
                 row[j] *= inv
         Pd = P  # dropout on a copy: probs keeps P (the attention map, as before)
         if p_drop > 0.0:
-            Pd = np.empty((T, T), dtype=q.dtype)
-            for i in range(T):
+            Pd = np.empty((L, L), dtype=q.dtype)
+            for i in range(L):
                 base = ((b * n_heads + h) * T + i) * T
-                for j in range(T):
+                for j in range(L):
                     keep = _hash_uniform(key, base + j) >= p_drop
                     Pd[i, j] = P[i, j] * keep_scale if keep else cast_like(q, 0.0)
-        # O = Pd V  -> ctx[b, :, c0:c0+D] (row stride H)
-        _gemm_block(Pd, False, 0, T, Vh, False, 0, D, T, ctx_f, b * T * H + c0, H, False, isa,
+        # O = Pd V  -> ctx[s0:s0+L, c0:c0+D] (row stride H)
+        _gemm_block(Pd, False, 0, L, Vh, False, 0, D, L, ctx_f, s0 * H + c0, H, False, isa,
                     MR, NR, KC, Ap, Bp, edge)
     return ctx, probs
 
 
+@njit(cache=True)
+def _prob_offsets(lens, n_heads):
+    # where (b, h)'s [L, L] probabilities start in the flat probs: [B + 1]
+    poff = np.zeros(lens.shape[0] + 1, dtype=np.int64)
+    for b in range(lens.shape[0]):
+        poff[b + 1] = poff[b] + n_heads * lens[b] * lens[b]
+    return poff
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _attention_backward(dctx, q, k, v, probs, n_heads, p_drop, key, isa, MR, NR, KC):
-    # dctx: [B,T,H]; q, k, v: [B,T,H]; probs: [B,N,T,T] -> dq, dk, dv: [B,T,H]
-    B, T, H = q.shape
+def _attention_backward(dctx, q, k, v, probs, starts, lens, T, n_heads, p_drop, key, isa, MR,
+                        NR, KC):
+    # dctx, q, k, v: [n, H]; probs: flat as _attention_forward made it -> dq, dk, dv: [n, H]
+    n, H = q.shape
+    B = lens.shape[0]
     D = H // n_heads
     scale = cast_like(q, 1.0 / math.sqrt(D))
     keep_scale = cast_like(q, 1.0 / (1.0 - p_drop))
     dq = np.empty_like(q)
     dk = np.empty_like(k)
     dv = np.empty_like(v)
-    dq_f = dq.reshape(B * T * H)
-    dk_f = dk.reshape(B * T * H)
-    dv_f = dv.reshape(B * T * H)
+    dq_f = dq.reshape(n * H)
+    dk_f = dk.reshape(n * H)
+    dv_f = dv.reshape(n * H)
+    poff = _prob_offsets(lens, n_heads)
     for bh in prange(B * n_heads):
         b = bh // n_heads
         h = bh % n_heads
         c0 = h * D
-        out0 = b * T * H + c0
-        Qh = q[b, :, c0:c0 + D]
-        Kh = k[b, :, c0:c0 + D]
-        Vh = v[b, :, c0:c0 + D]
-        dO = dctx[b, :, c0:c0 + D]
-        P = probs[b, h]
-        L = max(T, D)
-        Ap, Bp, edge = packing_buffers(T, L, L, MR, NR, KC, q.dtype)
-        dS = np.empty((T, T), dtype=q.dtype)  # first dPd, then dS, in place
-        dS_f = dS.reshape(T * T)
+        s0 = starts[b]
+        L = lens[b]
+        out0 = s0 * H + c0
+        Qh = q[s0:s0 + L, c0:c0 + D]
+        Kh = k[s0:s0 + L, c0:c0 + D]
+        Vh = v[s0:s0 + L, c0:c0 + D]
+        dO = dctx[s0:s0 + L, c0:c0 + D]
+        P = probs[poff[b] + h * L * L:poff[b] + (h + 1) * L * L].reshape(L, L)
+        Ap, Bp, edge = packing_buffers(L, max(L, D), max(L, D), MR, NR, KC, q.dtype)
+        dS = np.empty((L, L), dtype=q.dtype)  # first dPd, then dS, in place
+        dS_f = dS.reshape(L * L)
         # dPd = dO V^T
-        _gemm_block(dO, False, 0, T, Vh, True, 0, T, D, dS_f, 0, T, False, isa, MR, NR, KC,
+        _gemm_block(dO, False, 0, L, Vh, True, 0, L, D, dS_f, 0, L, False, isa, MR, NR, KC,
                     Ap, Bp, edge)
         Pd = P
         if p_drop > 0.0:
-            Pd = np.empty((T, T), dtype=q.dtype)
-            for i in range(T):
+            Pd = np.empty((L, L), dtype=q.dtype)
+            for i in range(L):
                 base = ((b * n_heads + h) * T + i) * T
-                for j in range(T):
+                for j in range(L):
                     keep = _hash_uniform(key, base + j) >= p_drop
                     kept = keep_scale if keep else cast_like(q, 0.0)
                     Pd[i, j] = P[i, j] * kept
                     dS[i, j] *= kept  # back through dropout: dP = dPd * keep/(1-p)
         # dV = Pd^T dO
-        _gemm_block(Pd, True, 0, T, dO, False, 0, D, T, dv_f, out0, H, False, isa, MR, NR, KC,
+        _gemm_block(Pd, True, 0, L, dO, False, 0, D, L, dv_f, out0, H, False, isa, MR, NR, KC,
                     Ap, Bp, edge)
-        for i in range(T):  # softmax backward, then the 1/sqrt(D): dS = P (dP - <dP, P>) s
+        for i in range(L):  # softmax backward, then the 1/sqrt(D): dS = P (dP - <dP, P>) s
             dot = cast_like(q, 0.0)
-            for j in range(T):
+            for j in range(L):
                 dot += dS[i, j] * P[i, j]
-            for j in range(T):
+            for j in range(L):
                 dS[i, j] = P[i, j] * (dS[i, j] - dot) * scale
         # dQ = dS K;  dK = dS^T Q
-        _gemm_block(dS, False, 0, T, Kh, False, 0, D, T, dq_f, out0, H, False, isa, MR, NR, KC,
+        _gemm_block(dS, False, 0, L, Kh, False, 0, D, L, dq_f, out0, H, False, isa, MR, NR, KC,
                     Ap, Bp, edge)
-        _gemm_block(dS, True, 0, T, Qh, False, 0, D, T, dk_f, out0, H, False, isa, MR, NR, KC,
+        _gemm_block(dS, True, 0, L, Qh, False, 0, D, L, dk_f, out0, H, False, isa, MR, NR, KC,
                     Ap, Bp, edge)
     return dq, dk, dv
 
 
-def _tiles(q, n_heads):
+def _tiles(dtype, T, D):
     # one tile for the five products of a head: the one that fits [T, D] best
-    B, T, H = q.shape
-    b = blocking(q.dtype, T, H // n_heads)
+    b = blocking(dtype, T, D)
     return b["code"], b["MR"], b["NR"], b["KC"]
+
+
+def _padded(B, T):
+    return np.arange(B, dtype=np.int64) * T, np.full(B, T, dtype=np.int64)
 
 
 def attention_forward(q, k, v, mask_bias, n_heads, p_drop, key):
     # q, k, v: [B,T,H]; mask_bias: [B,T] -> ctx: [B,T,H], probs: [B,N,T,T]
-    return _attention_forward(q, k, v, mask_bias, n_heads, p_drop, key, *_tiles(q, n_heads))
+    B, T, H = q.shape
+    starts, lens = _padded(B, T)
+    ctx, probs = _attention_forward(q.reshape(B * T, H), k.reshape(B * T, H),
+                                    v.reshape(B * T, H), starts, lens, mask_bias, T, n_heads,
+                                    p_drop, key, *_tiles(q.dtype, T, H // n_heads))
+    return ctx.reshape(B, T, H), probs.reshape(B, n_heads, T, T)
 
 
 def attention_backward(dctx, q, k, v, probs, n_heads, p_drop, key):
     # dctx, q, k, v: [B,T,H]; probs: [B,N,T,T] -> dq, dk, dv: [B,T,H]
-    return _attention_backward(dctx, q, k, v, probs, n_heads, p_drop, key,
-                               *_tiles(q, n_heads))
+    B, T, H = q.shape
+    starts, lens = _padded(B, T)
+    flat = [a.reshape(B * T, H) for a in (dctx, q, k, v)]
+    dq, dk, dv = _attention_backward(*flat, probs.reshape(-1), starts, lens, T, n_heads, p_drop,
+                                     key, *_tiles(q.dtype, T, H // n_heads))
+    return dq.reshape(B, T, H), dk.reshape(B, T, H), dv.reshape(B, T, H)
+
+
+def attention_forward_varlen(q, k, v, starts, lens, T, n_heads, p_drop, key):
+    """Attention over sequences packed without padding: q, k, v: [n, H], sequence b in
+    rows starts[b]..starts[b]+lens[b]; T is the padded length (for the dropout hash).
+    -> ctx [n, H], probs flat (the (b, h) block [L, L] at _prob_offsets(lens)[b] + h L L).
+    No mask: every key is a real token. The work is sum_b L_b^2, not B T^2."""
+    zeros = np.zeros((len(lens), max(int(np.max(lens)), 1)), dtype=q.dtype)
+    return _attention_forward(q, k, v, starts, lens, zeros, T, n_heads, p_drop, key,
+                              *_tiles(q.dtype, int(np.max(lens)), q.shape[1] // n_heads))
+
+
+def attention_backward_varlen(dctx, q, k, v, probs, starts, lens, T, n_heads, p_drop, key):
+    return _attention_backward(dctx, q, k, v, probs, starts, lens, T, n_heads, p_drop, key,
+                               *_tiles(q.dtype, int(np.max(lens)), q.shape[1] // n_heads))
