@@ -7,9 +7,12 @@
 Forward + backward + an AdamW step (ours and torch.optim.AdamW, the same arithmetic; pass
 --no-optimizer to time forward + backward alone), on the same weights and the same batch,
 dropout 0, float32. Ours runs with both MLM paths: logits at every position (what
-Hugging Face computes) and only at the masked positions (the original TF code's way). Each
+Hugging Face computes) and only at the masked positions (the original TF code's way), with
+the padding removed (model.unpad, as the trainers run it). Two batches per config: a full
+one and one with --pad of it padding (default 0.5). Each
 side runs in its own subprocess, pinned to the same number of threads, so that its peak
-memory (max RSS) is its own. Prints tokens/s and the ratio (ours / HF: > 1 means faster).
+memory (max RSS) is its own. Prints tokens/s (padding included, as a batch's size) and the
+ratio against the faster of HF's eager and sdpa attention (> 1 means we are faster).
 """
 import argparse
 import json
@@ -30,23 +33,34 @@ CONFIGS = {
 }
 
 
-def make_batch(cfg, B, T, seed=0):
+def make_batch(cfg, B, T, seed=0, pad=0.0):
+    """Random ids, 15% masked; with pad > 0 row lengths are uniform on [T (1 - 2 pad), T]
+    (at least 2), so about that fraction of the batch is padding (the default fine-tuning
+    task's batches are 53% padding, the default pretraining data's 18%:
+    benchmarks/bench_padding.py)."""
     r = np.random.default_rng(seed)
     ids = r.integers(5, cfg["vocab_size"], (B, T))
+    lens = np.full(B, T)
+    if pad > 0:
+        lens = r.integers(max(2, int(T * (1 - 2 * pad))), T + 1, B)
+    real = np.arange(T)[None] < lens[:, None]
     labels = np.full((B, T), -100)
-    pick = r.random((B, T)) < 0.15
+    pick = (r.random((B, T)) < 0.15) & real
     pick[:, 0] = False
     labels[pick] = ids[pick]
     ids[pick] = 4
+    ids[~real] = 0
     tt = np.zeros((B, T), np.int64)
     tt[:, T // 2:] = 1
-    return dict(input_ids=ids, token_type_ids=tt, attention_mask=np.ones((B, T), np.int64),
+    tt[~real] = 0
+    return dict(input_ids=ids, token_type_ids=tt, attention_mask=real.astype(np.int64),
                 labels=labels, sentence_order_label=r.integers(0, 2, B))
 
 
-def worker(side, name, path, threads, steps, weights, optimizer=True, head="pretraining"):
+def worker(side, name, path, threads, steps, weights, optimizer=True, head="pretraining",
+           pad=0.0):
     cfg_kw, B, T = CONFIGS[name]
-    batch = make_batch(cfg_kw, B, T)
+    batch = make_batch(cfg_kw, B, T, pad=pad)
     if head == "classification":  # a fine-tuning step: 7 classes on the pooled [CLS]
         cfg_kw = dict(cfg_kw, num_labels=7)
         batch = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
@@ -66,6 +80,7 @@ def worker(side, name, path, threads, steps, weights, optimizer=True, head="pret
 
         cls = AlbertForSequenceClassification if head == "classification" else AlbertForPreTraining
         m = cls(AlbertConfig(**cfg_kw), params=params)
+        m.unpad = True  # as the trainers run it: no work on padding
         grads = zeros_like_params(m.params)
         opt = AdamW()
         for i in range(steps + 2):
@@ -108,7 +123,8 @@ def worker(side, name, path, threads, steps, weights, optimizer=True, head="pret
         loss = float(o.loss)
     t = float(np.median(times[2:]))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return dict(side=side, path=path, seconds=t, tokens_per_s=B * T / t, loss=loss,
+    return dict(side=side, path=path, seconds=t, tokens_per_s=B * T / t, loss=loss, pad=pad,
+                real_tokens_per_s=int(batch["attention_mask"].sum()) / t,
                 peak_mb=rss / 1024, step_mb=(rss - rss0) / 1024)
 
 
@@ -120,16 +136,16 @@ def main():
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--no-optimizer", action="store_true")
     ap.add_argument("--head", default="pretraining", choices=["pretraining", "classification"])
+    ap.add_argument("--pad", type=float, default=0.5,
+                    help="padding fraction of the second batch (0: only a full batch)")
     a = ap.parse_args()
     if a.worker:
         side, name, path, weights = a.worker
         print(json.dumps(worker(side, name, path, a.threads, a.steps, weights,
-                                not a.no_optimizer, a.head)))
+                                not a.no_optimizer, a.head, a.pad)))
         return
 
-    from minialbert.config import AlbertConfig
     from minialbert.demo import blas_info, cpu_name
-    from minialbert.model import init_params
 
     print(f"CPU: {cpu_name()}; threads per side: {a.threads} (Numba / torch.set_num_threads)")
     print(f"NumPy BLAS (not used by our model): {blas_info()}")
@@ -142,33 +158,43 @@ def main():
     for name in names:
         cfg_kw, B, T = CONFIGS[name]
         steps = a.steps or (3 if a.quick or name == "base" else 8)
-        with tempfile.TemporaryDirectory() as d:
-            w = os.path.join(d, "w.npz")
-            cls = a.head == "classification"
-            np.savez(w, **init_params(AlbertConfig(**cfg_kw, num_labels=7 if cls else 2), seed=0,
-                                      head="sequence_classification" if cls else "pretraining"))
-            rows = []
-            sides = [("hf", "eager"), ("hf", "sdpa")] + (
-                [("ours", "classifier")] if cls else [("ours", "all"), ("ours", "masked")])
-            for side, path in sides:
-                r = subprocess.run([sys.executable, __file__, "--threads", str(a.threads),
-                                    "--steps", str(steps), "--head", a.head,
-                                    "--worker", side, name, path, w]
-                                   + (["--no-optimizer"] if a.no_optimizer else []),
-                                   capture_output=True, text=True)
-                if r.returncode:
-                    sys.exit(r.stderr)
-                rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-        hf_eager = rows[0]
-        print(f"\n{name} ({a.head}): {cfg_kw}, B={B}, T={T}, {steps} timed steps (median), "
-              f"forward + backward{'' if a.no_optimizer else ' + AdamW step'}, float32")
-        print(f"{'':<24}{'ms/step':>9}{'tokens/s':>10}{'vs HF eager':>12}{'loss':>9}"
-              f"{'peak MB':>9}{'step MB':>9}")
-        for r in rows:
-            label = f"{'HF' if r['side'] == 'hf' else 'minialbert'} ({r['path']})"
-            print(f"{label:<24}{r['seconds'] * 1e3:>9.0f}{r['tokens_per_s']:>10.0f}"
-                  f"{hf_eager['seconds'] / r['seconds']:>11.2f}x{r['loss']:>9.4f}"
-                  f"{r['peak_mb']:>9.0f}{r['step_mb']:>9.0f}")
+        for pad in [0.0] + ([a.pad] if a.pad > 0 else []):
+            run_config(a, name, cfg_kw, B, T, steps, pad)
+
+
+def run_config(a, name, cfg_kw, B, T, steps, pad):
+    from minialbert.config import AlbertConfig
+    from minialbert.model import init_params
+
+    with tempfile.TemporaryDirectory() as d:
+        w = os.path.join(d, "w.npz")
+        cls = a.head == "classification"
+        np.savez(w, **init_params(AlbertConfig(**cfg_kw, num_labels=7 if cls else 2), seed=0,
+                                  head="sequence_classification" if cls else "pretraining"))
+        rows = []
+        sides = [("hf", "eager"), ("hf", "sdpa")] + (
+            [("ours", "classifier")] if cls else [("ours", "all"), ("ours", "masked")])
+        for side, path in sides:
+            r = subprocess.run([sys.executable, __file__, "--threads", str(a.threads),
+                                "--steps", str(steps), "--head", a.head, "--pad", str(pad),
+                                "--worker", side, name, path, w]
+                               + (["--no-optimizer"] if a.no_optimizer else []),
+                               capture_output=True, text=True)
+            if r.returncode:
+                sys.exit(r.stderr)
+            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    real = make_batch(cfg_kw, B, T, pad=pad)["attention_mask"].mean()
+    best_hf = min(r["seconds"] for r in rows if r["side"] == "hf")
+    print(f"\n{name} ({a.head}): {cfg_kw}, B={B}, T={T}, "
+          f"{'full batch' if pad == 0 else f'{1 - real:.0%} padding'}, {steps} timed steps "
+          f"(median), forward + backward{'' if a.no_optimizer else ' + AdamW step'}, float32")
+    print(f"{'':<24}{'ms/step':>9}{'tokens/s':>10}{'vs faster HF':>13}{'loss':>9}"
+          f"{'peak MB':>9}{'step MB':>9}")
+    for r in rows:
+        label = f"{'HF' if r['side'] == 'hf' else 'minialbert'} ({r['path']})"
+        print(f"{label:<24}{r['seconds'] * 1e3:>9.0f}{r['tokens_per_s']:>10.0f}"
+              f"{best_hf / r['seconds']:>12.2f}x{r['loss']:>9.4f}"
+              f"{r['peak_mb']:>9.0f}{r['step_mb']:>9.0f}")
 
 
 if __name__ == "__main__":

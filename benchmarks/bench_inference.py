@@ -1,0 +1,115 @@
+"""Inference latency, ours against Hugging Face's AlbertModel, side by side.
+
+    python benchmarks/bench_inference.py            # tiny and base configs
+    python benchmarks/bench_inference.py --quick    # tiny only
+
+Embedding a sentence (B1 x T32, B1 x T128) and a batch (B32 x T128): one forward pass of
+the encoder and pooler (AlbertModel; HF under torch.inference_mode, eval, its faster of
+eager and sdpa attention), float32, the same random weights. Each side runs in its own
+subprocess with the same thread count. Prints the median latency of each and the ratio
+(HF time / ours: > 1 means we are faster), and the CPU, ISA and threads it ran on.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+CONFIGS = {
+    "tiny": dict(vocab_size=8000, embedding_size=128, hidden_size=256, num_hidden_layers=4,
+                 num_attention_heads=4, intermediate_size=1024),
+    "base": dict(vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12,
+                 num_attention_heads=12, intermediate_size=3072),
+}
+SHAPES = [("a sentence", 1, 32), ("a long sentence", 1, 128), ("a batch", 32, 128)]
+
+
+def timed(f, min_seconds=1.0, max_reps=200):
+    f()
+    f()  # warm-up: compilation/cache load, allocator
+    times = []
+    while (sum(times) < min_seconds or len(times) < 5) and len(times) < max_reps:
+        t0 = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def worker(side, name, path, weights, threads):
+    cfg_kw = CONFIGS[name]
+    params = dict(np.load(weights))
+    rng = np.random.default_rng(0)
+    out = {}
+    if side == "ours":
+        from minialbert import kernels
+        from minialbert.config import AlbertConfig
+        from minialbert.model import AlbertModel
+
+        kernels.set_threads(threads)
+        m = AlbertModel(AlbertConfig(**cfg_kw), params=params)
+        for label, B, T in SHAPES:
+            ids = rng.integers(5, cfg_kw["vocab_size"], (B, T))
+            out[label] = timed(lambda: m.forward(ids))
+    else:
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        hcfg = transformers.AlbertConfig(**cfg_kw)
+        hcfg._attn_implementation = path
+        hf = transformers.AlbertModel(hcfg).eval()
+        hf.load_state_dict({k[len("albert."):]: torch.from_numpy(v) for k, v in params.items()
+                            if k.startswith("albert.")}, strict=True)
+        for label, B, T in SHAPES:
+            ids = torch.from_numpy(rng.integers(5, cfg_kw["vocab_size"], (B, T)))
+
+            def run():
+                with torch.inference_mode():
+                    hf(input_ids=ids)
+            out[label] = timed(run)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--worker", nargs=4, metavar=("SIDE", "CONFIG", "PATH", "WEIGHTS"))
+    a = ap.parse_args()
+    if a.worker:
+        side, name, path, weights = a.worker
+        print(json.dumps(worker(side, name, path, weights, a.threads)))
+        return
+    from minialbert.config import AlbertConfig
+    from minialbert.demo import cpu_name
+    from minialbert.kernels.matmul import ISA
+    from minialbert.model import init_params
+
+    print(f"CPU: {cpu_name()}; vector ISA {ISA}; threads per side: {a.threads}")
+    for name in (["tiny"] if a.quick else ["tiny", "base"]):
+        with tempfile.TemporaryDirectory() as d:
+            w = os.path.join(d, "w.npz")
+            np.savez(w, **init_params(AlbertConfig(**CONFIGS[name]), seed=0, head="base"))
+            res = {}
+            for side, path in [("hf", "eager"), ("hf", "sdpa"), ("ours", "-")]:
+                r = subprocess.run([sys.executable, __file__, "--threads", str(a.threads),
+                                    "--worker", side, name, path, w],
+                                   capture_output=True, text=True)
+                if r.returncode:
+                    sys.exit(r.stderr)
+                res[(side, path)] = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"\n{name}: {CONFIGS[name]}, AlbertModel forward, float32, median latency")
+        print(f"{'':<24}{'HF eager ms':>12}{'HF sdpa ms':>11}{'ours ms':>9}{'vs faster HF':>14}")
+        for label, B, T in SHAPES:
+            e, s, o = (res[k][label] * 1e3 for k in (("hf", "eager"), ("hf", "sdpa"),
+                                                     ("ours", "-")))
+            print(f"{f'{label} (B{B} x T{T})':<24}{e:>12.2f}{s:>11.2f}{o:>9.2f}"
+                  f"{min(e, s) / o:>13.2f}x")
+
+
+if __name__ == "__main__":
+    main()
