@@ -18,7 +18,8 @@ from . import heads, layers, model, optim
 # kind -> the kernel names (as imported into layers/model/heads) that belong to it
 KINDS = {
     "GEMM (dense layers, MLM decoder)": ("matmul_nt", "matmul_nn", "matmul_tn"),
-    "attention (QK^T, softmax, PV)": ("attention_forward", "attention_backward"),
+    "attention (QK^T, softmax, PV)": ("attention_forward", "attention_backward",
+                                      "attention_forward_varlen", "attention_backward_varlen"),
     "LayerNorm": ("layernorm_forward", "layernorm_backward"),
     "activation (gelu_new)": ("gelu_new_forward", "gelu_new_backward", "tanh_forward",
                               "tanh_backward"),
@@ -64,7 +65,7 @@ class KernelProfile:
             for name, kind in by_name.items():
                 if name != "step":
                     self._patch(mod, name, kind)
-        for name in ("attention_forward", "attention_backward"):
+        for name in KINDS["attention (QK^T, softmax, PV)"]:
             self._patch(attention, name, by_name[name])
         # activations are looked up by name at call time: wrap the table's entries
         self._acts = dict(act.ACTIVATIONS)

@@ -85,3 +85,66 @@ write_table("10_fill_mask.md", ["text", "top 5 for [MASK]"], rows)
 ev2 = evaluate_checkpoint(run, batches=pc.eval_batches, batch_size=pc.batch_size)
 print({k: round(v, 4) for k, v in ev2.items() if isinstance(v, float)})
 assert abs(ev2["mlm_loss"] - ev["mlm_loss"]) < 1e-5
+
+# %% [markdown]
+# ## Where the time goes
+# One training step of the run's model on one of its batches, with every kernel call
+# timed by kind (`minialbert.profiler.KernelProfile`): first with the padding kept (the
+# encoder on all B x T positions, as Hugging Face runs it), then with the padding removed
+# (what the trainer does: `model.unpad = True`, every layer on the real tokens only).
+
+# %%
+from minialbert import kernels  # noqa: E402
+from minialbert.corpus import default_corpus  # noqa: E402
+from minialbert.data import PretrainingData, tokenize_corpus  # noqa: E402
+from minialbert.demo import cpu_name  # noqa: E402
+from minialbert.kernels.matmul import ISA  # noqa: E402
+from minialbert.model import zeros_like_params  # noqa: E402
+from minialbert.optim import make_optimizer  # noqa: E402
+from minialbert.profiler import KernelProfile  # noqa: E402
+import time  # noqa: E402
+
+data = PretrainingData(tokenize_corpus(default_corpus(), tok, run / "cache"), tok, pc.seq_len,
+                      seed=0)
+b = data.batch(0, 0, pc.batch_size)
+b = {k: b[k] for k in ("input_ids", "token_type_ids", "attention_mask", "labels",
+                       "sentence_order_label")}
+pad = 1 - b["attention_mask"].mean()
+opt = make_optimizer(pc.optimizer)
+grads = zeros_like_params(model.params)
+
+
+def one_step():
+    for g in grads.values():
+        g.fill(0)
+    o, c = model.forward(**b, train=True, mlm_path=pc.mlm_path)
+    model.backward(c, grads)
+    opt.step(model.params, grads, 1e-6)
+
+
+profiles, reps = {}, 2 if QUICK else 10
+for unpad in (False, True):
+    model.unpad = unpad
+    one_step()  # warm
+    with KernelProfile() as prof:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            one_step()
+        total = time.perf_counter() - t0
+    profiles[unpad] = (prof, total)
+kinds = [k for k, _, _ in profiles[False][0].rows(profiles[False][1])]
+rows = []
+for k in kinds:
+    cells = []
+    for unpad in (False, True):
+        prof, total = profiles[unpad]
+        sec = dict((kk, s) for kk, s, _ in prof.rows(total)).get(k, 0.0)
+        cells.append(f"{sec * 1e3 / reps:.1f} ({sec / total:.0%})")
+    rows.append([k] + cells)
+rows.append(["**step**"] + [f"**{profiles[u][1] * 1e3 / reps:.1f}**" for u in (False, True)])
+write_table("10_profile.md", [f"ms per step (share): {pc.batch_size} x {pc.seq_len}, "
+                              f"{pad:.0%} padding", "padding kept", "padding removed"], rows)
+(OUT / "10_profile_machine.md").write_text(
+    f"Measured on: {cpu_name()}, vector ISA {ISA}, {kernels.get_threads()} threads; "
+    f"{'quick mode' if QUICK else 'the ten-minute run'}'s model, optimizer {pc.optimizer}.\n")
+assert all(profiles[u][0].calls["GEMM (dense layers, MLM decoder)"] > 0 for u in (False, True))
