@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 
 import numpy as np
@@ -66,45 +67,145 @@ def _read_tensors(path):
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
+_KILL_AT = None  # tests only: the stage of a save at which the process kills itself (-9)
+STAGES = ("folder", "model", "optimizer", "tokenizer", "state", "renamed", "latest-written",
+          "latest", "pruned")
+
+
+def _stage(name, crash_after):
+    if crash_after == name:
+        raise KeyboardInterrupt(f"simulated crash after {name}")
+    if _KILL_AT == name:
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def atomic_write_text(path, text):
+    """Write beside ``path``, flush to disk, rename over it: a reader (or a crash) sees the
+    old file or the new one, never a part."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def checkpoint_key(path):
+    """ckpt-00000120 -> (120, 0); ckpt-00000120.2 (a second save of step 120) -> (120, 2)."""
+    m = re.fullmatch(r"ckpt-(\d+)(?:\.(\d+))?", pathlib.Path(path).name)
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else None
+
+
+def checkpoints(run_dir):
+    """The complete checkpoint folders of a run, oldest first."""
+    found = [p for p in pathlib.Path(run_dir).glob("ckpt-*") if p.is_dir() and checkpoint_key(p)]
+    return sorted(found, key=checkpoint_key)
+
+
+def latest_name(run_dir):
+    f = pathlib.Path(run_dir) / "LATEST"
+    try:
+        return f.read_text().strip() if f.exists() else None
+    except OSError:
+        return None
+
+
 def save_checkpoint(run_dir, step, params, config, state, optimizer=None, tokenizer=None,
-                    keep=2, _crash_after=None):
-    """Write ckpt-<step> atomically, point LATEST at it, keep the newest ``keep``.
-    ``_crash_after`` (tests only) raises after the named file is written."""
+                    keep=None, _crash_after=None):
+    """Write a checkpoint of ``step`` and point LATEST at it. Returns its folder.
+
+    The order is what makes a kill at any instant safe: everything is written into a
+    temporary folder and flushed; the folder is renamed to a name that is *free* (a second
+    save of the same step becomes ckpt-<step>.1, so the checkpoint LATEST names is never
+    removed or overwritten); LATEST is replaced atomically; only then are older checkpoints
+    pruned (``keep``: how many of the newest to keep; None keeps all; the one LATEST names
+    is always kept). A failed save removes its temporary folder and raises CheckpointError
+    naming the folder; LATEST still names the previous checkpoint.
+    ``_crash_after`` (tests only) raises KeyboardInterrupt after the named stage."""
     run_dir = pathlib.Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     name = f"ckpt-{step:08d}"
+    k = 0
+    while (run_dir / name).exists():
+        k += 1
+        name = f"ckpt-{step:08d}.{k}"
     tmp = run_dir / f".{name}.tmp{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    _write_tensors(tmp / "model.safetensors", params)
-    if _crash_after == "model":
-        raise KeyboardInterrupt("simulated crash")
-    state = dict(state, step=step)
-    if optimizer is not None:
-        arrays, meta = optimizer.state_dict()
-        _write_tensors(tmp / "optimizer.safetensors", arrays)
-        state["optimizer"] = meta
-        state["optimizer_sha256"] = _sha(tmp / "optimizer.safetensors")
-    config.save(tmp / "config.json", hf=False)
-    if tokenizer is not None:
-        tokenizer.save(tmp)
-        state["tokenizer_sha256"] = tokenizer.checksum
-    state["model_sha256"] = _sha(tmp / "model.safetensors")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
-    _fsync_dir(tmp)
-    final = run_dir / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _stage("folder", _crash_after)
+        _write_tensors(tmp / "model.safetensors", params)
+        _stage("model", _crash_after)
+        state = {k: v for k, v in state.items()  # checksums describe the files written here
+                 if k not in ("optimizer", "optimizer_sha256", "tokenizer_sha256", "model_sha256")}
+        state["step"] = step
+        if optimizer is not None:
+            arrays, meta = optimizer.state_dict()
+            _write_tensors(tmp / "optimizer.safetensors", arrays)
+            state["optimizer"] = meta
+            state["optimizer_sha256"] = _sha(tmp / "optimizer.safetensors")
+        _stage("optimizer", _crash_after)
+        config.save(tmp / "config.json", hf=False)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+            state["tokenizer_sha256"] = tokenizer.checksum
+        _stage("tokenizer", _crash_after)
+        state["model_sha256"] = _sha(tmp / "model.safetensors")
+        with open(tmp / "state.json", "w") as f:
+            f.write(json.dumps(state, indent=2, sort_keys=True))
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        _stage("state", _crash_after)
+        final = run_dir / name
+        os.replace(tmp, final)
+        _fsync_dir(run_dir)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            prev = latest_name(run_dir)
+            raise CheckpointError(
+                f"{run_dir}: could not write the checkpoint of step {step} "
+                f"({e.strerror or e}); " + (f"LATEST still names {prev}" if prev else
+                                            "no checkpoint was written")) from None
+        raise
+    _stage("renamed", _crash_after)
     latest_tmp = run_dir / f".LATEST.tmp{os.getpid()}"
-    latest_tmp.write_text(name + "\n")
-    os.replace(latest_tmp, run_dir / "LATEST")
-    _fsync_dir(run_dir)
-    ckpts = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir())
-    for old in ckpts[:-keep] if keep else []:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        with open(latest_tmp, "w") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _stage("latest-written", _crash_after)
+        os.replace(latest_tmp, run_dir / "LATEST")
+        _fsync_dir(run_dir)
+    except OSError as e:
+        latest_tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{run_dir}: wrote {name} but could not point LATEST at it "
+                              f"({e.strerror or e})") from None
+    _stage("latest", _crash_after)
+    if keep:
+        prune(run_dir, keep)
+    _stage("pruned", _crash_after)
     return final
+
+
+def prune(run_dir, keep, only=None):
+    """Remove all but the newest ``keep`` checkpoints (of ``only``, the names a run wrote,
+    when given), never the one LATEST names."""
+    current = latest_name(run_dir)
+    mine = [p for p in checkpoints(run_dir) if only is None or p.name in only]
+    for old in mine[:-keep]:
+        if old.name != current:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def resolve(path):

@@ -166,6 +166,9 @@ def main(argv=None):
 
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("\nminialbert: interrupted", file=sys.stderr)
+        return 130
     except (CorpusError, TokenizerError, DataError, CheckpointError, UsageError,
             HFCheckpointError, TaskError) as e:
         print(f"minialbert: error: {e}", file=sys.stderr)

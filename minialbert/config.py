@@ -85,6 +85,17 @@ class AlbertConfig:
     def head_size(self):
         return self.hidden_size // self.num_attention_heads
 
+    def describe_layers(self):
+        """How the encoder's applications map onto weights, in words."""
+        L, G, K = self.num_hidden_layers, self.num_hidden_groups, self.inner_group_num
+        if self.sharing == "none" or G * K == L and G == L:
+            return f"{L} layers (nothing shared)"
+        if self.sharing in ("attention", "ffn"):
+            return f"{L} layers sharing one {'attention block' if self.sharing == 'attention' else 'FFN'}"
+        if G == 1 and K == 1:
+            return f"1 shared layer × {L} applications"
+        return f"{G} shared group(s) of {K} layer(s), {L} applications"
+
     def group_of(self, layer):
         """Hugging Face's layer -> group rule: int(l / (L / G))."""
         return int(layer / (self.num_hidden_layers / self.num_hidden_groups))

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels
-from .checkpoint import load_checkpoint, load_tokenizer, save_checkpoint
+from .checkpoint import CheckpointError, latest_name, load_checkpoint, load_tokenizer
+from .rundir import RunDir, StopRequests, given_settings, resume_settings
 from .model import zeros_like_params
 from .optim import clip_by_global_norm, learning_rate, make_optimizer, no_decay
 from .tasks import (TaskError, classification_scores, default_task, qa_decode, qa_features,
@@ -213,19 +214,46 @@ def initial_model(fc, task):
 
 # ------------------------------------------------------------------------------ the loop
 
-def finetune(fc=None, resume=False, **overrides):
-    """Fine-tune; returns a summary dict (also in summary.json). ``resume=True`` continues
-    the run in ``out`` from its latest checkpoint with the settings it started with."""
+RESUMABLE = ("epochs", "lr", "warmup", "schedule", "clip", "weight_decay", "eval_every",
+             "save_every", "micro_batches", "layerwise_lr_decay")
+
+
+def _finetune_step(model, grads, b, fc, step, last_ck):
+    """Forward and backward of one batch in micro-batches (gradients weighted by their
+    rows) -> the batch's mean loss."""
+    for g in grads.values():
+        g.fill(0)
+    k, rows, loss = fc.micro_batches, len(b["input_ids"]), 0.0
+    for j in range(k):
+        mb = {key: v[j * rows // k:(j + 1) * rows // k] for key, v in b.items()}
+        if not len(mb["input_ids"]):
+            continue
+        o, c = _forward(model, mb, train=True, seed=fc.seed, step=step * k + j)
+        if not np.isfinite(o["loss"]):
+            raise TrainingError(
+                f"the loss is {float(o['loss'])} at step {step + 1}: fine-tuning stopped. "
+                f"The last good checkpoint is {last_ck or 'not written yet'}; resume "
+                "from it with a lower --lr (minialbert finetune --resume --lr ...)")
+        model.backward(c, grads, scale=len(mb["input_ids"]) / rows)
+        loss += float(o["loss"]) * len(mb["input_ids"]) / rows
+    return loss
+
+
+def finetune(fc=None, resume=False, overwrite=False, **overrides):
+    """Fine-tune; returns a summary dict (also in summary.json). A folder that holds a run
+    is refused unless ``resume`` (continue from its latest checkpoint with the settings it
+    started with; of those given, the ones in RESUMABLE apply and the others are refused)
+    or ``overwrite``."""
+    given = given_settings(FinetuneConfig, fc, overrides)
     fc = dataclasses.replace(fc or FinetuneConfig(), **overrides)
     out = pathlib.Path(fc.out)
     t_start = time.time()
+    rd = RunDir(out, resume=resume, overwrite=overwrite)
     kernels.set_threads(fc.threads)
-    state = None
+    state, changed = None, {}
     if resume:
         cfg, params, state, opt_arrays, ck = load_checkpoint(out)
-        saved = dict(state["run"], threads=fc.threads, progress=fc.progress,
-                     stop_after=fc.stop_after, out=str(out))
-        fc = FinetuneConfig(**saved)
+        fc, changed = resume_settings(FinetuneConfig, state["run"], given, RESUMABLE)
     say = print  # (progress=False turns off only the progress bar)
     task = build_task(fc)
     if state is None:
@@ -236,19 +264,24 @@ def finetune(fc=None, resume=False, **overrides):
         tok = load_tokenizer(ck, cfg.vocab_size)
         origin = state["origin"]
     model.unpad = True  # no work on padding (the same loss and gradients: chapter 10)
-    out.mkdir(parents=True, exist_ok=True)
     train, dev = Batches(task, tok, fc, "train"), Batches(task, tok, fc, "dev")
     nb = train.num_batches(fc.batch_size)
     total = max(1, int(round(fc.epochs * nb)))
+    step = state["step"] if state is not None else 0
+    if total < step:
+        raise CheckpointError(f"--epochs {fc.epochs:g} is {total} steps: the run is already at "
+                              f"step {step}")
+    if state is not None and total == step and not changed:
+        print(f"{out}: the run is already at step {total} of {total}: nothing to do (give "
+              "--epochs to train further)")
+        return rd.read_summary() or dict(step=step, checkpoint=str(ck))
     warmup = int(fc.warmup * total)
     opt = make_optimizer(fc.optimizer, weight_decay=fc.weight_decay,
                          **({"exclude": no_decay} if fc.optimizer == "adamw" else {}))
     if fc.layerwise_lr_decay != 1.0:
         opt.lr_scale = layerwise_lr_scales(model.params, model.config, fc.layerwise_lr_decay)
-    step = 0
     if state is not None:
         opt.load_state_dict(opt_arrays, state["optimizer"])
-        step = state["step"]
     baseline = task.majority_baseline()
     say(f"task {task.name}: {task.kind}, {len(task.train)} train / {len(task.dev)} dev examples"
         + (f" ({train.n} / {dev.n} windows)" if task.kind == "qa" else "")
@@ -258,85 +291,80 @@ def finetune(fc=None, resume=False, **overrides):
         f"{fc.lr}" + (f", layer-wise decay {fc.layerwise_lr_decay}"
                       if fc.layerwise_lr_decay != 1.0 else ""))
     run = dataclasses.asdict(fc)
-    log_path = out / "log.jsonl"
-    if state is None and log_path.exists():
-        log_path.unlink()
-    elif state is not None and log_path.exists():  # drop records past the checkpoint
-        keep = [ln for ln in log_path.read_text().splitlines()
-                if json.loads(ln).get("step", 0) <= step]
-        log_path.write_text("".join(ln + "\n" for ln in keep))
-
-    def log(**rec):
-        with open(log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+    kept = rd.start_log(resume_step=step if state is not None else None)
+    ev = next((r for r in reversed(kept) if r.get("eval") and r["step"] == step), None)
+    if changed:
+        rd.log(resumed=True, step=step, changed=changed)
+        say(f"resumed at step {step} with changed settings: " +
+            ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
 
     def checkpoint():
         st = dict(head=model.head, origin=origin, run=run, total_steps=total,
                   task=dict(name=task.name, kind=task.kind, labels=task.labels, **task.info),
                   threads=kernels.get_threads())
-        return save_checkpoint(out, step, model.params, model.config, st, opt, tok)
+        return rd.save(step, model.params, model.config, st, opt, tok)
 
     bar = progress_bar(fc.progress, total, step)
     grads = zeros_like_params(model.params)
-    k = fc.micro_batches
-    last_ck, ev, interrupted = None, None, False
-    try:
-        while step < total:
-            epoch, index = divmod(step, nb)
-            b = train.batch(epoch, index, fc.batch_size)
-            for g in grads.values():
-                g.fill(0)
-            rows = len(b["input_ids"])
-            losses = []
-            for j in range(k):
-                mb = {key: v[j * rows // k:(j + 1) * rows // k] for key, v in b.items()}
-                if not len(mb["input_ids"]):
-                    continue
-                o, c = _forward(model, mb, train=True, seed=fc.seed, step=step * k + j)
-                if not np.isfinite(o["loss"]):
-                    raise TrainingError(
-                        f"the loss is {float(o['loss'])} at step {step + 1}: fine-tuning stopped. "
-                        f"The last good checkpoint is {last_ck or 'not written yet'}; resume "
-                        "from it with a lower --lr")
-                model.backward(c, grads, scale=len(mb["input_ids"]) / rows)
-                losses.append(float(o["loss"]) * len(mb["input_ids"]) / rows)
-            norm = clip_by_global_norm(grads, fc.clip)
-            lr = learning_rate(step, fc.lr, total, warmup, fc.schedule)
-            opt.step(model.params, grads, lr)
-            step += 1
-            log(step=step, loss=sum(losses), lr=lr, grad_norm=norm, epoch=epoch,
-                elapsed=time.time() - t_start)
+    last_ck, interrupted, updating, hard = None, False, False, False
+    with StopRequests() as stop:
+        try:
+            while step < total and not stop.requested:
+                epoch, index = divmod(step, nb)
+                b = train.batch(epoch, index, fc.batch_size)
+                loss = _finetune_step(model, grads, b, fc, step, last_ck)
+                norm = clip_by_global_norm(grads, fc.clip)
+                if not math.isfinite(norm):
+                    raise TrainingError(f"the gradient norm is {norm} at step {step + 1}: "
+                                        f"fine-tuning stopped. The last good checkpoint is {last_ck}")
+                lr = learning_rate(step, fc.lr, total, warmup, fc.schedule)
+                updating = True
+                opt.step(model.params, grads, lr)
+                step += 1
+                updating = False
+                rd.log(step=step, loss=loss, lr=lr, grad_norm=norm, epoch=epoch,
+                       elapsed=time.time() - t_start)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}")
+                    bar.update(1)
+                at_epoch_end = step % nb == 0 or step == total
+                if (fc.eval_every and step % fc.eval_every == 0) or \
+                        (not fc.eval_every and at_epoch_end):
+                    ev = evaluate(model, task, dev)
+                    rd.log(eval=True, step=step, **ev)
+                    msg = ", ".join(f"{key} {v:.4f}" for key, v in ev.items())
+                    (bar.write if bar is not None else say)(f"step {step}: dev {msg}")
+                if fc.save_every and step % fc.save_every == 0:
+                    last_ck = checkpoint()
+                if fc.stop_after is not None and step >= fc.stop_after and step < total:
+                    interrupted = True
+                    break
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once
             if bar is not None:
-                bar.set_postfix(loss=f"{sum(losses):.3f}")
-                bar.update(1)
-            at_epoch_end = step % nb == 0 or step == total
-            if (fc.eval_every and step % fc.eval_every == 0) or (not fc.eval_every and at_epoch_end):
-                ev = evaluate(model, task, dev)
-                log(eval=True, step=step, **ev)
-                msg = ", ".join(f"{key} {v:.4f}" for key, v in ev.items())
-                (bar.write if bar is not None else say)(f"step {step}: dev {msg}")
-            if fc.save_every and step % fc.save_every == 0:
-                last_ck = checkpoint()
-            if fc.stop_after is not None and step >= fc.stop_after and step < total:
-                interrupted = True
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-        print("\ninterrupted: saving a checkpoint (resume with --resume)", flush=True)
-    finally:
+                bar.close()
+            if updating:
+                ck = latest_name(out)
+                print(f"\nstopped at once inside step {step + 1}: not saved; the last "
+                      f"checkpoint is {out / ck if ck else 'none'}", file=sys.stderr)
+                return dict(interrupted=True, step=step, checkpoint=None, exit_code=130)
+            interrupted = hard = True
         if bar is not None:
             bar.close()
-    last_ck = checkpoint()
+        interrupted = interrupted or (stop.requested and step < total)
+        last_ck = checkpoint()
     if interrupted:
-        return dict(interrupted=True, step=step, checkpoint=str(last_ck))
-    if ev is None:
+        code = stop.exit_code if stop.requested else 130 if hard else 0
+        say(f"interrupted at step {step}: checkpoint {last_ck} (continue with --resume)")
+        return dict(interrupted=True, step=step, checkpoint=str(last_ck), exit_code=code)
+    if ev is None or ev.get("step", step) != step:
         ev = evaluate(model, task, dev)
+    ev = {k: v for k, v in ev.items() if k not in ("eval", "step")}
     summary = dict(task=task.name, kind=task.kind, start=origin, from_scratch=fc.from_scratch,
                    step=step, dev=ev, majority_baseline=baseline, checkpoint=str(last_ck),
                    wall_seconds=time.time() - t_start, threads=kernels.get_threads(),
                    train_examples=len(task.train), dev_examples=len(task.dev),
                    layerwise_lr_decay=fc.layerwise_lr_decay, lr=fc.lr)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    rd.write_summary(summary)
     say(f"done: {step} steps in {summary['wall_seconds'] / 60:.1f} min; dev: "
         + ", ".join(f"{key} {v:.4f}" for key, v in ev.items())
         + (f" (majority-class baseline {baseline:.4f})" if baseline is not None else ""))
@@ -352,11 +380,11 @@ def _cmd_finetune(args):
     if args.no_progress:
         kw["progress"] = False
     try:
-        s = finetune(FinetuneConfig(**kw), resume=args.resume)
+        s = finetune(resume=args.resume, overwrite=args.overwrite, **kw)
     except TrainingError as e:
         print(f"minialbert: error: {e}", file=sys.stderr)
         return 3
-    return 0 if s else 1
+    return s.get("exit_code", 0) if s and s.get("interrupted") else 0
 
 
 def add_commands(sub):
@@ -386,6 +414,11 @@ def add_commands(sub):
     p.epilog = (f"default --lr {d.lr}: measured for the small pretrained preset (chapter 11); "
                 "for albert-base-sized models use 1e-5 to 5e-5, as the paper did")
     p.add_argument("--schedule", default=None, choices=["albert", "hf"])
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (the "
+                   "options --epochs, --lr, --warmup, --schedule, --clip, --weight-decay, "
+                   "--eval-every, --save-every, --micro-batches, --layerwise-lr-decay may "
+                   "change; the log records it)")
+    p.add_argument("--overwrite", action="store_true", help="start over in an --out that "
+                   "holds a run (its checkpoints and log are removed)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_finetune)

@@ -33,6 +33,7 @@ import warnings
 
 import numpy as np
 
+from .checkpoint import atomic_write_text
 from .config import AlbertConfig
 from .heads import ARCHITECTURES, model_class
 from .model import WORD, init_params, parameter_shapes
@@ -212,7 +213,8 @@ def assemble(cfg, head, tensors, report, seed=0, dtype=np.float32, ignore_mismat
                                 f"{tuple(shape)} here: newly initialized")
             params[k] = fresh[k]
         else:
-            params[k] = np.ascontiguousarray(tensors[k], dtype=dtype)
+            params[k] = np.array(tensors[k], dtype=dtype, order="C")  # a copy: the file's
+            # arrays are read-only memory maps, and training updates the weights in place
     report.unexpected = sorted(k for k in tensors if k not in expected)
     return params
 
@@ -267,7 +269,7 @@ def save_pretrained(model, folder, tokenizer=None):
     d = cfg.to_dict(hf=True)
     d["architectures"] = [type(model).__name__]
     d.setdefault("tie_word_embeddings", True)
-    _atomic_text(folder / "config.json", json.dumps(d, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(folder / "config.json", json.dumps(d, indent=2, sort_keys=True) + "\n")
     from safetensors.numpy import save_file
 
     tmp = folder / ".model.safetensors.tmp"
@@ -278,18 +280,12 @@ def save_pretrained(model, folder, tokenizer=None):
         if getattr(tokenizer, "model_proto", None) is None:
             raise HFCheckpointError("this tokenizer has no SentencePiece model to save")
         tokenizer.save(folder)
-        _atomic_text(folder / "tokenizer_config.json",
+        atomic_write_text(folder / "tokenizer_config.json",
                      json.dumps(_tokenizer_config(tokenizer), indent=2) + "\n")
-        _atomic_text(folder / "special_tokens_map.json", json.dumps(
+        atomic_write_text(folder / "special_tokens_map.json", json.dumps(
             {k: v for k, v in _tokenizer_config(tokenizer).items() if k.endswith("_token")},
             indent=2) + "\n")
     return folder
-
-
-def _atomic_text(path, text):
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------ tokenizer
@@ -347,6 +343,8 @@ def convert(src, dst, allow_pickle=False, head=None):
         if tok is not None and tok.vocab_size != model.config.vocab_size:
             raise HFCheckpointError(f"{src}: the tokenizer has {tok.vocab_size} pieces, the "
                                     f"model {model.config.vocab_size}: they do not belong together")
+        from .rundir import RunDir
+        RunDir(dst)  # refuses a folder that holds a run: converting must not break it
         ck = save_checkpoint(dst, 0, model.params, model.config,
                              {"head": model.head, "source": str(src)}, tokenizer=tok)
         return f"Hugging Face -> minialbert ({ck})", report

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kernels
-from .checkpoint import CheckpointError, check_tokenizer, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, check_tokenizer, latest_name, load_checkpoint
+from .rundir import RunDir, StopRequests, given_settings, resume_settings
 from .config import AlbertConfig, preset
 from .corpus import load_corpus
 from .data import DataError, PretrainingData, tokenize_corpus
@@ -123,21 +124,6 @@ def unigram_cross_entropy(train_tokens, vocab_size, batches):
     return float(-logp[labels].mean())
 
 
-class _Log:
-    def __init__(self, path, resume_step=None):
-        self.path = pathlib.Path(path)
-        if resume_step is not None and self.path.exists():  # drop what came after the checkpoint
-            keep = [l for l in self.path.read_text().splitlines()
-                    if l and json.loads(l).get("step", 0) <= resume_step]
-            self.path.write_text("".join(l + "\n" for l in keep))
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
-
-    def write(self, **rec):
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-
-
 def plot_curves(log_path, png_path):
     """Training and held-out curves from log.jsonl (needs matplotlib)."""
     try:
@@ -148,7 +134,7 @@ def plot_curves(log_path, png_path):
     except ImportError:
         return None
     recs = [json.loads(l) for l in pathlib.Path(log_path).read_text().splitlines() if l]
-    tr = [r for r in recs if not r.get("eval")]
+    tr = [r for r in recs if "mlm_loss" in r and not r.get("eval")]
     ev = [r for r in recs if r.get("eval")]
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
     ax[0].plot([r["step"] for r in tr], [r["mlm_loss"] for r in tr], lw=0.8, label="train")
@@ -191,27 +177,96 @@ def _model_config(pc, vocab_size):
     return cfg
 
 
-def pretrain(pc=None, resume=False, **overrides):
+# what a resumed run may change (say so in the log); the rest would make it another run
+RESUMABLE = ("steps", "lr", "warmup", "schedule", "clip", "weight_decay", "eval_every",
+             "eval_batches", "save_every", "micro_batches", "mlm_path")
+
+
+def _calibrate(model, data, pc, eval_batches, t_start, say):
+    """How many steps fit in the time budget: forward + backward of real batches timed (the
+    first pays one-time costs: the fastest of three), evaluations and overhead allowed for."""
+    per_step = float("inf")
+    for i in range(3):
+        b = data.batch(0, i, pc.batch_size)
+        t0 = time.perf_counter()
+        for mb in _micro(b, pc.micro_batches):
+            o, c = model.forward(**{k: mb[k] for k in _MODEL_KEYS}, mlm_path=pc.mlm_path)
+            model.backward(c)
+        per_step = min(per_step, time.perf_counter() - t0)
+    per_step *= 1.1  # the optimizer step, logging
+    evals = max(1, pc.time_budget / per_step / pc.eval_every) if pc.eval_every else 0
+    eval_cost = len(eval_batches) * per_step / 3
+    total = max(1, int((pc.time_budget - time.time() + t_start - evals * eval_cost)
+                       / (per_step * 1.05)))
+    say(f"time budget {pc.time_budget:.0f} s at {per_step:.2f} s/step: {total} steps")
+    return total
+
+
+def _train_step(model, grads, batch, pc, step, last_ck):
+    """One optimizer step over ``batch`` in micro-batches -> (log record fields, tokens)."""
+    for g in grads.values():
+        g.fill(0)
+    k = pc.micro_batches
+    losses, stats = [], np.zeros(4)
+    for j, mb in enumerate(_micro(batch, k)):
+        o, c = model.forward(**{key: mb[key] for key in _MODEL_KEYS}, train=True,
+                             seed=pc.seed, step=step * k + j, mlm_path=pc.mlm_path)
+        if not np.isfinite(o["loss"]):
+            raise TrainingError(
+                f"the loss is {float(o['loss'])} at step {step + 1}: training stopped. "
+                f"The last good checkpoint is {last_ck or 'not written yet'}; resume "
+                "from it with a lower --lr (minialbert pretrain --resume --lr ...)")
+        inv = np.float32(1.0 / k)
+        model.backward(c, grads, dlogits=c["dlogits"] * inv, dsop_logits=c["dsop"] * inv)
+        losses.append((float(o["loss"]), float(o["mlm_loss"]), float(o["sop_loss"])))
+        logits, lab = o["prediction_logits"], mb["labels"].reshape(-1)
+        if o["mlm_rows"] is not None:
+            lab = lab[o["mlm_rows"]]
+        else:
+            sel = lab != -100
+            logits, lab = logits[sel], lab[sel]
+        stats += [(logits.argmax(1) == lab).sum(), len(lab),
+                  (o["sop_logits"].argmax(1) == mb["sentence_order_label"]).sum(),
+                  len(mb["sentence_order_label"])]
+    norm = clip_by_global_norm(grads, pc.clip)
+    if not math.isfinite(norm):
+        raise TrainingError(f"the gradient norm is {norm} at step {step + 1}: training "
+                            f"stopped. The last good checkpoint is {last_ck}")
+    loss, mlm, sop = np.mean(losses, axis=0)
+    return dict(loss=loss, mlm_loss=mlm, sop_loss=sop, mlm_acc=stats[0] / max(stats[1], 1),
+                sop_acc=stats[2] / stats[3], grad_norm=norm)
+
+
+def pretrain(pc=None, resume=False, overwrite=False, **overrides):
     """Pretrain AlbertForPreTraining. Returns a summary dict (also written to summary.json).
 
-    ``pretrain(PretrainConfig(...))`` or ``pretrain(out=..., steps=..., ...)``. With
-    ``resume=True`` the run in ``out`` continues from its latest checkpoint, with the
-    settings it was started with (threads and progress may change)."""
+    ``pretrain(PretrainConfig(...))`` or ``pretrain(out=..., steps=..., ...)``. A folder
+    that holds a run is refused unless ``resume`` (continue it from its latest checkpoint,
+    with the settings it was started with; of the settings given, those in RESUMABLE
+    apply — written to the log — and the others are refused) or ``overwrite``."""
+    given = given_settings(PretrainConfig, pc, overrides)
     pc = dataclasses.replace(pc or PretrainConfig(), **overrides)
     out = pathlib.Path(pc.out)
     t_start = time.time()
+    rd = RunDir(out, resume=resume, overwrite=overwrite)
     kernels.set_threads(pc.threads)
-    state = None
+    state, changed = None, {}
     if resume:
         cfg, params, state, opt_arrays, ck = load_checkpoint(out)
-        saved = dict(state["run"])
-        saved.update(threads=pc.threads, progress=pc.progress, stop_after=pc.stop_after,
-                     out=str(out))
-        pc = PretrainConfig(**saved)
+        if "time_budget" in given and "steps" not in given:
+            raise CheckpointError("--time-budget cannot change when a run is resumed: give "
+                                  "--steps (the total to reach)")
+        pc, changed = resume_settings(PretrainConfig, state["run"], given, RESUMABLE)
+        total = pc.steps if "steps" in changed else state["total_steps"]
+        if total < state["step"]:
+            raise CheckpointError(f"--steps {total}: the run is already at step {state['step']}")
+        if total == state["step"] and not changed:
+            print(f"{out}: the run is already at step {total} of {total}: nothing to do (give "
+                  "--steps to train further)")
+            return rd.read_summary() or dict(step=total, checkpoint=str(ck))
         from .checkpoint import load_tokenizer
         tok = load_tokenizer(ck, cfg.vocab_size)
-    out.mkdir(parents=True, exist_ok=True)
-    say = print if pc.progress else (lambda *a, **k: None)
+    say = print
 
     corpus = load_corpus(pc.corpus, pc.format)
     if state is not None and corpus.checksum != state["corpus_sha256"]:
@@ -237,6 +292,10 @@ def pretrain(pc=None, resume=False, **overrides):
     tc = tokenize_corpus(train_c, tok, out / "cache")
     held_tc = tokenize_corpus(held_c, tok, out / "cache")
     data = PretrainingData(tc, tok, pc.seq_len, seed=pc.seed)
+    if data.num_batches(pc.batch_size) < 1:
+        raise DataError(f"the training split has {len(data.instances(0))} instances, fewer "
+                        f"than one batch of {pc.batch_size}: give more text or a smaller "
+                        "--batch-size")
     try:
         held = PretrainingData(held_tc, tok, pc.seq_len, seed=pc.seed + 1)
         n_eval = min(pc.eval_batches, held.num_batches(pc.batch_size))
@@ -250,126 +309,96 @@ def pretrain(pc=None, resume=False, **overrides):
         {"exclude": no_decay} if pc.optimizer == "adamw" else {}))
     if state is not None:
         opt.load_state_dict(opt_arrays, state["optimizer"])
-        step, epoch, index, total = state["step"], state["epoch"], state["index"], state["total_steps"]
+        step, epoch, index = state["step"], state["epoch"], state["index"]
     else:
         step = epoch = index = 0
-        total = pc.steps
-        if total is None:  # calibrate: time forward + backward of real batches (the
-            per_step = float("inf")  # first pays one-time costs: take the fastest of three)
-            for i in range(3):
-                b = data.batch(0, i, pc.batch_size)
-                t0 = time.perf_counter()
-                for mb in _micro(b, pc.micro_batches):
-                    o, c = model.forward(**{k: mb[k] for k in _MODEL_KEYS}, mlm_path=pc.mlm_path)
-                    model.backward(c)
-                per_step = min(per_step, time.perf_counter() - t0)
-            per_step *= 1.1  # the optimizer step, logging
-            evals = max(1, pc.time_budget / per_step / pc.eval_every)
-            eval_cost = len(eval_batches) * per_step / 3
-            total = max(1, int((pc.time_budget - time.time() + t_start - evals * eval_cost)
-                               / (per_step * 1.05)))
-            say(f"time budget {pc.time_budget:.0f} s at {per_step:.2f} s/step: {total} steps")
+        total = pc.steps if pc.steps is not None else \
+            _calibrate(model, data, pc, eval_batches, t_start, say)
     warmup = int(pc.warmup * total)
     run = {k: v for k, v in dataclasses.asdict(pc).items()}
     n_params = sum(v.size for v in model.params.values())
-    say(f"model: {cfg.num_hidden_layers} layers × H {cfg.hidden_size}, E {cfg.embedding_size}, "
+    say(f"model: {cfg.describe_layers()}, H {cfg.hidden_size}, E {cfg.embedding_size}, "
         f"V {cfg.vocab_size}: {n_params:,} parameters; {pc.optimizer} lr {pc.lr}, "
         f"batch {pc.batch_size} × {pc.seq_len}; corpus {corpus.info.get('source')} "
         f"({corpus.info['sentences']} sentences, SHA-256 {corpus.checksum[:12]}…); "
         f"{kernels.get_threads()} threads")
-    log = _Log(out / "log.jsonl", resume_step=step if state is not None else None)
+    kept = rd.start_log(resume_step=step if state is not None else None)
+    ev, ev_step = next(((r, r["step"]) for r in reversed(kept) if r.get("eval")), (None, None))
+    if changed:
+        rd.log(resumed=True, step=step, changed=changed)
+        say(f"resumed at step {step} with changed settings: " +
+            ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
     grads = zeros_like_params(model.params)
+    last_ck = None
 
     def checkpoint():
         st = dict(epoch=epoch, index=index, total_steps=total, run=run,
                   corpus_sha256=corpus.checksum, corpus_info=corpus.info,
                   python=corpus.info.get("python"), threads=kernels.get_threads())
-        return save_checkpoint(out, step, model.params, cfg, st, opt, tok)
+        return rd.save(step, model.params, cfg, st, opt, tok)
 
     def run_eval():
         if not eval_batches:
             return None
-        ev = evaluate_batches(model, eval_batches, pc.mlm_path)
-        log.write(eval=True, step=step, unigram=unigram, **ev)
-        return ev
+        e = evaluate_batches(model, eval_batches, pc.mlm_path)
+        rd.log(eval=True, step=step, unigram=unigram, **e)
+        return e
 
     bar = progress_bar(pc.progress, total, step)
-    last_ck = None
-    ev, ev_step = None, None
     tokens_seen = 0
     t_loop = time.time()
-    interrupted = False
-    try:
-        while step < total:
-            if index >= data.num_batches(pc.batch_size, epoch):
-                epoch, index = epoch + 1, 0
-            batch = data.batch(epoch, index, pc.batch_size)
-            t0 = time.perf_counter()
-            for g in grads.values():
-                g.fill(0)
-            k = pc.micro_batches
-            losses, stats = [], np.zeros(4)
-            for j, mb in enumerate(_micro(batch, k)):
-                o, c = model.forward(**{key: mb[key] for key in _MODEL_KEYS}, train=True,
-                                     seed=pc.seed, step=step * k + j, mlm_path=pc.mlm_path)
-                if not np.isfinite(o["loss"]):
-                    raise TrainingError(
-                        f"the loss is {float(o['loss'])} at step {step + 1}: training stopped. "
-                        f"The last good checkpoint is {last_ck or 'not written yet'}; resume "
-                        "from it with a lower --lr")
-                inv = np.float32(1.0 / k)
-                model.backward(c, grads, dlogits=c["dlogits"] * inv, dsop_logits=c["dsop"] * inv)
-                losses.append((float(o["loss"]), float(o["mlm_loss"]), float(o["sop_loss"])))
-                lab = mb["labels"].reshape(-1)[o["mlm_rows"]] if o["mlm_rows"] is not None else None
-                logits = o["prediction_logits"]
-                if lab is None:
-                    lab_all = mb["labels"].reshape(-1)
-                    sel = lab_all != -100
-                    logits, lab = logits[sel], lab_all[sel]
-                stats += [(logits.argmax(1) == lab).sum(), len(lab),
-                          (o["sop_logits"].argmax(1) == mb["sentence_order_label"]).sum(),
-                          len(mb["sentence_order_label"])]
-            norm = clip_by_global_norm(grads, pc.clip)
-            if not math.isfinite(norm):
-                raise TrainingError(f"the gradient norm is {norm} at step {step + 1}: training "
-                                    f"stopped. The last good checkpoint is {last_ck}")
-            lr = learning_rate(step, pc.lr, total, warmup, pc.schedule)
-            opt.step(model.params, grads, lr)
-            step += 1
-            index += 1
-            dt = time.perf_counter() - t0
-            ntok = int(batch["attention_mask"].sum())
-            tokens_seen += ntok
-            loss, mlm, sop = np.mean(losses, axis=0)
-            rec = dict(step=step, loss=loss, mlm_loss=mlm, sop_loss=sop,
-                       mlm_acc=stats[0] / max(stats[1], 1), sop_acc=stats[2] / stats[3], lr=lr,
-                       grad_norm=norm, tokens_per_s=ntok / dt, epoch=epoch,
+    interrupted = updating = hard = False
+    with StopRequests() as stop:
+        try:
+            while step < total and not stop.requested:
+                if index >= data.num_batches(pc.batch_size, epoch):
+                    epoch, index = epoch + 1, 0
+                batch = data.batch(epoch, index, pc.batch_size)
+                t0 = time.perf_counter()
+                rec = _train_step(model, grads, batch, pc, step, last_ck)
+                lr = learning_rate(step, pc.lr, total, warmup, pc.schedule)
+                updating = True  # params are half-updated until the step is counted
+                opt.step(model.params, grads, lr)
+                step += 1
+                index += 1
+                updating = False
+                dt = time.perf_counter() - t0
+                ntok = int(batch["attention_mask"].sum())
+                tokens_seen += ntok
+                rd.log(step=step, **rec, lr=lr, tokens_per_s=ntok / dt, epoch=epoch,
                        elapsed=time.time() - t_start)
-            log.write(**rec)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", mlm_acc=f"{rec['mlm_acc']:.3f}",
+                                    sop_acc=f"{rec['sop_acc']:.2f}", tok_s=f"{ntok / dt:.0f}")
+                    bar.update(1)
+                if pc.eval_every and step % pc.eval_every == 0:
+                    ev, ev_step = run_eval(), step
+                    if bar is not None and ev:
+                        bar.write(f"step {step}: held-out MLM loss {ev['mlm_loss']:.3f} (unigram "
+                                  f"{unigram:.3f}), MLM acc {ev['mlm_acc']:.3f}, SOP acc "
+                                  f"{ev['sop_acc']:.3f}")
+                if pc.save_every and step % pc.save_every == 0:
+                    last_ck = checkpoint()
+                if pc.stop_after is not None and step >= pc.stop_after:
+                    interrupted = True
+                    break
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once
             if bar is not None:
-                bar.set_postfix(loss=f"{loss:.3f}", mlm_acc=f"{rec['mlm_acc']:.3f}",
-                                sop_acc=f"{rec['sop_acc']:.2f}", tok_s=f"{ntok / dt:.0f}")
-                bar.update(1)
-            if pc.eval_every and step % pc.eval_every == 0:
-                ev, ev_step = run_eval(), step
-                if bar is not None and ev:
-                    bar.write(f"step {step}: held-out MLM loss {ev['mlm_loss']:.3f} (unigram "
-                              f"{unigram:.3f}), MLM acc {ev['mlm_acc']:.3f}, SOP acc "
-                              f"{ev['sop_acc']:.3f}")
-            if pc.save_every and step % pc.save_every == 0:
-                last_ck = checkpoint()
-            if pc.stop_after is not None and step >= pc.stop_after:
-                interrupted = True
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-        print("\ninterrupted: saving a checkpoint (resume with --resume)", flush=True)
-    finally:
+                bar.close()
+            if updating:
+                ck = latest_name(out)
+                print(f"\nstopped at once inside step {step + 1}: not saved; the last "
+                      f"checkpoint is {out / ck if ck else 'none'}", file=sys.stderr)
+                return dict(interrupted=True, step=step, checkpoint=None, exit_code=130)
+            interrupted = hard = True
         if bar is not None:
             bar.close()
-    last_ck = checkpoint()
+        interrupted = interrupted or (stop.requested and step < total)
+        last_ck = checkpoint()
     if interrupted:
-        return dict(interrupted=True, step=step, checkpoint=str(last_ck))
+        code = stop.exit_code if stop.requested else 130 if hard else 0
+        say(f"interrupted at step {step}: checkpoint {last_ck} (continue with --resume)")
+        return dict(interrupted=True, step=step, checkpoint=str(last_ck), exit_code=code)
     if ev_step != step:  # not evaluated at this step yet
         ev = run_eval()
     wall = time.time() - t_start
@@ -379,7 +408,7 @@ def pretrain(pc=None, resume=False, **overrides):
                    unigram_cross_entropy=unigram, heldout=ev, python=corpus.info.get("python"),
                    corpus_sha256=corpus.checksum, threads=kernels.get_threads(),
                    optimizer=pc.optimizer, lr=pc.lr)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    rd.write_summary(summary)
     png = plot_curves(out / "log.jsonl", out / "curves.png")
     say(f"done: {step} steps in {wall / 60:.1f} min ({summary['tokens_per_s']:.0f} tokens/s)")
     if ev:
@@ -451,14 +480,14 @@ def _cmd_pretrain(args):
     kw = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if args.no_progress:
         kw["progress"] = False
-    if "time_budget" in kw and "steps" not in kw:
+    if not args.resume and "time_budget" in kw and "steps" not in kw:
         kw["steps"] = None
     try:
-        s = pretrain(PretrainConfig(**kw), resume=args.resume)
+        s = pretrain(resume=args.resume, overwrite=args.overwrite, **kw)
     except TrainingError as e:
         print(f"minialbert: error: {e}", file=sys.stderr)
         return 3
-    return 0 if s else 1
+    return s.get("exit_code", 0) if s and s.get("interrupted") else 0
 
 
 def _cmd_evaluate(args):
@@ -511,9 +540,16 @@ def add_commands(sub):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--save-every", type=int, default=None)
+    p.add_argument("--eval-batches", type=int, default=None)
     p.add_argument("--mlm-path", default=None, choices=["masked", "all"])
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (the "
+                   "options --steps, --lr, --warmup, --schedule, --clip, --weight-decay, "
+                   "--eval-every, --eval-batches, --save-every, --micro-batches, --mlm-path "
+                   "may change; the log records it)")
+    p.add_argument("--overwrite", action="store_true", help="start over in an --out that "
+                   "holds a run (its checkpoints and log are removed)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary "
+                   "is still printed)")
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="held-out MLM and SOP metrics of a checkpoint")
