@@ -255,6 +255,14 @@ def load_checkpoint(path, dtype=np.float32):
     return config, {k: params[k] for k in expected}, state, opt, ck
 
 
+def check_finite(params, source):
+    """NaN or infinite weights are a broken checkpoint, not a model to print nan from."""
+    bad = [k for k, v in params.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source}: {len(bad)} weight tensor(s) hold NaN or infinity "
+                              f"({', '.join(bad[:3])}): the checkpoint is broken")
+
+
 def load_tokenizer(ck, expected_vocab=None):
     from .tokenizer import AlbertTokenizer
 

@@ -116,6 +116,8 @@ class Corpus:
         """(train, held-out) by document, decided by a hash of the document's name: the
         same document always lands on the same side, whatever else the corpus holds."""
         held = [zlib.crc32(n.encode("utf-8")) / 2**32 < heldout_fraction for n in self.names]
+        if all(held):  # every document hashed to the held-out side (one or two documents):
+            held = [False] * len(held)  # train on them; there is nothing to hold out
         pick = lambda flag: Corpus([d for d, h in zip(self.documents, held) if h == flag],  # noqa: E731
                                    [n for n, h in zip(self.names, held) if h == flag],
                                    self.source, {k: v for k, v in self.info.items()
@@ -185,8 +187,17 @@ def _files(paths, pattern):
         p = pathlib.Path(p)
         if p.is_dir():
             found = sorted(q for q in p.rglob(pattern) if q.is_file())
+            other = sorted(q for q in p.rglob("*") if q.is_file() and q not in set(found)
+                           and not any(part.startswith(".") for part in q.relative_to(p).parts))
             if not found:
-                raise CorpusError(f"{p}: a folder with no {pattern} files")
+                raise CorpusError(f"{p}: a folder with no {pattern} files" + (
+                    f" ({len(other)} other files, e.g. {other[0].name}; name files to read "
+                    "them whatever their suffix)" if other else ""))
+            if other:
+                print(f"note: {p}: read {len(found)} {pattern} files, skipped {len(other)} "
+                      f"others ({', '.join(q.name for q in other[:3])}"
+                      f"{', …' if len(other) > 3 else ''}); name files to read them",
+                      file=sys.stderr)
             out += found
         elif p.is_file():
             out.append(p)

@@ -146,6 +146,10 @@ def read_weights(folder, allow_pickle=False):
                             "Hugging Face model folder?)")
 
 
+CORE_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+              "intermediate_size")
+
+
 def read_config(folder):
     folder = pathlib.Path(folder)
     if not (folder / "config.json").exists():
@@ -154,8 +158,14 @@ def read_config(folder):
         d = json.loads((folder / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HFCheckpointError(f"{folder}/config.json: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise HFCheckpointError(f"{folder}/config.json: not a JSON object")
     if d.get("model_type", "albert") != "albert":
         raise HFCheckpointError(f"{folder}: model_type is {d['model_type']!r}, not 'albert'")
+    missing = [k for k in CORE_SIZES if k not in d]
+    if missing:  # AlbertConfig's defaults are xxlarge's: a silent 4096 would mislead
+        raise HFCheckpointError(f"{folder}/config.json has no {', '.join(missing)}: the model's "
+                                "sizes must be written out")
     return d
 
 

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from .checkpoint import check_tokenizer, load_checkpoint
+from .checkpoint import check_finite, check_tokenizer, load_checkpoint
 from .heads import model_class
 from .hf import LoadReport, assemble, from_pretrained, is_hf_folder, load_tokenizer
 
@@ -32,10 +32,12 @@ def load_model(path, head=None, seed=0, ignore_mismatched_sizes=False, **config_
                                         verbose=False,
                                         ignore_mismatched_sizes=ignore_mismatched_sizes,
                                         **config_overrides)
+        check_finite(model.params, path)
         tok = load_tokenizer(path)
         check_tokenizer(tok, model.config.vocab_size)
         return model, tok, report
     cfg, params, state, _, ck = load_checkpoint(path)
+    check_finite(params, ck)
     from .checkpoint import load_tokenizer as load_ck_tokenizer
 
     tok = load_ck_tokenizer(ck, cfg.vocab_size)
@@ -47,6 +49,47 @@ def load_model(path, head=None, seed=0, ignore_mismatched_sizes=False, **config_
     report = LoadReport(str(ck), head)
     params = assemble(cfg, head, params, report, seed, np.float32, ignore_mismatched_sizes)
     return model_class(head)(cfg, params=params), tok, report
+
+
+def needs_head(model, heads, what):
+    """A clear error when ``model`` lacks the head a command needs."""
+    if model.head not in heads:
+        from .heads import model_class
+        names = " or ".join(model_class(h).__name__ for h in heads)
+        raise ValueError(f"{what} needs {names}; this checkpoint holds "
+                         f"{type(model).__name__} (head {model.head!r})")
+
+
+def fill_mask(model, tok, text, top_k=5):
+    """Top-k (token, probability) for every [MASK] in the text: what transformers'
+    fill-mask pipeline gives (softmax over the vocabulary at each [MASK]; the token as
+    the tokenizer decodes it alone). The model: AlbertForPreTraining or AlbertForMaskedLM."""
+    needs_head(model, ("pretraining", "masked_lm"), "fill-mask")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    enc = tok(text)
+    ids = np.array([enc["input_ids"]])
+    pos = np.flatnonzero(ids[0] == tok.mask_token_id)
+    if not len(pos):
+        hint = " ([MASK] is case-sensitive: write [MASK], not [mask])" \
+            if "[mask]" in text.lower() else ""
+        raise ValueError(f"no [MASK] in {text!r}{hint}")
+    P = model.config.max_position_embeddings
+    if ids.shape[1] > P:
+        raise ValueError(f"{text[:40]!r}…: {ids.shape[1]} tokens, more than the model's {P} "
+                         f"positions" + (f" (a [MASK] is at token {pos[-1]})" if pos[-1] >= P else ""))
+    labels = np.full_like(ids, -100)
+    labels[0, pos] = 0
+    kw = {"sentence_order_label": np.zeros(1, np.int64)} if model.head == "pretraining" else {}
+    out, _ = model.forward(ids, np.array([enc["token_type_ids"]]), labels=labels,
+                           mlm_path="masked", **kw)
+    p = _softmax(out["prediction_logits" if model.head == "pretraining" else "logits"])
+    res = []
+    for row in p:
+        top = np.argsort(-row, kind="stable")[:top_k]
+        res.append([(tok.decode([int(i)]) or tok.id_to_piece(int(i)), float(row[i]))
+                    for i in top])
+    return res
 
 
 def _softmax(z):
@@ -124,9 +167,6 @@ class Predictor:
         return res
 
     def fill_mask(self, text, top_k=5):
-        from .train import fill_mask
-        if self.model.head not in ("pretraining", "masked_lm"):
-            raise ValueError("fill_mask needs a model with the MLM head (pretraining or masked_lm)")
         return fill_mask(self.model, self.tok, text, top_k)
 
     def answer(self, question, context, max_answer_length=30, doc_stride=48):
@@ -216,7 +256,32 @@ def _cmd_answer(args):
     return 0
 
 
+def _cmd_fill_mask(args):
+    model, tok, _ = load_model(args.checkpoint)
+    needs_head(model, ("pretraining", "masked_lm"), "fill-mask")
+    failed = 0
+    for text in args.text:
+        try:
+            res = fill_mask(model, tok, text, args.top_k)
+        except ValueError as e:
+            print(f"minialbert: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(text)
+        for i, cands in enumerate(res):
+            print(f"  [MASK] #{i + 1}: " + ", ".join(f"{t!r} {p:.3f}" for t, p in cands))
+    return 2 if failed else 0
+
+
 def add_commands(sub):
+    p = sub.add_parser("fill-mask", help="top-k tokens for each [MASK] (a pretraining or "
+                       "masked-LM checkpoint: ours or a Hugging Face folder)")
+    p.add_argument("--checkpoint", required=True, help="minialbert run/checkpoint or Hugging "
+                   "Face folder")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("text", nargs="+")
+    p.set_defaults(func=_clear_errors(_cmd_fill_mask))
+
     p = sub.add_parser("embed", help="sentence embeddings (mean / [CLS] / pooler) of texts")
     p.add_argument("--checkpoint", required=True, help="minialbert run/checkpoint or Hugging "
                    "Face folder")
@@ -243,4 +308,4 @@ def add_commands(sub):
     p.set_defaults(func=_clear_errors(_cmd_answer))
 
 
-__all__ = ["Predictor", "load_model"]
+__all__ = ["Predictor", "load_model", "fill_mask"]

@@ -64,6 +64,32 @@ def preprocess(text, lower=True, remove_space=True, keep_accents=False):
     return text
 
 
+MAX_LINE_BYTES = 1 << 15  # SentencePiece silently skips longer training lines
+
+
+def _chunks(line, limit):
+    """A line longer than ``limit`` bytes in UTF-8, cut at spaces (or anywhere, if a piece
+    has none) into lines that are not — SentencePiece would skip it whole."""
+    if len(line.encode("utf-8")) <= limit:
+        return [line]
+    out, cur, size = [], [], 0
+    for word in line.split(" "):
+        wb = len(word.encode("utf-8")) + 1
+        if size + wb > limit and cur:
+            out.append(" ".join(cur))
+            cur, size = [], 0
+        while wb > limit:  # one "word" longer than the limit: cut by characters
+            cut = limit // 4
+            out.append(word[:cut])
+            word = word[cut:]
+            wb = len(word.encode("utf-8")) + 1
+        cur.append(word)
+        size += wb
+    if cur:
+        out.append(" ".join(cur))
+    return [c for c in out if c]
+
+
 def train_tokenizer(sentences, vocab_size, out_dir=None, character_coverage=0.99995,
                     lower=True, keep_accents=False):
     """Train a unigram SentencePiece model with albert-v2's settings on an iterable of
@@ -71,7 +97,7 @@ def train_tokenizer(sentences, vocab_size, out_dir=None, character_coverage=0.99
     ``out_dir/spiece.model`` if out_dir is given. Deterministic for a given input."""
     spm = _spm()
     lines = [preprocess(s, lower, True, keep_accents) for s in sentences]
-    lines = [l for l in lines if l]
+    lines = [c for l in lines if l for c in _chunks(l, MAX_LINE_BYTES)]
     if not lines:
         raise TokenizerError("cannot train a tokenizer on an empty corpus")
     buf = io.BytesIO()

@@ -1,5 +1,5 @@
-"""Pretraining: the loop, evaluation, checkpoints and exact resume; `minialbert pretrain`,
-`evaluate` and `fill-mask`.
+"""Pretraining: the loop, evaluation, checkpoints and exact resume; `minialbert pretrain`
+and `evaluate` (fill-mask is in inference.py).
 
 One step: a batch (a pure function of seed, epoch and index: data.py), forward and
 backward in micro-batches (their gradients add up), a NaN check, global-norm clipping,
@@ -423,53 +423,44 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
 
 def load_pretrained(path):
     """-> (AlbertForPreTraining, AlbertTokenizer, state) from a run or checkpoint folder."""
-    from .checkpoint import load_tokenizer
+    from .checkpoint import check_finite, load_tokenizer
 
     cfg, params, state, _, ck = load_checkpoint(path)
+    head = state.get("head", "pretraining")
+    if head != "pretraining":
+        raise CheckpointError(f"{ck} holds a fine-tuned model (head {head!r}); this needs a "
+                              "pretraining checkpoint (minialbert pretrain's run folder)")
+    check_finite(params, ck)
     tok = load_tokenizer(ck, cfg.vocab_size)
     check_tokenizer(tok, cfg.vocab_size, state.get("tokenizer_sha256"))
     return AlbertForPreTraining(cfg, params=params), tok, state
 
 
-def fill_mask(model, tok, text, top_k=5):
-    """Top-k predictions (token, probability) for every [MASK] in the text."""
-    enc = tok(text, max_length=model.config.max_position_embeddings)
-    ids = np.array([enc["input_ids"]])
-    pos = np.flatnonzero(ids[0] == tok.mask_token_id)
-    if not len(pos):
-        raise ValueError("the text has no [MASK]")
-    labels = np.full_like(ids, -100)
-    labels[0, pos] = 0
-    out, _ = model.forward(ids, np.array([enc["token_type_ids"]]), labels=labels,
-                           sentence_order_label=np.zeros(1, np.int64), mlm_path="masked")
-    z = out["prediction_logits"].astype(np.float64)
-    p = np.exp(z - z.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    res = []
-    for row in p:
-        top = np.argsort(-row)[:top_k]
-        res.append([(tok.id_to_piece(i).replace("▁", " ").strip() or "▁", float(row[i]))
-                    for i in top])
-    return res
-
-
-def evaluate_checkpoint(path, corpus=None, fmt="auto", batches=None, batch_size=32):
+def evaluate_checkpoint(path, corpus=None, fmt="auto", batches=None, batch_size=None):
+    """Held-out metrics of a pretraining checkpoint, by default on the very set its run
+    evaluated on (the run's corpus, held-out fraction, sequence length, seed, batch size
+    and number of batches): the numbers agree with the run's own log. The dict says which
+    set it used (``set``)."""
     model, tok, state = load_pretrained(path)
-    run = state.get("run", {})
-    c = load_corpus(corpus if corpus is not None else run.get("corpus"), fmt)
+    run = dict(dataclasses.asdict(PretrainConfig()), **state.get("run", {}))
+    c = load_corpus(corpus if corpus is not None else run["corpus"], fmt if corpus else run["format"])
     if corpus is None and c.checksum != state.get("corpus_sha256", c.checksum):
         print("warning: the corpus differs from the one the checkpoint was trained on",
               file=sys.stderr)
-    train_c, held_c = c.split(run.get("heldout_fraction", 0.05))
-    seq = run.get("seq_len", 128)
+    train_c, held_c = c.split(run["heldout_fraction"])
+    seq, bs = run["seq_len"], batch_size or run["batch_size"]
     if seq > model.config.max_position_embeddings:
         raise DataError(f"seq_len {seq} is longer than max_position_embeddings")
-    held = PretrainingData(tokenize_corpus(held_c, tok), tok, seq, seed=run.get("seed", 0) + 1)
-    n = held.num_batches(batch_size) if batches is None else min(batches, held.num_batches(batch_size))
-    bs = [held.batch(0, i, batch_size) for i in range(n)]
-    ev = evaluate_batches(model, bs)
+    held = PretrainingData(tokenize_corpus(held_c, tok), tok, seq, seed=run["seed"] + 1)
+    n = min(run["eval_batches"] if batches is None else batches, held.num_batches(bs))
+    if n < 1:
+        raise DataError(f"the held-out split has fewer instances than one batch of {bs}")
+    eval_set = [held.batch(0, i, bs) for i in range(n)]
+    ev = evaluate_batches(model, eval_set, run["mlm_path"])
     ev["unigram_cross_entropy"] = unigram_cross_entropy(
-        tokenize_corpus(train_c, tok).tokens, model.config.vocab_size, bs)
+        tokenize_corpus(train_c, tok).tokens, model.config.vocab_size, eval_set)
+    ev["set"] = (f"{n} batches of {bs} × {seq} from the held-out {run['heldout_fraction']:g} "
+                 f"of {c.info.get('source')} (seed {run['seed'] + 1})")
     return ev
 
 
@@ -492,24 +483,11 @@ def _cmd_pretrain(args):
 
 def _cmd_evaluate(args):
     ev = evaluate_checkpoint(args.checkpoint, args.corpus, args.format, args.batches)
+    print(f"evaluated on {ev['set']}")
     print(f"held-out: MLM loss {ev['mlm_loss']:.3f} (unigram baseline "
           f"{ev['unigram_cross_entropy']:.3f}), perplexity {ev['perplexity']:.1f}, MLM accuracy "
           f"{ev['mlm_acc']:.3f} over {ev['predictions']} predictions; SOP accuracy "
           f"{ev['sop_acc']:.3f} over {ev['pairs']} pairs")
-    return 0
-
-
-def _cmd_fill_mask(args):
-    model, tok, _ = load_pretrained(args.checkpoint)
-    for text in args.text:
-        try:
-            res = fill_mask(model, tok, text, args.top_k)
-        except ValueError as e:
-            print(f"minialbert: error: {e}", file=sys.stderr)
-            return 2
-        print(text)
-        for i, cands in enumerate(res):
-            print(f"  [MASK] #{i + 1}: " + ", ".join(f"{t!r} {p:.3f}" for t, p in cands))
     return 0
 
 
@@ -558,9 +536,3 @@ def add_commands(sub):
     p.add_argument("--format", default="auto")
     p.add_argument("--batches", type=int, default=None)
     p.set_defaults(func=_cmd_evaluate)
-
-    p = sub.add_parser("fill-mask", help="top-k tokens for each [MASK]")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("text", nargs="+")
-    p.set_defaults(func=_cmd_fill_mask)

@@ -180,3 +180,47 @@ def test_cli_tokenizer_train_and_data_show(tmp_path, capsys):
     assert cli(["tokenizer", "train", "--corpus", str(tmp_path / "missing.txt"), "--out",
                 str(tmp_path / "t2")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def _truncate_one_at_a_time(a, b, max_num_tokens, rng):
+    """The original algorithm (google-research/albert's truncate_seq_pair), quadratic."""
+    while len(a) + len(b) > max_num_tokens:
+        longer = a if len(a) > len(b) else b
+        if rng.random() < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 60), st.integers(0, 60), st.integers(0, 80), st.integers(0, 2**31))
+def test_truncate_seq_pair_equals_the_original(la, lb, budget, seed):
+    import random
+    from minialbert.data import truncate_seq_pair
+    a, b = list(range(la)), list(range(100, 100 + lb))
+    a2, b2 = list(a), list(b)
+    truncate_seq_pair(a, b, budget, random.Random(seed))
+    _truncate_one_at_a_time(a2, b2, budget, random.Random(seed))
+    assert (a, b) == (a2, b2)
+
+
+def test_a_two_million_token_segment_is_truncated_in_linear_time():
+    import random
+    import time
+    from minialbert.data import truncate_seq_pair
+    a, b = list(range(2_000_000)), [1, 2, 3]
+    t0 = time.perf_counter()
+    truncate_seq_pair(a, b, 61, random.Random(0))
+    assert len(a) + len(b) == 61 and time.perf_counter() - t0 < 20
+
+
+def test_lines_longer_than_sentencepiece_reads_are_cut_not_dropped():
+    from minialbert.tokenizer import MAX_LINE_BYTES, _chunks, train_tokenizer
+    words = [f"w{i % 500}x" for i in range(40000)]
+    line = " ".join(words)  # ~240 KB, one line: SentencePiece alone would skip it
+    chunks = _chunks(line, MAX_LINE_BYTES)
+    assert len(chunks) > 1 and " ".join(chunks) == line
+    assert all(len(c.encode()) <= MAX_LINE_BYTES for c in chunks)
+    assert all(len(c.encode()) <= 100 for c in _chunks("é" * 1000, 100))
+    tok = train_tokenizer([line], 60)  # before: SentencePiece's 'sentences_.empty()'
+    assert tok.vocab_size == 60

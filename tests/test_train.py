@@ -8,7 +8,8 @@ import pytest
 from minialbert.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minialbert.cli import main as cli
 from minialbert.data import DataError
-from minialbert.train import PretrainConfig, TrainingError, fill_mask, load_pretrained, pretrain
+from minialbert.inference import fill_mask
+from minialbert.train import PretrainConfig, TrainingError, load_pretrained, pretrain
 
 SMALL = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
              embedding_size=16)
@@ -134,3 +135,31 @@ def test_fill_mask_and_cli(tmp_path, capsys):
     assert cli(["fill-mask", "--checkpoint", str(tmp_path / "run"), "no mask"]) == 2
     assert cli(["evaluate", "--checkpoint", str(tmp_path / "run"), "--batches", "1"]) == 0
     assert "SOP accuracy" in capsys.readouterr().out
+
+
+def test_evaluate_uses_the_runs_own_set_and_agrees_with_it(tmp_path, capsys):
+    from minialbert.train import evaluate_checkpoint
+    s = pretrain(cfg(tmp_path, steps=3, save_every=3, eval_every=3))
+    ev = evaluate_checkpoint(tmp_path / "run")
+    for k in ("mlm_loss", "mlm_acc", "sop_acc", "predictions", "pairs"):
+        assert ev[k] == pytest.approx(s["heldout"][k], rel=1e-6), k
+    assert ev["unigram_cross_entropy"] == pytest.approx(s["unigram_cross_entropy"], rel=1e-9)
+    assert cli(["evaluate", "--checkpoint", str(tmp_path / "run")]) == 0
+    assert "evaluated on 2 batches of 8 × 32" in capsys.readouterr().out
+
+
+def test_no_progress_still_prints_the_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(["pretrain", "--out", str(out), "--steps", "2", "--seq-len", "32", "--batch-size",
+                "8", "--vocab-size", "1000", "--preset", "tiny", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "1 shared layer × 4 applications" in text
+    assert f"checkpoint: {out}" in text and "done: 2 steps" in text
+
+
+def test_a_corpus_folder_says_which_files_it_skipped(tmp_path, capsys):
+    from minialbert.corpus import read_corpus
+    (tmp_path / "a.txt").write_text("One sentence here. Another one there.\n")
+    (tmp_path / "b.md").write_text("# not read\n")
+    read_corpus(tmp_path)
+    assert "skipped 1 others (b.md)" in capsys.readouterr().err

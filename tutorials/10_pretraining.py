@@ -18,8 +18,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import OUT, QUICK, write_table  # noqa: E402
 
-from minialbert.train import (PretrainConfig, evaluate_checkpoint, fill_mask,  # noqa: E402
-                              load_pretrained, pretrain)
+from minialbert.inference import fill_mask  # noqa: E402
+from minialbert.train import PretrainConfig, evaluate_checkpoint, load_pretrained, pretrain  # noqa: E402
 
 # the run's own folder (checkpoints, token cache) stays out of the book: runs/ is ignored by git
 run = (OUT / "10_run") if QUICK else pathlib.Path(__file__).resolve().parents[1] / "runs" / "tutorial10"
@@ -82,7 +82,8 @@ write_table("10_fill_mask.md", ["text", "top 5 for [MASK]"], rows)
 # ## Evaluating the checkpoint from disk gives the same numbers
 
 # %%
-ev2 = evaluate_checkpoint(run, batches=pc.eval_batches, batch_size=pc.batch_size)
+ev2 = evaluate_checkpoint(run)  # by default on the run's own held-out set
+print(ev2["set"])
 print({k: round(v, 4) for k, v in ev2.items() if isinstance(v, float)})
 assert abs(ev2["mlm_loss"] - ev["mlm_loss"]) < 1e-5
 
