@@ -1,11 +1,18 @@
-"""The `minialbert` command.
+"""The `minialbert` command (`minialbert COMMAND --help` for each one's options).
 
     minialbert demo                          gradient checks + matmul vs BLAS
     minialbert tokenizer train ...           a SentencePiece model with albert-v2's settings
     minialbert data show ...                 what the model sees: segments, masks, labels
     minialbert pretrain ...                  pretrain on the embedded corpus or your files
     minialbert evaluate --checkpoint DIR     held-out MLM accuracy/perplexity, SOP accuracy
+    minialbert finetune ...                  a classifier, regressor or SQuAD reader
     minialbert fill-mask --checkpoint DIR "text with [MASK]"
+    minialbert embed / classify / answer --checkpoint DIR ...
+    minialbert convert SRC DST               Hugging Face folder <-> minialbert checkpoint
+
+Every --checkpoint takes a minialbert run or checkpoint folder or a Hugging Face folder.
+Exit status: 0 done, 2 bad input (one line says what), 3 training stopped (NaN),
+130 / 143 interrupted by Ctrl-C / SIGTERM after saving a checkpoint.
 """
 import argparse
 import sys
@@ -110,13 +117,17 @@ def cmd_data_show(args):
 # ------------------------------------------------------------------------------ main
 
 def build_parser():
+    from .options import Help, nonneg_int, positive_int
+
     ap = argparse.ArgumentParser(prog="minialbert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="gradient checks and the matmul benchmark, as a table")
+    p = sub.add_parser("demo", formatter_class=Help,
+                       help="gradient checks and the matmul benchmark, as a table")
     p.add_argument("--quick", action="store_true", help="fewer sizes")
-    p.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="Numba threads (default: all)")
     p.set_defaults(func=cmd_demo)
 
     def corpus_args(p):
@@ -126,25 +137,28 @@ def build_parser():
                        help="lines: a sentence per line, blank line between documents; "
                             "text: wrapped prose, a paragraph per document")
 
-    p = sub.add_parser("tokenizer", help="tokenizer commands")
+    p = sub.add_parser("tokenizer", help="tokenizer commands: train")
     tsub = p.add_subparsers(dest="tcommand", required=True)
-    t = tsub.add_parser("train", help="train a SentencePiece model with albert-v2's settings")
+    t = tsub.add_parser("train", formatter_class=Help,
+                        help="train a SentencePiece model with albert-v2's settings")
     corpus_args(t)
-    t.add_argument("--vocab-size", type=int, default=4000)
-    t.add_argument("--out", required=True)
+    t.add_argument("--vocab-size", type=positive_int, default=4000, help="pieces")
+    t.add_argument("--out", required=True, help="the folder to write spiece.model into")
     t.set_defaults(func=cmd_tokenizer_train)
 
-    p = sub.add_parser("data", help="data commands")
+    p = sub.add_parser("data", help="data commands: show")
     dsub = p.add_subparsers(dest="dcommand", required=True)
-    d = dsub.add_parser("show", help="print a few pretraining instances, masks made visible")
+    d = dsub.add_parser("show", formatter_class=Help,
+                        help="print a few pretraining instances, masks made visible")
     corpus_args(d)
     d.add_argument("--tokenizer", default=None, help="folder with spiece.model "
                    "(default: train one on the corpus)")
-    d.add_argument("--vocab-size", type=int, default=4000)
-    d.add_argument("--seq-len", type=int, default=64)
-    d.add_argument("-n", type=int, default=3)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--epoch", type=int, default=0)
+    d.add_argument("--vocab-size", type=positive_int, default=4000,
+                   help="pieces of the tokenizer trained on the corpus")
+    d.add_argument("--seq-len", type=positive_int, default=64, help="tokens per instance")
+    d.add_argument("-n", type=positive_int, default=3, help="instances to show")
+    d.add_argument("--seed", type=nonneg_int, default=0, help="seeds the data order and masks")
+    d.add_argument("--epoch", type=nonneg_int, default=0, help="which epoch's instances")
     d.set_defaults(func=cmd_data_show)
 
     from . import finetune, hf, inference, train  # commands live beside the code they drive
@@ -161,6 +175,7 @@ def main(argv=None):
     from .corpus import CorpusError
     from .data import DataError
     from .hf import HFCheckpointError
+    from .options import OptionError
     from .tasks import TaskError
     from .tokenizer import TokenizerError
 
@@ -170,7 +185,7 @@ def main(argv=None):
         print("\nminialbert: interrupted", file=sys.stderr)
         return 130
     except (CorpusError, TokenizerError, DataError, CheckpointError, UsageError,
-            HFCheckpointError, TaskError) as e:
+            HFCheckpointError, TaskError, OptionError) as e:
         print(f"minialbert: error: {e}", file=sys.stderr)
         return 2
 

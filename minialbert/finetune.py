@@ -253,6 +253,9 @@ def finetune(fc=None, resume=False, overwrite=False, **overrides):
     state, changed = None, {}
     if resume:
         cfg, params, state, opt_arrays, ck = load_checkpoint(out)
+        if "run" not in state or "optimizer" not in state:
+            raise CheckpointError(f"{ck} was not written by minialbert finetune (no run "
+                                  "settings or optimizer state): it cannot be resumed")
         fc, changed = resume_settings(FinetuneConfig, state["run"], given, RESUMABLE)
     say = print  # (progress=False turns off only the progress bar)
     task = build_task(fc)
@@ -388,32 +391,50 @@ def _cmd_finetune(args):
 
 
 def add_commands(sub):
+    from .options import (Help, fraction, nonneg_float, nonneg_int, positive_float,
+                          positive_int, settings_option, unit_interval)
+
     d = FinetuneConfig()
-    p = sub.add_parser("finetune", help="fine-tune on a TSV / SQuAD file or the embedded "
-                       "default task (which stdlib area a passage documents)")
-    p.add_argument("--out", default=d.out)
-    p.add_argument("--task", default=None, choices=["default", "tsv", "squad"])
-    p.add_argument("--train", default=None, help="training file (TSV or SQuAD JSON)")
-    p.add_argument("--dev", default=None, help="evaluation file (TSV or SQuAD JSON)")
+    p = sub.add_parser(
+        "finetune", formatter_class=Help,
+        help="fine-tune on a TSV / SQuAD file or the embedded default task (which stdlib area "
+        "a passage documents)",
+        epilog=f"default --lr {d.lr}: measured for the small pretrained preset (chapter 11); "
+        "for albert-base-sized models use 1e-5 to 5e-5, as the paper did.\nexamples:\n"
+        "  minialbert finetune --init runs/pretrain\n"
+        "  minialbert finetune --task tsv --train train.tsv --dev dev.tsv --init "
+        "path/to/albert-base-v2 --lr 3e-5")
+    p.add_argument("--out", default=d.out, help="the run folder")
+    opt = lambda *a, **k: settings_option(p, d, *a, **k)  # noqa: E731
+    opt("task", choices=["default", "tsv", "squad"], help="default: the embedded task")
+    opt("train", help="training file (TSV or SQuAD JSON)")
+    opt("dev", help="evaluation file (TSV or SQuAD JSON)")
     p.add_argument("--regression", action="store_true", default=None,
                    help="TSV labels are numbers (one output, MSE)")
-    p.add_argument("--text-column", default=None)
-    p.add_argument("--pair-column", default=None)
-    p.add_argument("--label-column", default=None)
-    p.add_argument("--init", default=None, help=f"pretrained weights: a minialbert run/checkpoint "
-                   f"or a Hugging Face folder (default {d.init})")
+    opt("text-column", help="TSV column of the text")
+    opt("pair-column", help="TSV column of the second text of a pair")
+    opt("label-column", help="TSV column of the label")
+    opt("init", help="pretrained weights: a minialbert run/checkpoint or a Hugging Face folder")
     p.add_argument("--from-scratch", action="store_true", default=None,
                    help="random weights of --init's shape, with its tokenizer")
-    for name, typ in (("seq-len", int), ("batch-size", int), ("micro-batches", int),
-                      ("epochs", float), ("lr", float), ("warmup", float),
-                      ("weight-decay", float), ("clip", float), ("layerwise-lr-decay", float),
-                      ("seed", int), ("threads", int), ("eval-every", int), ("save-every", int),
-                      ("doc-stride", int), ("max-query-length", int)):
-        p.add_argument(f"--{name}", type=typ, default=None)
-    p.add_argument("--optimizer", default=None, choices=["adamw", "lamb", "adam_weight_decay"])
-    p.epilog = (f"default --lr {d.lr}: measured for the small pretrained preset (chapter 11); "
-                "for albert-base-sized models use 1e-5 to 5e-5, as the paper did")
-    p.add_argument("--schedule", default=None, choices=["albert", "hf"])
+    opt("seq-len", positive_int, help="tokens per example")
+    opt("batch-size", positive_int, help="examples per step")
+    opt("micro-batches", positive_int, help="split each batch (gradient accumulation)")
+    opt("epochs", positive_float, help="passes over the training set")
+    opt("lr", positive_float, help="peak learning rate")
+    opt("warmup", fraction, help="fraction of the steps spent warming up")
+    opt("weight-decay", nonneg_float, help="decoupled weight decay")
+    opt("clip", positive_float, help="clip the gradients' global norm to this")
+    opt("layerwise-lr-decay", unit_interval, help="learning rate x decay^(depth from the "
+        "top) (1: off)")
+    opt("seed", nonneg_int, help="seeds the head, the data order and dropout")
+    opt("threads", positive_int, help="Numba threads (none: all cores)")
+    opt("eval-every", positive_int, help="evaluate every N steps (none: each epoch's end)")
+    opt("save-every", nonneg_int, help="checkpoint every N steps (0: at the end only)")
+    opt("doc-stride", positive_int, help="SQuAD: tokens between windows of a long context")
+    opt("max-query-length", positive_int, help="SQuAD: tokens kept of a question")
+    opt("optimizer", choices=["adamw", "lamb", "adam_weight_decay"], help="the optimizer")
+    opt("schedule", choices=["albert", "hf"], help="albert: polynomial decay; hf: linear")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (the "
                    "options --epochs, --lr, --warmup, --schedule, --clip, --weight-decay, "
                    "--eval-every, --save-every, --micro-batches, --layerwise-lr-decay may "

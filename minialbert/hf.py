@@ -382,11 +382,14 @@ def _cmd_convert(args):
 
 
 def add_commands(sub):
-    p = sub.add_parser("convert", help="a Hugging Face ALBERT folder <-> a minialbert "
+    from .options import Help
+
+    p = sub.add_parser("convert", formatter_class=Help, help="a Hugging Face ALBERT folder <-> a minialbert "
                        "checkpoint (the direction follows from what SRC is)")
     p.add_argument("src", help="a Hugging Face folder (config.json + model.safetensors) or a "
                    "minialbert run/checkpoint folder")
-    p.add_argument("dst")
+    p.add_argument("dst", help="the folder to write (a new or empty one, or a Hugging Face "
+                   "folder to replace)")
     p.add_argument("--head", default=None, help="load into this head (default: the folder's "
                    "architecture)")
     p.add_argument("--allow-pickle", action="store_true", help="read pytorch_model.bin "

@@ -149,9 +149,7 @@ class Predictor:
     def classify(self, texts, pairs=None, top_k=None):
         """Texts (or pairs) -> per text the labels with their probabilities, best first
         (a regression model returns its score)."""
-        if self.model.head != "sequence_classification":
-            raise ValueError(f"classify needs a sequence-classification model, this one is "
-                             f"{type(self.model).__name__}")
+        needs_head(self.model, ("sequence_classification",), "classify")
         if isinstance(texts, str):
             texts, pairs = [texts], None if pairs is None else [pairs]
         res = []
@@ -172,8 +170,7 @@ class Predictor:
     def answer(self, question, context, max_answer_length=30, doc_stride=48):
         """The best span of ``context`` answering ``question`` (windows over long contexts)."""
         from .tasks import QAExample, qa_decode, qa_features
-        if self.model.head != "question_answering":
-            raise ValueError("answer needs a question-answering model")
+        needs_head(self.model, ("question_answering",), "answer")
         ex = [QAExample("q", question, context, [])]
         feats, meta = qa_features(ex, self.tok, min(self.max_length, 384), doc_stride,
                                   train=False)
@@ -274,36 +271,43 @@ def _cmd_fill_mask(args):
 
 
 def add_commands(sub):
-    p = sub.add_parser("fill-mask", help="top-k tokens for each [MASK] (a pretraining or "
+    from .options import Help, positive_int
+
+    p = sub.add_parser("fill-mask", formatter_class=Help, help="top-k tokens for each [MASK] (a pretraining or "
                        "masked-LM checkpoint: ours or a Hugging Face folder)")
     p.add_argument("--checkpoint", required=True, help="minialbert run/checkpoint or Hugging "
                    "Face folder")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("text", nargs="+")
+    p.add_argument("--top-k", type=positive_int, default=5, help="candidates per [MASK]")
+    p.add_argument("text", nargs="+", help="texts with [MASK] (case-sensitive)")
     p.set_defaults(func=_clear_errors(_cmd_fill_mask))
 
-    p = sub.add_parser("embed", help="sentence embeddings (mean / [CLS] / pooler) of texts")
+    p = sub.add_parser("embed", formatter_class=Help, help="sentence embeddings (mean / [CLS] / pooler) of texts")
     p.add_argument("--checkpoint", required=True, help="minialbert run/checkpoint or Hugging "
                    "Face folder")
-    p.add_argument("--pooling", default="mean", choices=["mean", "cls", "pooler"])
-    p.add_argument("--head", default=None)
+    p.add_argument("--pooling", default="mean", choices=["mean", "cls", "pooler"],
+                   help="mean of the tokens, the [CLS] state, or the pooler's tanh([CLS])")
+    p.add_argument("--head", default=None, help="load into this head (default: the "
+                   "checkpoint's own)")
     p.add_argument("--out", default=None, help="save the [N, H] array as .npy")
     p.add_argument("--attentions", default=None, help="save attention maps to this .npz")
-    p.add_argument("text", nargs="+")
+    p.add_argument("text", nargs="+", help="texts to embed")
     p.set_defaults(func=_clear_errors(_cmd_embed))
 
-    p = sub.add_parser("classify", help="labels of texts with a fine-tuned classifier")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--top-k", type=int, default=3)
+    p = sub.add_parser("classify", formatter_class=Help,
+                       help="labels of texts with a fine-tuned classifier")
+    p.add_argument("--checkpoint", required=True, help="a fine-tuned classifier: minialbert "
+                   "run/checkpoint or Hugging Face folder")
+    p.add_argument("--top-k", type=positive_int, default=3, help="labels shown per text")
     p.add_argument("--attentions", default=None, help="save attention maps to this .npz")
-    p.add_argument("text", nargs="+")
+    p.add_argument("text", nargs="+", help="texts to classify")
     p.set_defaults(func=_clear_errors(_cmd_classify))
 
-    p = sub.add_parser("answer", help="answer a question from a passage (a fine-tuned QA model)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--question", required=True)
-    p.add_argument("--context", default=None)
-    p.add_argument("--context-file", default=None)
+    p = sub.add_parser("answer", formatter_class=Help,
+                       help="answer a question from a passage (a fine-tuned QA model)")
+    p.add_argument("--checkpoint", required=True, help="a fine-tuned question-answering model")
+    p.add_argument("--question", required=True, help="the question")
+    p.add_argument("--context", default=None, help="the passage")
+    p.add_argument("--context-file", default=None, help="a UTF-8 file holding the passage")
     p.add_argument("--attentions", default=None, help="save attention maps to this .npz")
     p.set_defaults(func=_clear_errors(_cmd_answer))
 

@@ -26,6 +26,7 @@ from .config import AlbertConfig, preset
 from .corpus import load_corpus
 from .data import DataError, PretrainingData, tokenize_corpus
 from .model import AlbertForPreTraining, zeros_like_params
+from .options import OptionError
 from .optim import clip_by_global_norm, learning_rate, make_optimizer, no_decay
 
 
@@ -163,14 +164,35 @@ def plot_curves(log_path, png_path):
 
 # ------------------------------------------------------------------------------ pretrain
 
+def check_settings(pc):
+    """What cannot work, said before anything runs (the CLI has checked each number)."""
+    if pc.batch_size < 1 or pc.micro_batches < 1 or pc.batch_size % pc.micro_batches:
+        raise OptionError(f"--micro-batches {pc.micro_batches} does not divide --batch-size "
+                          f"{pc.batch_size}")
+    if pc.steps is not None and pc.steps < 1:
+        raise OptionError(f"--steps must be a positive integer, got {pc.steps}")
+    if pc.steps is None and not (pc.time_budget and pc.time_budget > 0):
+        raise OptionError("give --steps or a positive --time-budget")
+    if not (pc.lr > 0 and math.isfinite(pc.lr)) or not pc.clip > 0:
+        raise OptionError(f"--lr and --clip must be positive (got {pc.lr}, {pc.clip})")
+
+
 def _model_config(pc, vocab_size):
     if pc.config:
-        cfg = AlbertConfig.load(pc.config)
+        if not pathlib.Path(pc.config).is_file():
+            raise OptionError(f"--config {pc.config}: no such file")
+        try:
+            cfg = AlbertConfig.load(pc.config)
+        except (ValueError, TypeError) as e:
+            raise OptionError(f"--config {pc.config}: {e}") from None
         if cfg.vocab_size != vocab_size:
             raise CheckpointError(f"{pc.config} says vocab_size={cfg.vocab_size}, but the "
                                   f"tokenizer has {vocab_size} pieces")
     else:
-        cfg = preset(pc.preset, vocab_size=vocab_size, **pc.extra)
+        try:
+            cfg = preset(pc.preset, vocab_size=vocab_size, **pc.extra)
+        except (ValueError, TypeError) as e:
+            raise OptionError(f"the model settings do not work: {e}") from None
     if pc.seq_len > cfg.max_position_embeddings:
         raise DataError(f"seq_len {pc.seq_len} is longer than max_position_embeddings="
                         f"{cfg.max_position_embeddings}")
@@ -253,6 +275,9 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
     state, changed = None, {}
     if resume:
         cfg, params, state, opt_arrays, ck = load_checkpoint(out)
+        if "run" not in state or "optimizer" not in state:
+            raise CheckpointError(f"{ck} was not written by minialbert pretrain (no run "
+                                  "settings or optimizer state): it cannot be resumed")
         if "time_budget" in given and "steps" not in given:
             raise CheckpointError("--time-budget cannot change when a run is resumed: give "
                                   "--steps (the total to reach)")
@@ -267,6 +292,7 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
         from .checkpoint import load_tokenizer
         tok = load_tokenizer(ck, cfg.vocab_size)
     say = print
+    check_settings(pc)
 
     corpus = load_corpus(pc.corpus, pc.format)
     if state is not None and corpus.checksum != state["corpus_sha256"]:
@@ -473,6 +499,10 @@ def _cmd_pretrain(args):
         kw["progress"] = False
     if not args.resume and "time_budget" in kw and "steps" not in kw:
         kw["steps"] = None
+    extra = {n.replace("-", "_"): getattr(args, n.replace("-", "_")) for n, _ in MODEL_OPTIONS
+             if getattr(args, n.replace("-", "_")) is not None}
+    if extra:
+        kw["extra"] = extra
     try:
         s = pretrain(resume=args.resume, overwrite=args.overwrite, **kw)
     except TrainingError as e:
@@ -491,35 +521,61 @@ def _cmd_evaluate(args):
     return 0
 
 
+MODEL_OPTIONS = (("embedding-size", "E, the factorized embedding size"),
+                 ("hidden-size", "H"), ("num-hidden-layers", "layer applications"),
+                 ("num-attention-heads", "heads"), ("intermediate-size", "the FFN's width"))
+
+
 def add_commands(sub):
+    from .config import PRESETS
+    from .options import (Help, fraction, nonneg_float, nonneg_int, positive_float,
+                          positive_int, settings_option)
+
     d = PretrainConfig()
-    p = sub.add_parser("pretrain", help="pretrain a small ALBERT (default: ~10 min on the "
-                       "embedded Python docs)")
-    p.add_argument("--out", default=d.out)
-    p.add_argument("--corpus", nargs="*", default=None,
-                   help="text files or folders (default: the embedded Python docs)")
-    p.add_argument("--format", default=None, choices=["auto", "lines", "text"])
-    p.add_argument("--preset", default=None, help="small (default), tiny, albert-base-v2, ...")
-    p.add_argument("--config", default=None, help="a model config.json instead of the preset")
-    p.add_argument("--tokenizer", default=None, help="folder with spiece.model (default: train)")
-    p.add_argument("--vocab-size", type=int, default=None)
-    p.add_argument("--seq-len", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--micro-batches", type=int, default=None, help="gradient accumulation")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--time-budget", type=float, default=None, help="seconds (when no --steps)")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--warmup", type=float, default=None, help="fraction of the steps")
-    p.add_argument("--schedule", default=None, choices=["albert", "hf"])
-    p.add_argument("--optimizer", default=None, choices=["lamb", "adamw", "adam_weight_decay"])
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--clip", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--eval-every", type=int, default=None)
-    p.add_argument("--save-every", type=int, default=None)
-    p.add_argument("--eval-batches", type=int, default=None)
-    p.add_argument("--mlm-path", default=None, choices=["masked", "all"])
+    p = sub.add_parser(
+        "pretrain", formatter_class=Help,
+        help="pretrain a small ALBERT (default: ~10 min on the embedded Python docs)",
+        description="Pretrain AlbertForPreTraining (MLM + SOP) with checkpoints, a log, "
+        "held-out evaluation and exact resume.",
+        epilog="examples:\n  minialbert pretrain                                   # the "
+        "embedded Python docs, ~10 min\n  minialbert pretrain --corpus my_texts/ --steps 2000 "
+        "--out runs/mine\n  minialbert pretrain --out runs/mine --resume --steps 4000   # "
+        "continue further")
+    p.add_argument("--out", default=d.out, help="the run folder: checkpoints, log.jsonl, "
+                   "summary.json, curves.png")
+    p.add_argument("--corpus", nargs="*", default=None, help="text files or folders of .txt "
+                   "files (default: the embedded Python docs)")
+    opt = lambda *a, **k: settings_option(p, d, *a, **k)  # noqa: E731
+    opt("format", choices=["auto", "lines", "text"], help="lines: a sentence per line, blank "
+        "line between documents; text: wrapped prose, a paragraph per document")
+    opt("preset", choices=sorted(PRESETS), help="the model's sizes")
+    opt("config", help="a model config.json instead of the preset")
+    opt("tokenizer", help="a folder with spiece.model (none: train one on the corpus)")
+    opt("vocab-size", positive_int, help="pieces of the tokenizer trained on the corpus")
+    for name, what in MODEL_OPTIONS:
+        p.add_argument(f"--{name}", type=positive_int, default=None,
+                       help=f"override the preset's {name.replace('-', '_')} ({what})")
+    opt("seq-len", positive_int, help="tokens per instance, [CLS] and [SEP]s included")
+    opt("batch-size", positive_int, help="instances per step")
+    opt("micro-batches", positive_int, help="split each batch into this many (gradient "
+        "accumulation); must divide --batch-size")
+    opt("steps", positive_int, help="steps to train (none: as many as fit in --time-budget)")
+    opt("time-budget", positive_float, help="seconds, when --steps is not given")
+    opt("lr", positive_float, help="peak learning rate")
+    opt("warmup", fraction, help="fraction of the steps spent warming up")
+    opt("schedule", choices=["albert", "hf"], help="albert: polynomial decay; hf: linear")
+    opt("optimizer", choices=["lamb", "adamw", "adam_weight_decay"], help="the optimizer")
+    opt("weight-decay", nonneg_float, help="decoupled weight decay")
+    opt("clip", positive_float, help="clip the gradients' global norm to this")
+    opt("seed", nonneg_int, help="seeds the weights, the data order, masking and dropout")
+    opt("threads", positive_int, help="Numba threads (none: all cores)")
+    opt("eval-every", nonneg_int, help="evaluate on the held-out split every N steps (0: at "
+        "the end only)")
+    opt("eval-batches", positive_int, help="held-out batches per evaluation")
+    opt("save-every", nonneg_int, help="checkpoint every N steps (0: at the end only)")
+    opt("heldout-fraction", fraction, help="fraction of documents held out for evaluation")
+    opt("mlm-path", choices=["masked", "all"], help="masked: the MLM head on the masked "
+        "positions only; all: at every position (as Hugging Face computes it)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (the "
                    "options --steps, --lr, --warmup, --schedule, --clip, --weight-decay, "
                    "--eval-every, --eval-batches, --save-every, --micro-batches, --mlm-path "
@@ -530,9 +586,13 @@ def add_commands(sub):
                    "is still printed)")
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("evaluate", help="held-out MLM and SOP metrics of a checkpoint")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--corpus", nargs="*", default=None)
-    p.add_argument("--format", default="auto")
-    p.add_argument("--batches", type=int, default=None)
+    p = sub.add_parser("evaluate", formatter_class=Help,
+                       help="held-out MLM and SOP metrics of a pretraining checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a pretraining run or checkpoint folder")
+    p.add_argument("--corpus", nargs="*", default=None, help="evaluate on these files "
+                   "(default: the run's own held-out split)")
+    p.add_argument("--format", default="auto", choices=["auto", "lines", "text"],
+                   help="the format of --corpus")
+    p.add_argument("--batches", type=positive_int, default=None, help="held-out batches "
+                   "(default: the run's --eval-batches)")
     p.set_defaults(func=_cmd_evaluate)

@@ -201,10 +201,10 @@ def test_inference_embed_attentions_and_cli(pretrained, tmp_path, capsys):
                  str(tmp_path / "att.npz"), "a text", "another"]) == 0
     assert "cosine" in capsys.readouterr().out and (tmp_path / "att.npz").exists()
     assert main(["fill-mask", "--checkpoint", str(pretrained[0]), "the [MASK] function"]) == 0
-    with pytest.raises(ValueError, match="sequence-classification"):
+    with pytest.raises(ValueError, match="AlbertForSequenceClassification"):
         p.classify(["x"])
     assert main(["classify", "--checkpoint", str(pretrained[0]), "x"]) == 2
-    assert "sequence-classification" in capsys.readouterr().err
+    assert "AlbertForSequenceClassification" in capsys.readouterr().err
 
 
 def test_finetune_without_a_checkpoint_is_clear(tmp_path):

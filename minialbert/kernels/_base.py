@@ -41,6 +41,10 @@ def set_threads(n=None):
     """Set the number of threads Numba's parallel kernels use (None: all cores)."""
     if n is None:
         n = numba.config.NUMBA_NUM_THREADS
+    if not 1 <= int(n) <= numba.config.NUMBA_NUM_THREADS:
+        from ..options import OptionError
+        raise OptionError(f"--threads {n}: between 1 and {numba.config.NUMBA_NUM_THREADS} "
+                          "(the cores Numba found; NUMBA_NUM_THREADS)")
     numba.set_num_threads(int(n))
     return numba.get_num_threads()
 
