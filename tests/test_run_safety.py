@@ -44,14 +44,6 @@ def reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("ref")
     pretrain(PretrainConfig(out=str(d / "full"), **BASE))
     pretrain(PretrainConfig(out=str(d / "half"), **BASE, stop_after=3))
-    # the same uninterrupted run in a fresh process: what a child that finished its save
-    # is compared with (after the rest of the suite, this process's last bits can differ
-    # from a fresh one's; see the closing note of the session that found it)
-    r = _child(f"""
-        from minialbert.train import PretrainConfig, pretrain
-        pretrain(PretrainConfig(out={str(d / "full_child")!r}, **{BASE!r}))
-    """)
-    assert r.returncode == 0, r.stderr[-2000:]
     return d
 
 
@@ -80,8 +72,10 @@ def test_kill_at_every_stage_of_a_save_resumes_exactly(stage, reference, tmp_pat
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     state = load_checkpoint(run)[2]  # LATEST names a complete checkpoint, whatever the stage
     assert state["step"] in (3, 6)
-    # steps 4-6 were computed by the child (it finished the save) or are computed here
-    ref = reference / ("full_child" if state["step"] == 6 else "full")
+    # steps 4-6 were computed by the child (it finished the save) or are computed here;
+    # either way the same bits as the uninterrupted run in this process (the kernels the
+    # child loaded from Numba's cache compute what this process's compiled ones do)
+    ref = reference / "full"
     s = pretrain(out=str(run), resume=True, progress=False)
     assert s["step"] == 6
     assert not list(run.glob(".*tmp*")), "a killed save's temporary folder was left behind"

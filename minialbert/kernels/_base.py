@@ -5,6 +5,8 @@ Why these flags: Numba's ``fastmath=True`` also sets ``nnan``/``ninf``, which le
 fold ``np.isnan`` to False and breaks ``-inf`` masks.  We want only what vectorises a
 reduction (reassociation, contraction into FMA), so we name the flags ourselves.
 """
+import math
+
 import numba
 import numpy as np
 from numba.extending import overload
@@ -62,3 +64,62 @@ def check_float(*arrays):
         if a.dtype not in (np.float32, np.float64):
             raise TypeError(f"kernels take float32 or float64 arrays, got {a.dtype}")
     return dt
+
+
+# ----------------------------------------------------------------------------------
+# exp, written out: the same bits in every process, and vectorisable
+
+# exp(x) = 2^k * exp(r),  k = round(x / ln 2),  r = x - k ln 2 in [-ln2/2, ln2/2]
+# (ln 2 split in a short high part, exact in float32 when multiplied by k, and the rest:
+# Cody & Waite), exp(r) a degree-7 polynomial (Cephes' expf coefficients: < 2 ulp on the
+# whole range), 2^k built from its bits. The scale is applied in two halves so that k =
+# 128 (x just below 88.72) does not overflow. Below -87.34 the result is 0 (float32's
+# subnormals are flushed, as a masked softmax key wants), above 88.72 it is inf, NaN
+# stays NaN.
+#
+# Why not math.exp: Numba calls libm for it, and a function compiled in this process
+# and the same function loaded from Numba's on-disk cache then differ in the last bit of
+# a sum of exps (measured: the softmax cross-entropy's gradient, in some rows). A run
+# resumed in a fresh process must continue bit for bit, so float32 kernels use this one,
+# which is plain arithmetic: the same machine code either way, and LLVM vectorises it.
+_EXP_LOG2E = 1.4426950408889634
+_EXP_C1, _EXP_C2 = 0.693359375, -2.12194440e-4  # C1 + C2 = ln 2; k * C1 is exact
+_EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+          1.6666665459e-1, 5.0000001201e-1)
+_EXP_LO, _EXP_HI = -87.336544750553, 88.72283935546875  # exp(LO) = smallest normal
+
+
+def exp_float32(x):
+    """exp, vectorisable and reproducible: math.exp for float64, the form above for
+    float32."""
+    return math.exp(x)
+
+
+@overload(exp_float32)
+def _exp_float32_overload(x):
+    if x != numba.types.float32:
+        return lambda x: math.exp(x)
+    log2e, c1, c2 = np.float32(_EXP_LOG2E), np.float32(_EXP_C1), np.float32(_EXP_C2)
+    p0, p1, p2, p3, p4, p5 = (np.float32(c) for c in _EXP_P)
+    lo, hi = np.float32(_EXP_LO), np.float32(_EXP_HI)
+    half, one, zero, inf = np.float32(0.5), np.float32(1.0), np.float32(0.0), np.float32(np.inf)
+
+    def impl(x):
+        xc = min(max(x, lo), hi)
+        k = math.floor(xc * log2e + half)
+        r = (xc - k * c1) - k * c2
+        p = (((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5) * (r * r) + r + one
+        ki = np.int32(k)
+        k1 = ki >> 1  # 2^k = 2^k1 * 2^(k - k1), each a normal float32
+        s1 = np.int32((k1 + 127) << 23).view(np.float32)
+        s2 = np.int32((ki - k1 + 127) << 23).view(np.float32)
+        y = (p * s1) * s2
+        if x != x:  # NaN
+            return x
+        if x < lo:
+            return zero
+        if x > hi:
+            return inf
+        return y
+
+    return impl

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ._base import FASTMATH, cast_like
+from ._base import FASTMATH, cast_like, exp_float32
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -84,7 +84,7 @@ def gelu_new_backward(dy, x):  # dy, x: [n] -> dx: [n]
     two = cast_like(x, 2.0)
     for i in prange(x.shape[0]):
         v = x[i]
-        s = one / (one + math.exp(c2 * (v + a * v * v * v)))  # sigmoid(2u) = (1 + tanh u)/2
+        s = one / (one + exp_float32(c2 * (v + a * v * v * v)))  # sigmoid(2u) = (1 + tanh u)/2
         dx[i] = dy[i] * (s + two * v * s * (one - s) * c * (one + a3 * v * v))
     return dx
 
@@ -111,7 +111,7 @@ def gelu_backward(dy, x):
     for i in prange(x.shape[0]):
         v = x[i]
         cdf = half * (one + math.erf(v * r))
-        pdf = k * math.exp(-half * v * v)
+        pdf = k * exp_float32(-half * v * v)
         dx[i] = dy[i] * (cdf + v * pdf)
     return dx
 

@@ -29,7 +29,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._base import FASTMATH, cast_like
+from ._base import FASTMATH, cast_like, exp_float32
 from .dropout import _hash_uniform
 from .matmul import _gemm_block, blocking, packing_buffers
 
@@ -46,7 +46,7 @@ def _softmax_row(row, bias, scale):
             m = s
     tot = cast_like(row, 0.0)
     for j in range(row.shape[0]):
-        e = math.exp(row[j] - m)
+        e = exp_float32(row[j] - m)
         row[j] = e
         tot += e
     return cast_like(row, 1.0) / tot

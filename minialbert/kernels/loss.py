@@ -15,7 +15,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._base import FASTMATH, cast_like
+from ._base import FASTMATH, cast_like, exp_float32
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -36,13 +36,13 @@ def _xent_rows(logits, labels, ignore_index, want_grad, dlogits, row_loss):
                 m = z[j]
         s = cast_like(logits, 0.0)
         for j in range(C):
-            s += math.exp(z[j] - m)
+            s += exp_float32(z[j] - m)
         lse = m + math.log(s)
         row_loss[r] = lse - z[lab]
         if want_grad:
             inv = cast_like(logits, 1.0) / s
             for j in range(C):
-                dlogits[r, j] = math.exp(z[j] - m) * inv
+                dlogits[r, j] = exp_float32(z[j] - m) * inv
             dlogits[r, lab] -= cast_like(logits, 1.0)
 
 

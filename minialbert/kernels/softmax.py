@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._base import FASTMATH, cast_like
+from ._base import FASTMATH, cast_like, exp_float32
 
 
 def mask_bias(mask, dtype):  # mask: 1 keep / 0 masked -> additive bias 0 / finfo.min
@@ -30,7 +30,7 @@ def softmax_row(x, bias, y):  # x: [C] (+ bias: [C]) -> y: [C], stable: subtract
             m = v
     s = cast_like(y, 0.0)
     for j in range(C):
-        e = math.exp((x[j] + bias[j]) - m)
+        e = exp_float32((x[j] + bias[j]) - m)
         y[j] = e
         s += e
     inv = cast_like(y, 1.0) / s
