@@ -32,6 +32,8 @@ import unicodedata
 
 import numpy as np
 
+from . import normalize
+
 SPECIAL = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
 CONTROL = ["[CLS]", "[SEP]", "[MASK]"]
 USER_DEFINED = ["(", ")", '"', "-", ".", "–", "£", "€"]
@@ -184,6 +186,10 @@ class AlbertTokenizer(_Inputs):
             raise TokenizerError(f"not a SentencePiece model ({e})") from None
         self.model_proto = model_proto
         self.lower, self.remove_space, self.keep_accents = lower, remove_space, keep_accents
+        if mode == "transformers":  # normalize as `tokenizers` does, then the bare unigram
+            self.charsmap, bare = normalize.split_model(model_proto)
+            self.sp_words = spm.SentencePieceProcessor()
+            self.sp_words.LoadFromSerializedProto(bare)
         self.split_digit_comma = split_digit_comma
         for i, piece in enumerate(SPECIAL):
             if self.sp.id_to_piece(i) != piece:
@@ -216,9 +222,17 @@ class AlbertTokenizer(_Inputs):
 
     # -------------------------------------------------------------- encoding
     def preprocess(self, text):
+        """The text the model's words come from: transformers 5's normalizer (mode
+        "transformers"), or the original code's preprocess_text (mode "sentencepiece";
+        SentencePiece then applies its own character map)."""
+        if self.mode == "transformers":
+            return normalize.normalize(text, self.charsmap, self.lower, self.keep_accents)
         return preprocess(text, self.lower, self.remove_space, self.keep_accents)
 
     def _pieces(self, text):
+        if self.mode == "transformers":
+            words = normalize.split_words(self.preprocess(text))
+            return [p for w in words for p in self.sp_words.encode(w, out_type=str)]
         pieces = self.sp.encode(self.preprocess(text), out_type=str)
         if not self.split_digit_comma:
             return pieces
@@ -248,7 +262,7 @@ class AlbertTokenizer(_Inputs):
                 for seg in _USER_IN_TEXT.split(part):
                     if seg in USER_DEFINED:
                         out.append(seg)
-                    elif seg.strip():
+                    elif seg:
                         out += self._pieces(seg)
         return out
 
@@ -258,9 +272,21 @@ class AlbertTokenizer(_Inputs):
                 for p in self.tokenize(text)]
 
     def decode(self, ids, skip_special_tokens=True):
+        """ids -> text. Mode "transformers": as transformers 5 (its Metaspace decoder: the
+        pieces joined, "▁" read as a space, the first one dropped; <unk> and the other
+        special tokens removed, or written as their names, "<unk>", with no spaces added).
+        Mode "sentencepiece": SentencePiece's decode (<unk> is " ⁇ "), special tokens
+        removed or set between spaces."""
         ids = [int(i) for i in ids]
+        special = (PAD, UNK, CLS, SEP, MASK)
+        if self.mode == "transformers":
+            pieces = [self.sp.id_to_piece(i) for i in ids
+                      if not (skip_special_tokens and i in special)]
+            if pieces and pieces[0].startswith("▁"):
+                pieces[0] = pieces[0][1:]
+            return "".join(pieces).replace("▁", " ")
         if skip_special_tokens:  # (<unk> counts as special here, as in transformers)
-            return self.sp.decode([i for i in ids if i not in (PAD, UNK, CLS, SEP, MASK)])
+            return self.sp.decode([i for i in ids if i not in special])
         out, run = [], []
         for i in ids:
             if i in (PAD, CLS, SEP, MASK):

@@ -4,7 +4,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minialbert.corpus import default_corpus
@@ -154,3 +154,101 @@ def test_real_albert_base_v2_spiece():
     assert ours.vocab_size == 30000
     for t in TEXTS:
         assert ours.encode(t) == hf(t, add_special_tokens=False)["input_ids"], t
+
+
+# ------------------------------------------------------------------ arbitrary Unicode
+
+SETTINGS = [(True, False), (False, True), (True, True), (False, False)]  # (lower, keep_accents)
+ANY_TEXT = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=40)
+# the characters that need care, often: marks, Hangul, controls, spaces, CR LF, emoji
+HARD = st.lists(st.sampled_from(
+    list("aoAΣΟ \r\n\t\x0b\x1c\x1f\x7f\x85\xa0\u2028\u3000\u200b\u200c\u200d\ufe0f")
+    + ["\u0301", "\u030b", "\u0600", "\u093e", "\u094d", "\u0915", "\u09be", "\u1100",
+       "\u1161", "\u11a8", "\uac00", "\u2160", "\ufb01", "\u2460", "\U0001f600",
+       "\U0001f3fb", "``", "''", "(", "."]), max_size=30).map("".join)
+
+
+@pytest.fixture(scope="module")
+def both_tokenizers(tok_dir):
+    transformers = require("transformers")
+    return [(AlbertTokenizer(tok_dir, lower=lo, keep_accents=ka),
+             transformers.AlbertTokenizer.from_pretrained(str(tok_dir), do_lower_case=lo,
+                                                          keep_accents=ka))
+            for lo, ka in SETTINGS]
+
+
+def test_unicode_tables_match_the_installed_tokenizers():
+    """minialbert/unicode_tf5.json.gz (NFKD, marks, lower case, White_Space as the Rust
+    crates inside `tokenizers` have them) against `tokenizers` itself, every code point."""
+    require("tokenizers")
+    from tokenizers import normalizers as N
+    from tokenizers import pre_tokenizers as P
+
+    from minialbert import normalize as ours
+    nfkd, strip, lower, ws = N.NFKD(), N.StripAccents(), N.Lowercase(), P.WhitespaceSplit()
+    bad = []
+    for cp in range(0x110000):
+        if 0xD800 <= cp < 0xE000:
+            continue
+        c = chr(cp)
+        if (ours.nfkd(c) != nfkd.normalize_str(c) or ours.strip_accents(c) != strip.normalize_str(c)
+                or ours.lowercase(c) != lower.normalize_str(c)
+                or (c in ours.tables()["whitespace"]) != (len(ws.pre_tokenize_str("a" + c + "b")) == 2)):
+            bad.append(hex(cp))
+    assert not bad, f"{len(bad)} code points differ (regenerate: python tools/make_unicode_table.py): {bad[:10]}"
+
+
+def _same_ids(pairs, text):
+    for (lo, ka), (ours, hf) in zip(SETTINGS, pairs):
+        assert ours.encode(text) == hf(text, add_special_tokens=False)["input_ids"], (lo, ka, text)
+
+
+@settings(max_examples=300)
+@given(text=ANY_TEXT)
+def test_any_unicode_encodes_as_transformers_5(both_tokenizers, text):
+    """Text from every Unicode general category, in all four settings of lower-casing and
+    accents: the same ids as transformers 5 (control characters deleted, every mark
+    stripped, final sigma as σ, Hangul left decomposed...)."""
+    _same_ids(both_tokenizers, text)
+
+
+@settings(max_examples=300)
+@given(text=HARD)
+def test_marks_clusters_and_spaces_encode_as_transformers_5(both_tokenizers, text):
+    _same_ids(both_tokenizers, text)
+
+
+def test_the_differences_the_issue_named(both_tokenizers):
+    """Each was different before (issue 10, defect 6)."""
+    ours, hf = both_tokenizers[0]
+    for text in ["a\x0bb c\x1cd e\x1fz", "ΟΔΟΣ ΟΔΟΣ.", "한국어 텍스트", "क्षत्रिय বাংলা",
+                 "x\ufe0fy", "\u0600o\u030b", "\xa0\u0301x"]:
+        assert ours.tokenize(text) == hf.tokenize(text), text
+    assert ours.preprocess("ΟΔΟΣ") == "οδοσ" and preprocess("ΟΔΟΣ") == "οδος"
+    assert ours.preprocess("c\x1cd") == "cd" and preprocess("c\x1cd") == "c d"
+
+
+@settings(max_examples=300)
+@given(ids=st.lists(st.one_of(st.integers(0, 4), st.integers(5, 1999)), max_size=12))
+def test_decode_as_transformers_5(both_tokenizers, ids):
+    ours, hf = both_tokenizers[0]
+    for skip in (True, False):
+        assert ours.decode(ids, skip_special_tokens=skip) == hf.decode(ids, skip_special_tokens=skip)
+
+
+def _google_research_preprocess_text(inputs, remove_space=True, lower=False):
+    """The original code's preprocess_text (google-research/albert tokenization.py), its
+    logic written out here as the reference for mode="sentencepiece": Python's whitespace,
+    NFKD, only *combining* characters dropped, Python's str.lower (final sigma: ς)."""
+    import unicodedata
+    outputs = " ".join(inputs.strip().split()) if remove_space else inputs
+    outputs = outputs.replace("``", '"').replace("''", '"')
+    outputs = unicodedata.normalize("NFKD", outputs)
+    outputs = "".join(c for c in outputs if not unicodedata.combining(c))
+    return outputs.lower() if lower else outputs
+
+
+@given(text=st.one_of(ANY_TEXT, HARD), lower=st.booleans())
+def test_sentencepiece_mode_preprocesses_as_the_original_code(tok_dir, text, lower):
+    tok = AlbertTokenizer(tok_dir, mode="sentencepiece", lower=lower)
+    assert tok.preprocess(text) == _google_research_preprocess_text(text, True, lower)

@@ -85,6 +85,34 @@ write_table("03_modes.md", ["text", "transformers 5", "original / sentencepiece"
 assert hf.tokenize("hello world") == sp.tokenize("hello world")
 
 # %% [markdown]
+# ## Text outside plain English
+# The two also normalize differently. The original's `preprocess_text` uses Python: its
+# `str.split()` (which counts U+001C..U+001F as spaces), NFKD with only *combining*
+# characters dropped, `str.lower()` (a final capital sigma becomes ς); SentencePiece's own
+# character map then recomposes what NFKD took apart. transformers 5 runs the `tokenizers`
+# library's steps: NFKD, every character of category Mark dropped (also Devanagari vowel
+# signs and the emoji variation selector U+FE0F), lower case one character at a time (σ),
+# then the same character map one grapheme cluster at a time, which deletes control
+# characters and leaves Hangul decomposed. `minialbert/normalize.py` writes those steps
+# out, with the Unicode tables of the Rust crates inside `tokenizers`; the tests compare
+# the ids with transformers 5 on arbitrary Unicode, in all four settings of case and
+# accents.
+
+# %%
+rows = []
+for label, t in [("control characters", "a\x0bb c\x1cd"), ("final sigma", "ΟΔΟΣ"),
+                 ("vowel signs", "क्षत्रिय"), ("variation selector", "ok\u2764\ufe0f"),
+                 ("Hangul", "한국어"), ("accents", "Ångström naïve")]:
+    a = hf.preprocess(t)  # what the unigram model segments, in each mode
+    b = sp.sp.normalize(sp.preprocess(t)).replace("▁", " ").strip()
+    rows.append((label, f"`{t!r}`", f"`{a!r}` ({len(a)} characters)",
+                 f"`{b!r}` ({len(b)} characters)"))
+write_table("03_unicode.md", ["", "text", "transformers 5 (default)",
+                              "original / sentencepiece"], rows)
+assert hf.preprocess("ΟΔΟΣ").endswith("σ") and sp.preprocess("ΟΔΟΣ").endswith("ς")
+assert len(hf.preprocess("한국어")) == 8 and sp.sp.normalize(sp.preprocess("한국어")) == "▁한국어"
+
+# %% [markdown]
 # The original also re-splits a piece ending in "digit," so that the comma stands alone
 # (`split_digit_comma=True`, off by default; transformers 5 does not do it).
 
