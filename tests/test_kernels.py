@@ -315,12 +315,9 @@ rng = np.random.default_rng(0)
 logits = (rng.standard_normal((64, 3000)) * 4).astype(np.float32)
 loss, dlogits, _ = K.cross_entropy(logits, rng.integers(0, 3000, 64))
 probs = K.softmax_forward(logits, K.mask_bias(np.ones((1, 3000)), np.float32))
-q = rng.standard_normal((2, 64, 32)).astype(np.float32)
-ctx, p = K.attention.attention_forward(q, 2 * q, 3 * q, K.mask_bias(np.ones((2, 64)), np.float32),
-                                       2, 0.0, np.uint64(1))
 x = (rng.standard_normal(100_000) * 4).astype(np.float32)
 dx = K.gelu_new_backward(x, x)
-np.savez(sys.argv[1], loss=loss, dlogits=dlogits, probs=probs, ctx=ctx, p=p, dx=dx)
+np.savez(sys.argv[1], loss=loss, dlogits=dlogits, probs=probs, dx=dx)
 """
 
 
@@ -329,7 +326,8 @@ def test_compiled_here_and_loaded_from_the_cache_agree(tmp_path):
     compiled them: both must compute the same bits. (With libm's exp they did not: the
     cross-entropy gradient and the softmax differed in the last bit of some rows, and a
     resumed run drifted from an uninterrupted one.) Two child processes, one cache
-    folder: the first compiles and writes it, the second loads it."""
+    folder: the first compiles and writes it, the second loads it. (The attention kernel
+    uses the same exp; it is left out here only for its compile time.)"""
     import os
     import subprocess
     import sys
