@@ -391,8 +391,8 @@ def _cmd_finetune(args):
 
 
 def add_commands(sub):
-    from .options import (Help, fraction, nonneg_float, nonneg_int, positive_float,
-                          positive_int, settings_option, unit_interval)
+    from .options import (Help, nonneg_int, optimization_options, positive_float, positive_int,
+                          settings_option, unit_interval)
 
     d = FinetuneConfig()
     p = sub.add_parser(
@@ -421,16 +421,11 @@ def add_commands(sub):
     opt("batch-size", positive_int, help="examples per step")
     opt("micro-batches", positive_int, help="split each batch (gradient accumulation)")
     opt("epochs", positive_float, help="passes over the training set")
-    opt("lr", positive_float, help="peak learning rate")
-    opt("warmup", fraction, help="fraction of the steps spent warming up")
-    opt("weight-decay", nonneg_float, help="decoupled weight decay")
-    opt("clip", positive_float, help="clip the gradients' global norm to this")
+    optimization_options(opt)
     opt("layerwise-lr-decay", unit_interval, help="learning rate x decay^(depth from the "
         "top) (1: off)")
     opt("seed", nonneg_int, help="seeds the head, the data order and dropout")
-    opt("threads", positive_int, help="Numba threads (none: all cores)")
     opt("eval-every", positive_int, help="evaluate every N steps (none: each epoch's end)")
-    opt("save-every", nonneg_int, help="checkpoint every N steps (0: at the end only)")
     opt("doc-stride", positive_int, help="SQuAD: tokens between windows of a long context")
     opt("max-query-length", positive_int, help="SQuAD: tokens kept of a question")
     opt("optimizer", choices=["adamw", "lamb", "adam_weight_decay"], help="the optimizer")

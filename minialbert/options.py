@@ -52,3 +52,14 @@ def settings_option(p, d, name, type=None, help="", **kw):
     default = getattr(d, name.replace("-", "_"))
     shown = "none" if default is None else default
     p.add_argument(f"--{name}", type=type, default=None, help=f"{help} (default: {shown})", **kw)
+
+
+def optimization_options(opt):
+    """The options pretraining and fine-tuning share, with the same meaning and help.
+    ``opt(name, type, help=...)`` adds one (settings_option bound to a parser)."""
+    opt("lr", positive_float, help="peak learning rate")
+    opt("warmup", fraction, help="fraction of the steps spent warming up")
+    opt("weight-decay", nonneg_float, help="decoupled weight decay")
+    opt("clip", positive_float, help="clip the gradients' global norm to this")
+    opt("threads", positive_int, help="Numba threads (none: all cores)")
+    opt("save-every", nonneg_int, help="checkpoint every N steps (0: at the end only)")

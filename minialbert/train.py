@@ -528,7 +528,7 @@ MODEL_OPTIONS = (("embedding-size", "E, the factorized embedding size"),
 
 def add_commands(sub):
     from .config import PRESETS
-    from .options import (Help, fraction, nonneg_float, nonneg_int, positive_float,
+    from .options import (Help, fraction, nonneg_int, optimization_options, positive_float,
                           positive_int, settings_option)
 
     d = PretrainConfig()
@@ -561,18 +561,13 @@ def add_commands(sub):
         "accumulation); must divide --batch-size")
     opt("steps", positive_int, help="steps to train (none: as many as fit in --time-budget)")
     opt("time-budget", positive_float, help="seconds, when --steps is not given")
-    opt("lr", positive_float, help="peak learning rate")
-    opt("warmup", fraction, help="fraction of the steps spent warming up")
+    optimization_options(opt)
     opt("schedule", choices=["albert", "hf"], help="albert: polynomial decay; hf: linear")
     opt("optimizer", choices=["lamb", "adamw", "adam_weight_decay"], help="the optimizer")
-    opt("weight-decay", nonneg_float, help="decoupled weight decay")
-    opt("clip", positive_float, help="clip the gradients' global norm to this")
     opt("seed", nonneg_int, help="seeds the weights, the data order, masking and dropout")
-    opt("threads", positive_int, help="Numba threads (none: all cores)")
     opt("eval-every", nonneg_int, help="evaluate on the held-out split every N steps (0: at "
         "the end only)")
     opt("eval-batches", positive_int, help="held-out batches per evaluation")
-    opt("save-every", nonneg_int, help="checkpoint every N steps (0: at the end only)")
     opt("heldout-fraction", fraction, help="fraction of documents held out for evaluation")
     opt("mlm-path", choices=["masked", "all"], help="masked: the MLM head on the masked "
         "positions only; all: at every position (as Hugging Face computes it)")
