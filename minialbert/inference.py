@@ -167,17 +167,53 @@ class Predictor:
     def fill_mask(self, text, top_k=5):
         return fill_mask(self.model, self.tok, text, top_k)
 
-    def answer(self, question, context, max_answer_length=30, doc_stride=48):
-        """The best span of ``context`` answering ``question`` (windows over long contexts)."""
-        from .tasks import QAExample, qa_decode, qa_features
+    def answer(self, question, context, top_k=1, max_answer_len=15, max_seq_len=None,
+               doc_stride=None):
+        """The best span of ``context`` answering ``question``: {"answer", "score", "start",
+        "end"} (a list of top_k of them when top_k > 1); start/end are character offsets in
+        ``context``. Decoded as transformers' extractive QA does (``tasks.qa_pipeline_spans``):
+        the context as whitespace words, windows of ``max_seq_len`` tokens overlapping by
+        ``doc_stride`` (default half a window, at most 256), the best spans of every window
+        by p_start × p_end, the answer the words they cover joined by single spaces."""
+        from .tasks import QAExample, TaskError, _words, qa_features, qa_pipeline_spans
         needs_head(self.model, ("question_answering",), "answer")
+        if top_k < 1 or max_answer_len < 1:
+            raise ValueError("top_k and max_answer_len must be at least 1")
+        words, char_to_word = _words(context)
+        if not words:
+            raise ValueError("the context is empty")
+        T = min(max_seq_len or self.max_length, self.max_length)
+        overlap = min(T // 2, 256) if doc_stride is None else doc_stride
+        room = T - len(self.tok.encode(question)) - 3
+        if room <= overlap:
+            raise ValueError(f"the question leaves {max(room, 0)} of {T} tokens for the context, "
+                             f"not more than the overlap doc_stride={overlap}")
         ex = [QAExample("q", question, context, [])]
-        feats, meta = qa_features(ex, self.tok, min(self.max_length, 384), doc_stride,
-                                  train=False)
+        try:
+            feats, meta = qa_features(ex, self.tok, T, room - overlap, max_query_length=T,
+                                      train=False)
+        except TaskError as e:
+            raise ValueError(str(e)) from None
         o, _ = self.model.forward(feats["input_ids"], feats["token_type_ids"],
                                   feats["attention_mask"])
-        return qa_decode(ex, meta, o["start_logits"], o["end_logits"],
-                         max_answer_length=max_answer_length)["q"]
+        first = {}  # word -> its first character, last -> one past its last
+        for c, w in enumerate(char_to_word):
+            if not context[c].isspace():
+                first.setdefault(w, c)
+        found = []
+        for w, (_, pos_to_word) in enumerate(meta):
+            in_context = np.zeros(feats["input_ids"].shape[1], bool)
+            in_context[list(pos_to_word)] = True
+            for score, i, j in qa_pipeline_spans(o["start_logits"][w], o["end_logits"][w],
+                                                 in_context, top_k, max_answer_len):
+                w0, w1 = pos_to_word[i], pos_to_word[j]
+                end = first[w1] + len(words[w1])
+                found.append(dict(score=score, answer=" ".join(words[w0:w1 + 1]),
+                                  start=first[w0], end=end))
+        found = sorted(found, key=lambda a: -a["score"])[:top_k]
+        if top_k == 1:
+            return found[0] if found else dict(score=0.0, answer="", start=0, end=0)
+        return found
 
     def attentions(self, text, pair=None):
         """-> (attention maps [applications, heads, T, T], the tokens)."""
@@ -247,7 +283,10 @@ def _cmd_answer(args):
     if not context:
         print("minialbert: error: give --context or --context-file", file=sys.stderr)
         return 2
-    print(p.answer(args.question, context) or "(no answer found)")
+    res = p.answer(args.question, context, top_k=args.top_k, max_answer_len=args.max_answer_len)
+    for a in [res] if isinstance(res, dict) else res:
+        print(f"{a['answer'] or '(no answer found)'}  (score {a['score']:.4f}, characters "
+              f"{a['start']}-{a['end']})")
     if args.attentions:
         _save_attentions(p, [args.question], args.attentions)
     return 0
@@ -308,6 +347,9 @@ def add_commands(sub):
     p.add_argument("--question", required=True, help="the question")
     p.add_argument("--context", default=None, help="the passage")
     p.add_argument("--context-file", default=None, help="a UTF-8 file holding the passage")
+    p.add_argument("--top-k", type=positive_int, default=1, help="answers shown")
+    p.add_argument("--max-answer-len", type=positive_int, default=15, help="longest answer, "
+                   "in tokens")
     p.add_argument("--attentions", default=None, help="save attention maps to this .npz")
     p.set_defaults(func=_clear_errors(_cmd_answer))
 

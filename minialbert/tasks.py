@@ -338,6 +338,33 @@ def qa_decode(examples, meta, start_logits, end_logits, n_best=20, max_answer_le
     return out
 
 
+def qa_pipeline_spans(start_logits, end_logits, context, top_k=1, max_answer_len=15):
+    """One window's best spans as transformers' extractive question answering scores them
+    (its question-answering pipeline, now its document-QA pipeline's ``select_starts_ends``):
+    a softmax over the context positions and [CLS] (position 0) for the start and for the
+    end; [CLS] then set to 0; the score of span (i, j) is p_start[i] * p_end[j] for
+    i <= j < i + max_answer_len. ``context``: a boolean row, True where a context piece is.
+    -> [(score, i, j)], best first, at most top_k (spans of probability 0 are dropped)."""
+    allowed = np.asarray(context, bool).copy()
+    allowed[0] = True
+
+    def probs(z):
+        z = np.where(allowed, np.asarray(z, np.float32), np.float32(-10000.0))
+        e = np.exp(z - z.max())
+        p = e / e.sum()
+        p[0] = 0.0
+        return p
+
+    ps, pe = probs(start_logits), probs(end_logits)
+    span = np.triu(np.tril(np.outer(ps, pe), max_answer_len - 1))  # j >= i, j - i < max len
+    span[~allowed, :] = 0.0
+    span[:, ~allowed] = 0.0
+    flat = span.ravel()
+    best = np.argsort(-flat, kind="stable")[:top_k]
+    T = len(ps)
+    return [(float(flat[b]), int(b // T), int(b % T)) for b in best if flat[b] > 0]
+
+
 # ------------------------------------------------------------------------------ metrics
 
 def _normalize(s):

@@ -92,27 +92,32 @@ _MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "sente
 
 
 def evaluate_batches(model, batches, mlm_path="masked"):
-    """Held-out MLM loss/accuracy and SOP loss/accuracy, weighted by counts."""
+    """Held-out MLM loss/accuracy and (AlbertForPreTraining only) SOP loss/accuracy,
+    weighted by counts. An AlbertForMaskedLM has no SOP head: its SOP entries are None."""
+    sop = model.head == "pretraining"
+    keys = _MODEL_KEYS if sop else _MODEL_KEYS[:4]
     mlm_nll = mlm_ok = mlm_n = sop_nll = sop_ok = sop_n = 0.0
     for b in batches:
-        out, cache = model.forward(**{k: b[k] for k in _MODEL_KEYS}, mlm_path=mlm_path)
+        out, cache = model.forward(**{k: b[k] for k in keys}, mlm_path=mlm_path)
         lab = b["labels"].reshape(-1)
         rows = out["mlm_rows"] if out["mlm_rows"] is not None else np.flatnonzero(lab != -100)
-        logits = out["prediction_logits"]
+        logits = out["prediction_logits" if sop else "logits"]
         if out["mlm_rows"] is None:
             logits = logits[rows]
         lab = lab[rows]
         n = len(lab)
-        mlm_nll += float(out["mlm_loss"]) * n
+        mlm_nll += float(out["mlm_loss" if sop else "loss"]) * n
         mlm_ok += float((logits.argmax(1) == lab).sum())
         mlm_n += n
-        s = b["sentence_order_label"]
-        sop_nll += float(out["sop_loss"]) * len(s)
-        sop_ok += float((out["sop_logits"].argmax(1) == s).sum())
-        sop_n += len(s)
+        if sop:
+            s = b["sentence_order_label"]
+            sop_nll += float(out["sop_loss"]) * len(s)
+            sop_ok += float((out["sop_logits"].argmax(1) == s).sum())
+            sop_n += len(s)
     mlm_loss = mlm_nll / max(mlm_n, 1)
     return dict(mlm_loss=mlm_loss, mlm_acc=mlm_ok / max(mlm_n, 1), perplexity=math.exp(mlm_loss),
-                sop_loss=sop_nll / max(sop_n, 1), sop_acc=sop_ok / max(sop_n, 1),
+                sop_loss=sop_nll / sop_n if sop_n else None,
+                sop_acc=sop_ok / sop_n if sop_n else None,
                 predictions=int(mlm_n), pairs=int(sop_n))
 
 
@@ -462,31 +467,72 @@ def load_pretrained(path):
     return AlbertForPreTraining(cfg, params=params), tok, state
 
 
-def evaluate_checkpoint(path, corpus=None, fmt="auto", batches=None, batch_size=None):
+def eval_set(tcorpus, tok, seq_len, batch_size, batches, seed):
+    """The first ``batches`` batches of pretraining instances (masks and sentence order
+    drawn with ``seed``) from a tokenized corpus: the held-out set evaluations use."""
+    held = PretrainingData(tcorpus, tok, seq_len, seed=seed)
+    n = min(batches, held.num_batches(batch_size))
+    if n < 1:
+        raise DataError(f"the evaluation text has fewer instances than one batch of "
+                        f"{batch_size} (try a smaller --batch-size)")
+    return [held.batch(0, i, batch_size) for i in range(n)]
+
+
+def _load_hf_for_evaluation(path):
+    from .checkpoint import check_finite
+    from .hf import from_pretrained, load_tokenizer as load_folder_tokenizer
+
+    model = from_pretrained(path, verbose=False)
+    if model.head not in ("pretraining", "masked_lm"):
+        raise CheckpointError(f"{path} holds {type(model).__name__} (head {model.head!r}); "
+                              "evaluate needs AlbertForPreTraining or AlbertForMaskedLM")
+    check_finite(model.params, path)
+    tok = load_folder_tokenizer(path)
+    check_tokenizer(tok, model.config.vocab_size)
+    return model, tok
+
+
+def evaluate_checkpoint(path, corpus=None, fmt="auto", batches=None, batch_size=None,
+                        seq_len=None):
     """Held-out metrics of a pretraining checkpoint, by default on the very set its run
     evaluated on (the run's corpus, held-out fraction, sequence length, seed, batch size
-    and number of batches): the numbers agree with the run's own log. The dict says which
-    set it used (``set``)."""
-    model, tok, state = load_pretrained(path)
-    run = dict(dataclasses.asdict(PretrainConfig()), **state.get("run", {}))
+    and number of batches): the numbers agree with the run's own log. A Hugging Face
+    folder (AlbertForPreTraining or AlbertForMaskedLM) has no run: it is evaluated on all
+    of ``corpus`` with pretrain's default settings. The dict says which set it used
+    (``set``); the unigram baseline is None where there is no training text to count."""
+    from .hf import is_hf_folder
+
+    defaults = dataclasses.asdict(PretrainConfig())
+    if is_hf_folder(path):
+        if corpus is None:
+            raise DataError(f"{path} is a Hugging Face folder: it holds no run and no corpus; "
+                            "give --corpus with text to evaluate on")
+        model, tok = _load_hf_for_evaluation(path)
+        run, state = defaults, {}
+    else:
+        model, tok, state = load_pretrained(path)
+        run = dict(defaults, **state.get("run", {}))
     c = load_corpus(corpus if corpus is not None else run["corpus"], fmt if corpus else run["format"])
     if corpus is None and c.checksum != state.get("corpus_sha256", c.checksum):
         print("warning: the corpus differs from the one the checkpoint was trained on",
               file=sys.stderr)
-    train_c, held_c = c.split(run["heldout_fraction"])
-    seq, bs = run["seq_len"], batch_size or run["batch_size"]
-    if seq > model.config.max_position_embeddings:
-        raise DataError(f"seq_len {seq} is longer than max_position_embeddings")
-    held = PretrainingData(tokenize_corpus(held_c, tok), tok, seq, seed=run["seed"] + 1)
-    n = min(run["eval_batches"] if batches is None else batches, held.num_batches(bs))
-    if n < 1:
-        raise DataError(f"the held-out split has fewer instances than one batch of {bs}")
-    eval_set = [held.batch(0, i, bs) for i in range(n)]
-    ev = evaluate_batches(model, eval_set, run["mlm_path"])
-    ev["unigram_cross_entropy"] = unigram_cross_entropy(
-        tokenize_corpus(train_c, tok).tokens, model.config.vocab_size, eval_set)
-    ev["set"] = (f"{n} batches of {bs} × {seq} from the held-out {run['heldout_fraction']:g} "
-                 f"of {c.info.get('source')} (seed {run['seed'] + 1})")
+    P = model.config.max_position_embeddings
+    seq, bs = seq_len or min(run["seq_len"], P), batch_size or run["batch_size"]
+    if seq > P:
+        raise DataError(f"seq_len {seq} is longer than the model's {P} positions "
+                        "(max_position_embeddings)")
+    n = run["eval_batches"] if batches is None else batches
+    if state:
+        train_c, held_c = c.split(run["heldout_fraction"])
+        what = f"the held-out {run['heldout_fraction']:g} of"
+    else:
+        train_c, held_c, what = None, c, "all of"
+    ev_batches = eval_set(tokenize_corpus(held_c, tok), tok, seq, bs, n, run["seed"] + 1)
+    ev = evaluate_batches(model, ev_batches, run["mlm_path"])
+    ev["unigram_cross_entropy"] = None if train_c is None else unigram_cross_entropy(
+        tokenize_corpus(train_c, tok).tokens, model.config.vocab_size, ev_batches)
+    ev["set"] = (f"{len(ev_batches)} batches of {bs} × {seq} from {what} "
+                 f"{c.info.get('source')} (seed {run['seed'] + 1})")
     return ev
 
 
@@ -512,12 +558,16 @@ def _cmd_pretrain(args):
 
 
 def _cmd_evaluate(args):
-    ev = evaluate_checkpoint(args.checkpoint, args.corpus, args.format, args.batches)
+    ev = evaluate_checkpoint(args.checkpoint, args.corpus, args.format, args.batches,
+                             args.batch_size, args.seq_len)
     print(f"evaluated on {ev['set']}")
-    print(f"held-out: MLM loss {ev['mlm_loss']:.3f} (unigram baseline "
-          f"{ev['unigram_cross_entropy']:.3f}), perplexity {ev['perplexity']:.1f}, MLM accuracy "
-          f"{ev['mlm_acc']:.3f} over {ev['predictions']} predictions; SOP accuracy "
-          f"{ev['sop_acc']:.3f} over {ev['pairs']} pairs")
+    uni = ev["unigram_cross_entropy"]
+    print(f"held-out: MLM loss {ev['mlm_loss']:.3f}" +
+          (f" (unigram baseline {uni:.3f})" if uni is not None else "") +
+          f", perplexity {ev['perplexity']:.1f}, MLM accuracy {ev['mlm_acc']:.3f} over "
+          f"{ev['predictions']} predictions; " +
+          (f"SOP accuracy {ev['sop_acc']:.3f} over {ev['pairs']} pairs" if ev["pairs"]
+           else "no SOP head"))
     return 0
 
 
@@ -582,12 +632,18 @@ def add_commands(sub):
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("evaluate", formatter_class=Help,
-                       help="held-out MLM and SOP metrics of a pretraining checkpoint")
-    p.add_argument("--checkpoint", required=True, help="a pretraining run or checkpoint folder")
+                       help="held-out MLM (and SOP) metrics of a pretraining checkpoint or a "
+                       "Hugging Face masked-LM folder")
+    p.add_argument("--checkpoint", required=True, help="a pretraining run or checkpoint "
+                   "folder, or a Hugging Face AlbertForPreTraining/AlbertForMaskedLM folder")
     p.add_argument("--corpus", nargs="*", default=None, help="evaluate on these files "
-                   "(default: the run's own held-out split)")
+                   "(default: the run's own held-out split; needed for a Hugging Face folder)")
     p.add_argument("--format", default="auto", choices=["auto", "lines", "text"],
                    help="the format of --corpus")
     p.add_argument("--batches", type=positive_int, default=None, help="held-out batches "
                    "(default: the run's --eval-batches)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="instances per "
+                   "batch (default: the run's)")
+    p.add_argument("--seq-len", type=positive_int, default=None, help="tokens per instance "
+                   "(default: the run's, at most the model's positions)")
     p.set_defaults(func=_cmd_evaluate)

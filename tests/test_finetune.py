@@ -178,7 +178,8 @@ def test_squad_finetune_and_answer(pretrained, tmp_path):
     assert set(s["dev"]) >= {"exact_match", "f1"}
     p = Predictor.load(tmp_path / "qa")
     a = p.answer("What does sorted return?", CONTEXT)
-    assert isinstance(a, str) and a in CONTEXT
+    assert a["answer"] and a["answer"] in CONTEXT and 0 < a["score"] <= 1
+    assert " ".join(CONTEXT[a["start"]:a["end"]].split()) == a["answer"]
     bad = dict(data)
     bad["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] = 3
     (tmp_path / "bad.json").write_text(json.dumps(bad))
