@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels
+from .memory import keep_freed_memory
 from .checkpoint import CheckpointError, latest_name, load_checkpoint, load_tokenizer
 from .rundir import RunDir, StopRequests, given_settings, resume_settings
 from .model import zeros_like_params
@@ -250,6 +251,7 @@ def finetune(fc=None, resume=False, overwrite=False, **overrides):
     t_start = time.time()
     rd = RunDir(out, resume=resume, overwrite=overwrite)
     kernels.set_threads(fc.threads)
+    keep_freed_memory()  # a step reuses the last step's pages (memory.py)
     state, changed = None, {}
     if resume:
         cfg, params, state, opt_arrays, ck = load_checkpoint(out)

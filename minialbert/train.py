@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import kernels
+from .memory import keep_freed_memory
 from .checkpoint import CheckpointError, check_tokenizer, latest_name, load_checkpoint
 from .rundir import RunDir, StopRequests, given_settings, resume_settings
 from .config import AlbertConfig, preset
@@ -277,6 +278,7 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
     t_start = time.time()
     rd = RunDir(out, resume=resume, overwrite=overwrite)
     kernels.set_threads(pc.threads)
+    keep_freed_memory()  # a step reuses the last step's pages (memory.py)
     state, changed = None, {}
     if resume:
         cfg, params, state, opt_arrays, ck = load_checkpoint(out)

@@ -1,5 +1,38 @@
 """Numba kernels: each forward beside its backward, compiled for float32 and float64."""
-from ._base import FASTMATH, get_threads, set_threads
+import hashlib
+import os
+import pathlib
+
+
+def _drop_stale_cache():
+    """Numba keys a cached kernel on its own file only: a kernel in act.py that inlines
+    ``_base.exp_float32`` would keep its old machine code after _base.py changed. So the
+    cache is stamped with a hash of every source file of this package, and dropped
+    whole when a file changed (then each kernel compiles once more)."""
+    here = pathlib.Path(__file__).parent
+    h = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()
+    dirs = [here / "__pycache__"]
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        root = pathlib.Path(os.environ["NUMBA_CACHE_DIR"])
+        dirs += [d for d in root.rglob("kernels") if d.parent.name == "minialbert"]
+    for d in dirs:
+        stamp = d / "minialbert-kernels.sha256"
+        try:
+            if stamp.read_text() == h:
+                continue
+        except OSError:  # no stamp yet
+            pass
+        try:
+            for f in d.glob("*.nb[ic]"):
+                f.unlink()
+            d.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(h)
+        except OSError:  # a read-only install: Numba then compiles in memory anyway
+            pass
+
+
+_drop_stale_cache()
+from ._base import FASTMATH, get_threads, set_threads  # noqa: E402 (after the cache check)
 from .act import activation, gelu_backward, gelu_forward, gelu_new_backward, gelu_new_forward
 from .dropout import dropout_backward, dropout_forward, dropout_key, dropout_mask
 from .embedding import embedding_backward, embedding_forward

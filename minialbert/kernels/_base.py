@@ -99,27 +99,20 @@ def exp_float32(x):
 def _exp_float32_overload(x):
     if x != numba.types.float32:
         return lambda x: math.exp(x)
-    log2e, c1, c2 = np.float32(_EXP_LOG2E), np.float32(_EXP_C1), np.float32(_EXP_C2)
-    p0, p1, p2, p3, p4, p5 = (np.float32(c) for c in _EXP_P)
+    log2e, c1, c2 = _EXP_LOG2E, _EXP_C1, _EXP_C2
+    p0, p1, p2, p3, p4, p5 = _EXP_P
     lo, hi = np.float32(_EXP_LO), np.float32(_EXP_HI)
-    half, one, zero, inf = np.float32(0.5), np.float32(1.0), np.float32(0.0), np.float32(np.inf)
+    zero, inf = np.float32(0.0), np.float32(np.inf)
 
     def impl(x):
-        xc = min(max(x, lo), hi)
-        k = math.floor(xc * log2e + half)
-        r = (xc - k * c1) - k * c2
-        p = (((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5) * (r * r) + r + one
-        ki = np.int32(k)
-        k1 = ki >> 1  # 2^k = 2^k1 * 2^(k - k1), each a normal float32
-        s1 = np.int32((k1 + 127) << 23).view(np.float32)
-        s2 = np.int32((ki - k1 + 127) << 23).view(np.float32)
-        y = (p * s1) * s2
-        if x != x:  # NaN
-            return x
-        if x < lo:
-            return zero
-        if x > hi:
-            return inf
-        return y
+        xc = np.float64(min(max(x, lo), hi))
+        k = np.floor(xc * log2e + 0.5)  # a float: np.floor keeps the type (math.floor
+        r = (xc - k * c1) - k * c2      # would give an int64, and a loop that will not vectorise)
+        p = (((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5) * (r * r) + r + 1.0
+        scale = np.int64((np.int64(k) + 1023) << 52).view(np.float64)  # 2^k
+        y = np.float32(p * scale)
+        y = zero if x < lo else y  # selects, not branches: the loop stays a vector loop
+        y = inf if x > hi else y
+        return x if x != x else y
 
     return impl

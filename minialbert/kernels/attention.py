@@ -38,8 +38,8 @@ from .matmul import _gemm_block, blocking, packing_buffers
 def _softmax_row(row, bias, scale):
     # row: [T] scores -> exp(row*scale + bias - max) in place; returns 1/sum (the caller
     # normalises). bias: [T], 0 or finfo.min per key (a fully masked row becomes uniform).
-    m = -np.inf
-    for j in range(row.shape[0]):
+    m = cast_like(row, -np.inf)  # the row's type: a float64 m would make row[j] - m a
+    for j in range(row.shape[0]):  # float64 and send the exp below to libm, one at a time
         s = row[j] * scale + bias[j]
         row[j] = s
         if s > m:
