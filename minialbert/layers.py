@@ -48,24 +48,23 @@ class Sequences:
     def packed(self):
         return self.starts is not None
 
-    def attend(self, q, k, v, n_heads, p, key):  # q, k, v: [n, H] -> ctx [n, H], probs
-        if self.packed:
-            return attention.attention_forward_varlen(q, k, v, self.starts, self.lens, self.T,
-                                                      n_heads, p, key)
-        B, T, H = self.B, self.T, q.shape[1]
-        ctx, probs = attention.attention_forward(q.reshape(B, T, H), k.reshape(B, T, H),
-                                                 v.reshape(B, T, H), self.bias, n_heads, p, key)
-        return ctx.reshape(B * T, H), probs
+    def attend(self, qkv, n_heads, p, key):
+        # qkv: [n, 3H] -> ctx [n, H], probs ([B, heads, T, T] when padded, else flat)
+        ctx, probs = attention.attention_forward_qkv(qkv, *self._rows(qkv.dtype), n_heads, p,
+                                                     key)
+        return ctx, probs if self.packed else probs.reshape(self.B, n_heads, self.T, self.T)
 
-    def attend_backward(self, dctx, q, k, v, probs, n_heads, p, key):  # -> dq, dk, dv [n, H]
+    def attend_backward(self, dctx, qkv, probs, n_heads, p, key):  # -> dqkv [n, 3H]
+        starts, lens, bias, T = self._rows(qkv.dtype)
+        return attention.attention_backward_qkv(dctx, qkv, probs.reshape(-1), starts, lens, T,
+                                                n_heads, p, key)
+
+    def _rows(self, dtype):  # -> starts, lens, mask bias, T: where each sequence's rows are
         if self.packed:
-            return attention.attention_backward_varlen(dctx, q, k, v, probs, self.starts,
-                                                       self.lens, self.T, n_heads, p, key)
-        B, T, H = self.B, self.T, q.shape[1]
-        d = attention.attention_backward(dctx.reshape(B, T, H), q.reshape(B, T, H),
-                                         k.reshape(B, T, H), v.reshape(B, T, H), probs,
-                                         n_heads, p, key)
-        return [x.reshape(B * T, H) for x in d]
+            zeros = np.zeros((len(self.lens), max(int(np.max(self.lens)), 1)), dtype=dtype)
+            return self.starts, self.lens, zeros, self.T
+        return (np.arange(self.B, dtype=np.int64) * self.T, np.full(self.B, self.T, np.int64),
+                self.bias, self.T)
 
 
 # ------------------------------------------------------------------------------- dense
@@ -97,34 +96,51 @@ def layernorm_bwd(dy, cache, params, grads, name):  # dy: [n, C] -> dx: [n, C]
 
 # ------------------------------------------------------------------------------- attention
 
-def attention_block_forward(x, params, name, seqs, cfg, drop):
+QKV = ("query", "key", "value")
+
+
+def qkv_params(params, name):
+    # The query, key and value projections as one: W [3H, H] (the three weights stacked),
+    # b [3H], so that one GEMM makes q | k | v side by side and one takes their gradients
+    # back (instead of three of each, and two adds). A copy of the three weights: the
+    # encoder makes it once per forward and every application of the shared layer uses it.
+    return (np.concatenate([params[name + p + ".weight"] for p in QKV]),
+            np.concatenate([params[name + p + ".bias"] for p in QKV]))
+
+
+def attention_block_forward(x, params, name, seqs, cfg, drop, qkv_w=None):
     # x: [n, H] -> LayerNorm(x + dropout(dense(MultiHead(x)))): [n, H]   (HF AlbertAttention)
-    # seqs: Sequences (which rows form which sequence)
-    q, _ = dense_forward(x, params, name + "query")
-    k, _ = dense_forward(x, params, name + "key")
-    v, _ = dense_forward(x, params, name + "value")
+    # seqs: Sequences (which rows form which sequence); qkv_w: qkv_params(params, name), if
+    # the caller made it already
+    W, b = qkv_w or qkv_params(params, name)
+    qkv = matmul_nt(x, W)  # [n, 3H] = q | k | v
+    bias_add(qkv, b)
     p_attn = drop.p(cfg.attention_probs_dropout_prob)
     key_attn = drop.key() if p_attn > 0 else np.uint64(0)
-    ctx, probs = seqs.attend(q, k, v, cfg.num_attention_heads, p_attn, key_attn)
+    ctx, probs = seqs.attend(qkv, cfg.num_attention_heads, p_attn, key_attn)
     o, _ = dense_forward(ctx, params, name + "dense")
     p_out = drop.p(cfg.hidden_dropout_prob)
     o, keep = dropout_forward(o, p_out, drop.key() if p_out > 0 else 0)
     o += x  # residual
     y, ln = layernorm_fwd(o, params, name + "LayerNorm", cfg.layer_norm_eps)
-    return y, (x, q, k, v, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs)
+    return y, (x, qkv, W, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs)
 
 
 def attention_block_backward(dy, cache, params, grads, name, cfg):  # dy: [n, H] -> dx: [n, H]
-    x, q, k, v, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs = cache
+    x, qkv, W, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs = cache
     d = layernorm_bwd(dy, ln, params, grads, name + "LayerNorm")
     dx = d.copy()  # the residual branch
     do = dropout_backward(d, keep, p_out)
     dctx = dense_backward(do, ctx, params, grads, name + "dense")
-    dq, dk, dv = seqs.attend_backward(dctx, q, k, v, probs, cfg.num_attention_heads, p_attn,
-                                      key_attn)
-    dx += dense_backward(dq, x, params, grads, name + "query")
-    dx += dense_backward(dk, x, params, grads, name + "key")
-    dx += dense_backward(dv, x, params, grads, name + "value")
+    dqkv = seqs.attend_backward(dctx, qkv, probs, cfg.num_attention_heads, p_attn, key_attn)
+    H = x.shape[1]
+    dW = matmul_tn(dqkv, x)  # [3H, H]: the three weight gradients stacked
+    db = np.zeros(3 * H, dtype=x.dtype)
+    bias_grad(dqkv, db)
+    for i, p in enumerate(QKV):  # += : a shared layer sums over its applications
+        grads[name + p + ".weight"] += dW[i * H:(i + 1) * H]
+        grads[name + p + ".bias"] += db[i * H:(i + 1) * H]
+    matmul_nn(dqkv, W, out=dx, accumulate=True)  # dx += dq Wq + dk Wk + dv Wv
     return dx
 
 

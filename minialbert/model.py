@@ -21,6 +21,7 @@ from .kernels.act import activation, tanh_backward, tanh_forward
 from .kernels.embedding import check_ids
 from .kernels.matmul import bias_add, bias_grad
 from .layers import (Dropout, Sequences, attention_block_backward, attention_block_forward, dense_backward,
+                     qkv_params,
                      dense_forward, ffn_block_backward, ffn_block_forward, layernorm_bwd,
                      layernorm_fwd)
 
@@ -190,11 +191,14 @@ def embeddings_backward(dh, cache, params, grads, cfg):  # dh: [n, H]
 def encoder_forward(h, params, cfg, seqs, drop):
     # h: [n, H] -> [n, H]; L steps, step l runs group g(l)'s inner_group_num layers.
     # seqs: layers.Sequences (padded with a mask bias, or packed without padding)
-    hidden_states, caches = [h], []
+    hidden_states, caches, qkv_w = [h], [], {}
     for l in range(cfg.num_hidden_layers):
         for i in range(cfg.inner_group_num):
             attn_name, ffn_name = layer_prefixes(cfg, l, i)
-            a, ca = attention_block_forward(h, params, attn_name, seqs, cfg, drop)
+            if attn_name not in qkv_w:  # once per forward, whatever the number of applications
+                qkv_w[attn_name] = qkv_params(params, attn_name)
+            a, ca = attention_block_forward(h, params, attn_name, seqs, cfg, drop,
+                                            qkv_w[attn_name])
             h, cf = ffn_block_forward(a, params, ffn_name, cfg)
             caches.append((attn_name, ffn_name, ca, cf))
             hidden_states.append(h)  # one per layer application, as Hugging Face returns
@@ -311,7 +315,7 @@ class AlbertModel:
             pooled = tanh_forward(z.reshape(-1)).reshape(z.shape)
             out["pooler_output"] = pooled
         if output_attentions:
-            out["attentions"] = [c[2][5] for c in caches]
+            out["attentions"] = [c[2][4] for c in caches]
         return out, (ce, caches, first, pooled, B, T, seqs, rows)
 
     def encode_backward(self, dseq, dpooled, cache, grads):

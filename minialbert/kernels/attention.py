@@ -156,18 +156,22 @@ def attention_backward_rows(dctx, q, k, v, probs, n_heads, p_drop, key):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _attention_forward(q, k, v, starts, lens, mask_bias, T, n_heads, p_drop, key, isa, MR, NR,
-                       KC):
-    # q, k, v: [n, H], sequence b in rows starts[b]..starts[b]+lens[b]; mask_bias: [B, >=L]
+def _attention_forward(qkv, starts, lens, mask_bias, T, n_heads, p_drop, key, isa, MR, NR, KC):
+    # qkv: [n, 3H], q | k | v side by side (one GEMM made them), sequence b in rows
+    # starts[b]..starts[b]+lens[b]; mask_bias: [B, >=L]
     # -> ctx: [n, H], probs: flat, (b, h)'s [L, L] block at poffsets(lens)[b] + h*L*L.
     # T is the padded length the dropout hash indexes with (the same keep mask whether
     # the batch runs padded or with its padding removed).
-    n, H = q.shape
+    n = qkv.shape[0]
+    H = qkv.shape[1] // 3
+    q = qkv[:, :H]
+    k = qkv[:, H:2 * H]
+    v = qkv[:, 2 * H:]
     B = lens.shape[0]
     D = H // n_heads
     scale = cast_like(q, 1.0 / math.sqrt(D))
     keep_scale = cast_like(q, 1.0 / (1.0 - p_drop))
-    ctx = np.empty((n, H), dtype=q.dtype)
+    ctx = np.empty((n, H), dtype=qkv.dtype)
     poff = _prob_offsets(lens, n_heads)
     probs = np.empty(poff[B], dtype=q.dtype)
     ctx_f = ctx.reshape(n * H)
@@ -215,20 +219,21 @@ def _prob_offsets(lens, n_heads):
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _attention_backward(dctx, q, k, v, probs, starts, lens, T, n_heads, p_drop, key, isa, MR,
-                        NR, KC):
-    # dctx, q, k, v: [n, H]; probs: flat as _attention_forward made it -> dq, dk, dv: [n, H]
-    n, H = q.shape
+def _attention_backward(dctx, qkv, probs, starts, lens, T, n_heads, p_drop, key, isa, MR, NR,
+                        KC):
+    # dctx: [n, H], qkv: [n, 3H]; probs: flat as _attention_forward made it
+    # -> dqkv: [n, 3H] = dq | dk | dv side by side (one GEMM takes them back to x)
+    n = qkv.shape[0]
+    H = qkv.shape[1] // 3
+    q = qkv[:, :H]
+    k = qkv[:, H:2 * H]
+    v = qkv[:, 2 * H:]
     B = lens.shape[0]
     D = H // n_heads
     scale = cast_like(q, 1.0 / math.sqrt(D))
     keep_scale = cast_like(q, 1.0 / (1.0 - p_drop))
-    dq = np.empty_like(q)
-    dk = np.empty_like(k)
-    dv = np.empty_like(v)
-    dq_f = dq.reshape(n * H)
-    dk_f = dk.reshape(n * H)
-    dv_f = dv.reshape(n * H)
+    dqkv = np.empty_like(qkv)
+    d_f = dqkv.reshape(n * 3 * H)
     poff = _prob_offsets(lens, n_heads)
     for bh in prange(B * n_heads):
         b = bh // n_heads
@@ -236,7 +241,7 @@ def _attention_backward(dctx, q, k, v, probs, starts, lens, T, n_heads, p_drop, 
         c0 = h * D
         s0 = starts[b]
         L = lens[b]
-        out0 = s0 * H + c0
+        out0 = s0 * 3 * H + c0  # dq's block; dk's is H further, dv's 2H
         Qh = q[s0:s0 + L, c0:c0 + D]
         Kh = k[s0:s0 + L, c0:c0 + D]
         Vh = v[s0:s0 + L, c0:c0 + D]
@@ -259,8 +264,8 @@ def _attention_backward(dctx, q, k, v, probs, starts, lens, T, n_heads, p_drop, 
                     Pd[i, j] = P[i, j] * kept
                     dS[i, j] *= kept  # back through dropout: dP = dPd * keep/(1-p)
         # dV = Pd^T dO
-        _gemm_block(Pd, True, 0, L, dO, False, 0, D, L, dv_f, out0, H, False, isa, MR, NR, KC,
-                    Ap, Bp, edge)
+        _gemm_block(Pd, True, 0, L, dO, False, 0, D, L, d_f, out0 + 2 * H, 3 * H, False, isa,
+                    MR, NR, KC, Ap, Bp, edge)
         for i in range(L):  # softmax backward, then the 1/sqrt(D): dS = P (dP - <dP, P>) s
             dot = cast_like(q, 0.0)
             for j in range(L):
@@ -268,11 +273,11 @@ def _attention_backward(dctx, q, k, v, probs, starts, lens, T, n_heads, p_drop, 
             for j in range(L):
                 dS[i, j] = P[i, j] * (dS[i, j] - dot) * scale
         # dQ = dS K;  dK = dS^T Q
-        _gemm_block(dS, False, 0, L, Kh, False, 0, D, L, dq_f, out0, H, False, isa, MR, NR, KC,
-                    Ap, Bp, edge)
-        _gemm_block(dS, True, 0, L, Qh, False, 0, D, L, dk_f, out0, H, False, isa, MR, NR, KC,
-                    Ap, Bp, edge)
-    return dq, dk, dv
+        _gemm_block(dS, False, 0, L, Kh, False, 0, D, L, d_f, out0, 3 * H, False, isa, MR, NR,
+                    KC, Ap, Bp, edge)
+        _gemm_block(dS, True, 0, L, Qh, False, 0, D, L, d_f, out0 + H, 3 * H, False, isa, MR,
+                    NR, KC, Ap, Bp, edge)
+    return dqkv
 
 
 def _tiles(dtype, T, D):
@@ -285,13 +290,33 @@ def _padded(B, T):
     return np.arange(B, dtype=np.int64) * T, np.full(B, T, dtype=np.int64)
 
 
+def attention_forward_qkv(qkv, starts, lens, mask_bias, T, n_heads, p_drop, key):
+    """The layers' entry: qkv [n, 3H] (q | k | v from one GEMM), sequence b in rows
+    starts[b]..starts[b]+lens[b]; mask_bias [B, >= max L] (zeros when nothing is masked);
+    T the padded length (for the dropout hash). -> ctx [n, H], probs flat (the (b, h)
+    block [L, L] at _prob_offsets(lens)[b] + h L L)."""
+    L = max(int(np.max(lens)), 1)
+    return _attention_forward(qkv, starts, lens, mask_bias, T, n_heads, p_drop, key,
+                              *_tiles(qkv.dtype, L, qkv.shape[1] // 3 // n_heads))
+
+
+def attention_backward_qkv(dctx, qkv, probs, starts, lens, T, n_heads, p_drop, key):
+    """-> dqkv [n, 3H] = dq | dk | dv."""
+    L = max(int(np.max(lens)), 1)
+    return _attention_backward(dctx, qkv, probs, starts, lens, T, n_heads, p_drop, key,
+                               *_tiles(qkv.dtype, L, qkv.shape[1] // 3 // n_heads))
+
+
+def _split(dqkv, H):
+    return dqkv[..., :H], dqkv[..., H:2 * H], dqkv[..., 2 * H:]
+
+
 def attention_forward(q, k, v, mask_bias, n_heads, p_drop, key):
     # q, k, v: [B,T,H]; mask_bias: [B,T] -> ctx: [B,T,H], probs: [B,N,T,T]
     B, T, H = q.shape
     starts, lens = _padded(B, T)
-    ctx, probs = _attention_forward(q.reshape(B * T, H), k.reshape(B * T, H),
-                                    v.reshape(B * T, H), starts, lens, mask_bias, T, n_heads,
-                                    p_drop, key, *_tiles(q.dtype, T, H // n_heads))
+    qkv = np.concatenate([q, k, v], axis=2).reshape(B * T, 3 * H)
+    ctx, probs = attention_forward_qkv(qkv, starts, lens, mask_bias, T, n_heads, p_drop, key)
     return ctx.reshape(B, T, H), probs.reshape(B, n_heads, T, T)
 
 
@@ -299,10 +324,10 @@ def attention_backward(dctx, q, k, v, probs, n_heads, p_drop, key):
     # dctx, q, k, v: [B,T,H]; probs: [B,N,T,T] -> dq, dk, dv: [B,T,H]
     B, T, H = q.shape
     starts, lens = _padded(B, T)
-    flat = [a.reshape(B * T, H) for a in (dctx, q, k, v)]
-    dq, dk, dv = _attention_backward(*flat, probs.reshape(-1), starts, lens, T, n_heads, p_drop,
-                                     key, *_tiles(q.dtype, T, H // n_heads))
-    return dq.reshape(B, T, H), dk.reshape(B, T, H), dv.reshape(B, T, H)
+    qkv = np.concatenate([q, k, v], axis=2).reshape(B * T, 3 * H)
+    dqkv = attention_backward_qkv(dctx.reshape(B * T, H), qkv, probs.reshape(-1), starts, lens,
+                                  T, n_heads, p_drop, key)
+    return _split(dqkv.reshape(B, T, 3 * H), H)
 
 
 def attention_forward_varlen(q, k, v, starts, lens, T, n_heads, p_drop, key):
@@ -311,10 +336,11 @@ def attention_forward_varlen(q, k, v, starts, lens, T, n_heads, p_drop, key):
     -> ctx [n, H], probs flat (the (b, h) block [L, L] at _prob_offsets(lens)[b] + h L L).
     No mask: every key is a real token. The work is sum_b L_b^2, not B T^2."""
     zeros = np.zeros((len(lens), max(int(np.max(lens)), 1)), dtype=q.dtype)
-    return _attention_forward(q, k, v, starts, lens, zeros, T, n_heads, p_drop, key,
-                              *_tiles(q.dtype, int(np.max(lens)), q.shape[1] // n_heads))
+    return attention_forward_qkv(np.concatenate([q, k, v], axis=1), starts, lens, zeros, T,
+                                 n_heads, p_drop, key)
 
 
 def attention_backward_varlen(dctx, q, k, v, probs, starts, lens, T, n_heads, p_drop, key):
-    return _attention_backward(dctx, q, k, v, probs, starts, lens, T, n_heads, p_drop, key,
-                               *_tiles(q.dtype, int(np.max(lens)), q.shape[1] // n_heads))
+    dqkv = attention_backward_qkv(dctx, np.concatenate([q, k, v], axis=1), probs, starts, lens,
+                                  T, n_heads, p_drop, key)
+    return _split(dqkv, q.shape[1])
