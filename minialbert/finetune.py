@@ -30,8 +30,9 @@ import numpy as np
 
 from . import kernels
 from .memory import keep_freed_memory
-from .checkpoint import CheckpointError, latest_name, load_checkpoint, load_tokenizer
-from .rundir import RunDir, StopRequests, given_settings, resume_settings
+from .checkpoint import CheckpointError, load_checkpoint, load_tokenizer
+from .rundir import (RunDir, StopRequests, given_settings, resume_settings,
+                     stopped_inside_a_step)
 from .model import zeros_like_params
 from .optim import clip_by_global_norm, learning_rate, make_optimizer, no_decay
 from .tasks import (TaskError, classification_scores, default_task, qa_decode, qa_features,
@@ -348,10 +349,7 @@ def finetune(fc=None, resume=False, overwrite=False, **overrides):
             if bar is not None:
                 bar.close()
             if updating:
-                ck = latest_name(out)
-                print(f"\nstopped at once inside step {step + 1}: not saved; the last "
-                      f"checkpoint is {out / ck if ck else 'none'}", file=sys.stderr)
-                return dict(interrupted=True, step=step, checkpoint=None, exit_code=130)
+                return stopped_inside_a_step(out, step)
             interrupted = hard = True
         if bar is not None:
             bar.close()

@@ -247,3 +247,12 @@ def resume_settings(cls, saved, given, may_change):
         run[k] = v
         changed[k] = [old, v]
     return cls(**run), changed
+
+
+def stopped_inside_a_step(out, step):
+    """A second Ctrl-C inside an update: nothing saved. Says which checkpoint is the last
+    and returns the run's summary for it (exit status 130)."""
+    ck = latest_name(out)
+    print(f"\nstopped at once inside step {step + 1}: not saved; the last "
+          f"checkpoint is {out / ck if ck else 'none'}", file=sys.stderr)
+    return dict(interrupted=True, step=step, checkpoint=None, exit_code=130)

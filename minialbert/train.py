@@ -21,8 +21,9 @@ import numpy as np
 
 from . import kernels
 from .memory import keep_freed_memory
-from .checkpoint import CheckpointError, check_tokenizer, latest_name, load_checkpoint
-from .rundir import RunDir, StopRequests, given_settings, resume_settings
+from .checkpoint import CheckpointError, check_tokenizer, load_checkpoint
+from .rundir import (RunDir, StopRequests, given_settings, resume_settings,
+                     stopped_inside_a_step)
 from .config import AlbertConfig, preset
 from .corpus import load_corpus
 from .data import DataError, PretrainingData, tokenize_corpus
@@ -419,10 +420,7 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
             if bar is not None:
                 bar.close()
             if updating:
-                ck = latest_name(out)
-                print(f"\nstopped at once inside step {step + 1}: not saved; the last "
-                      f"checkpoint is {out / ck if ck else 'none'}", file=sys.stderr)
-                return dict(interrupted=True, step=step, checkpoint=None, exit_code=130)
+                return stopped_inside_a_step(out, step)
             interrupted = hard = True
         if bar is not None:
             bar.close()
