@@ -12,9 +12,9 @@ applications — ALBERT's cross-layer sharing — simply receives one contributi
 """
 import numpy as np
 
-from .kernels import (activation, attention, bias_add, bias_grad, dropout_backward,
-                      dropout_forward, dropout_key, layernorm_backward, layernorm_forward,
-                      matmul_nn, matmul_nt, matmul_tn)
+from .kernels import (PackedWeight, activation, attention, bias_add, bias_grad,
+                      dropout_backward, dropout_forward, dropout_key, layernorm_backward,
+                      layernorm_forward, matmul_nn, matmul_nt, matmul_tn)
 
 
 class Dropout:
@@ -67,6 +67,35 @@ class Sequences:
                 self.bias, self.T)
 
 
+class Weights:
+    """``params`` for one forward and backward pass of the encoder, read the way the layers
+    read params (``weights[name]``), with every matrix a kernels.PackedWeight: packed into
+    GEMM panels the first time a product needs it and reused by every later application of
+    the shared layer (L per forward pass, L more in the backward). ``qkv(name)`` is the
+    stacked query|key|value projection (qkv_params), also made once. Make a new one for
+    every forward pass: the packs are copies, an optimizer step does not update them."""
+
+    def __init__(self, params):
+        self.params, self._packed, self._qkv = params, {}, {}
+
+    def __getitem__(self, key):
+        v = self.params[key]
+        if v.ndim != 2:
+            return v
+        if key not in self._packed:
+            self._packed[key] = PackedWeight(v)
+        return self._packed[key]
+
+    def __contains__(self, key):
+        return key in self.params
+
+    def qkv(self, name):
+        if name not in self._qkv:
+            W, b = qkv_params(self.params, name)
+            self._qkv[name] = (PackedWeight(W), b)
+        return self._qkv[name]
+
+
 # ------------------------------------------------------------------------------- dense
 
 def dense_forward(x, params, name):  # x: [n, in], W: [out, in], b: [out] -> y: [n, out]
@@ -108,11 +137,11 @@ def qkv_params(params, name):
             np.concatenate([params[name + p + ".bias"] for p in QKV]))
 
 
-def attention_block_forward(x, params, name, seqs, cfg, drop, qkv_w=None):
+def attention_block_forward(x, params, name, seqs, cfg, drop):
     # x: [n, H] -> LayerNorm(x + dropout(dense(MultiHead(x)))): [n, H]   (HF AlbertAttention)
-    # seqs: Sequences (which rows form which sequence); qkv_w: qkv_params(params, name), if
-    # the caller made it already
-    W, b = qkv_w or qkv_params(params, name)
+    # seqs: Sequences (which rows form which sequence); params: a dict, or Weights (the
+    # encoder's: its stacked q|k|v is made once per forward pass)
+    W, b = params.qkv(name) if isinstance(params, Weights) else qkv_params(params, name)
     qkv = matmul_nt(x, W)  # [n, 3H] = q | k | v
     bias_add(qkv, b)
     p_attn = drop.p(cfg.attention_probs_dropout_prob)

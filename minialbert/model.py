@@ -20,9 +20,8 @@ from .kernels import (cross_entropy, dropout_backward, dropout_forward, embeddin
 from .kernels.act import activation, tanh_backward, tanh_forward
 from .kernels.embedding import check_ids
 from .kernels.matmul import bias_add, bias_grad
-from .layers import (Dropout, Sequences, attention_block_backward, attention_block_forward, dense_backward,
-                     qkv_params,
-                     dense_forward, ffn_block_backward, ffn_block_forward, layernorm_bwd,
+from .layers import (Dropout, Sequences, Weights, attention_block_backward,
+                     attention_block_forward, dense_backward, dense_forward, ffn_block_backward, ffn_block_forward, layernorm_bwd,
                      layernorm_fwd)
 
 EMB = "albert.embeddings."
@@ -190,29 +189,30 @@ def embeddings_backward(dh, cache, params, grads, cfg):  # dh: [n, H]
 
 def encoder_forward(h, params, cfg, seqs, drop):
     # h: [n, H] -> [n, H]; L steps, step l runs group g(l)'s inner_group_num layers.
-    # seqs: layers.Sequences (padded with a mask bias, or packed without padding)
-    hidden_states, caches, qkv_w = [h], [], {}
+    # seqs: layers.Sequences (padded with a mask bias, or packed without padding).
+    # The layers read their matrices through Weights: each packed for the GEMM once, used by
+    # all L applications (sharing makes this pay L times over); the backward reuses it.
+    weights = Weights(params)
+    hidden_states, caches = [h], []
     for l in range(cfg.num_hidden_layers):
         for i in range(cfg.inner_group_num):
             attn_name, ffn_name = layer_prefixes(cfg, l, i)
-            if attn_name not in qkv_w:  # once per forward, whatever the number of applications
-                qkv_w[attn_name] = qkv_params(params, attn_name)
-            a, ca = attention_block_forward(h, params, attn_name, seqs, cfg, drop,
-                                            qkv_w[attn_name])
-            h, cf = ffn_block_forward(a, params, ffn_name, cfg)
+            a, ca = attention_block_forward(h, weights, attn_name, seqs, cfg, drop)
+            h, cf = ffn_block_forward(a, weights, ffn_name, cfg)
             caches.append((attn_name, ffn_name, ca, cf))
             hidden_states.append(h)  # one per layer application, as Hugging Face returns
-    return h, hidden_states, caches
+    return h, hidden_states, (weights, caches)
 
 
-def encoder_backward(dh, caches, params, grads, cfg):  # dh: [n, H] -> [n, H]
+def encoder_backward(dh, cache, grads, cfg):  # dh: [n, H] -> [n, H]
     # Walk the layer applications in reverse. With shared weights, attn_name/ffn_name are
     # the same for every application, so each application's backward ADDS its gradient
     # into the same grads[...] arrays: the gradient of a shared weight is the sum over
     # its L uses. (dense_backward and layernorm_bwd accumulate with +=.)
+    weights, caches = cache  # the forward's Weights: its packed matrices, reused here
     for attn_name, ffn_name, ca, cf in reversed(caches):
-        da = ffn_block_backward(dh, cf, params, grads, ffn_name, cfg)
-        dh = attention_block_backward(da, ca, params, grads, attn_name, cfg)
+        da = ffn_block_backward(dh, cf, weights, grads, ffn_name, cfg)
+        dh = attention_block_backward(da, ca, weights, grads, attn_name, cfg)
     return dh
 
 
@@ -300,7 +300,7 @@ class AlbertModel:
         bias = mask_bias(attention_mask, self.dtype)  # [B, T]: 0 or finfo.min per key
         seqs, rows = self._sequences(attention_mask, bias, output_attentions)
         h, ce = embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows)
-        h, hidden_states, caches = encoder_forward(h, params, cfg, seqs, drop)
+        h, hidden_states, enc = encoder_forward(h, params, cfg, seqs, drop)
 
         def padded(a):  # [n, H] -> [B, T, H]
             return _scatter_rows(a, rows, B, T, self.dtype).reshape(B, T, -1)
@@ -315,12 +315,12 @@ class AlbertModel:
             pooled = tanh_forward(z.reshape(-1)).reshape(z.shape)
             out["pooler_output"] = pooled
         if output_attentions:
-            out["attentions"] = [c[2][4] for c in caches]
-        return out, (ce, caches, first, pooled, B, T, seqs, rows)
+            out["attentions"] = [c[2][4] for c in enc[1]]
+        return out, (ce, enc, first, pooled, B, T, seqs, rows)
 
     def encode_backward(self, dseq, dpooled, cache, grads):
         # dseq: [B*T, H] (or None), dpooled: [B, H] (or None) -> grads +=
-        ce, caches, first, pooled, B, T, seqs, rows = cache
+        ce, enc, first, pooled, B, T, seqs, rows = cache
         H = self.config.hidden_size
         n = B * T if rows is None else len(rows)
         if dseq is None:
@@ -336,7 +336,7 @@ class AlbertModel:
                 dh[seqs.starts] += dfirst
             else:
                 dh.reshape(B, T, H)[:, 0] += dfirst
-        dh = encoder_backward(dh, caches, self.params, grads, self.config)
+        dh = encoder_backward(dh, enc, grads, self.config)
         embeddings_backward(dh, ce, self.params, grads, self.config)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,

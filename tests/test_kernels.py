@@ -311,23 +311,35 @@ def test_exp_float32_over_its_whole_range():
 _SAME_BITS = """
 import sys, numpy as np
 from minialbert import kernels as K
+from minialbert.kernels import attention as A
 rng = np.random.default_rng(0)
 logits = (rng.standard_normal((64, 3000)) * 4).astype(np.float32)
 loss, dlogits, _ = K.cross_entropy(logits, rng.integers(0, 3000, 64))
 probs = K.softmax_forward(logits, K.mask_bias(np.ones((1, 3000)), np.float32))
 x = (rng.standard_normal(100_000) * 4).astype(np.float32)
 dx = K.gelu_new_backward(x, x)
-np.savez(sys.argv[1], loss=loss, dlogits=dlogits, probs=probs, dx=dx)
+h = rng.standard_normal((200, 77)).astype(np.float32)
+g, b = rng.standard_normal(77).astype(np.float32), rng.standard_normal(77).astype(np.float32)
+ln, mean, rstd = K.layernorm_forward(h, g, b, 1e-12)
+dg, db = np.zeros_like(g), np.zeros_like(b)
+dln = K.layernorm_backward(h, h, mean, rstd, g, dg, db)
+qkv = rng.standard_normal((2 * 50, 3 * 64)).astype(np.float32)
+starts, lens = np.array([0, 50]), np.array([50, 50])
+bias = np.zeros((2, 50), np.float32)
+ctx, p = A.attention_forward_qkv(qkv, starts, lens, bias, 50, 4, 0.0, 0)
+dqkv = A.attention_backward_qkv(ctx, qkv, p, starts, lens, 50, 4, 0.0, 0)
+np.savez(sys.argv[1], loss=loss, dlogits=dlogits, probs=probs, dx=dx, ln=ln, dln=dln, dg=dg,
+         db=db, ctx=ctx, p=p, dqkv=dqkv)
 """
 
 
 def test_compiled_here_and_loaded_from_the_cache_agree(tmp_path):
     """A run resumed in a new process loads its kernels from Numba's cache, the first run
-    compiled them: both must compute the same bits. (With libm's exp they did not: the
-    cross-entropy gradient and the softmax differed in the last bit of some rows, and a
-    resumed run drifted from an uninterrupted one.) Two child processes, one cache
-    folder: the first compiles and writes it, the second loads it. (The attention kernel
-    uses the same exp; it is left out here only for its compile time.)"""
+    compiled them: both must compute the same bits. Two child processes, one cache folder:
+    the first compiles and writes it, the second loads it. It failed twice before: with
+    libm's exp, and with sums vectorised under fast-math reassociation (a compiled and a
+    cached kernel summed a softmax row in different orders: kernels/reduce.py). Every
+    kernel with a row sum is here: cross-entropy, softmax, LayerNorm, attention."""
     import os
     import subprocess
     import sys

@@ -199,6 +199,36 @@ def test_packed_gemm_any_shape_every_isa_every_form(isa, data):
                  what=f"{isa} {form} M={M} K={K} N={N} accumulate={accumulate}")
 
 
+@given(data=st.data())
+def test_packed_weight_gives_the_same_bits_as_packing_on_the_fly(data):
+    """A PackedWeight (a weight packed once, reused by every application of the shared
+    layer) gives bitwise the products of the plain call, forward (NT) and backward (NN),
+    write and accumulate, for row counts that pick different tiles (so one PackedWeight
+    holds panels for several tiles), float32 and float64; reused, it packs nothing new."""
+    from minialbert.kernels import PackedWeight
+    dt = data.draw(st.sampled_from([np.float32, np.float64]))
+    N = data.draw(st.sampled_from([1, 7, 32, 47, 48, 49, 130]))
+    K = data.draw(st.sampled_from([1, 13, 127, 129, 300]))
+    r = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    W = r.standard_normal((N, K)).astype(dt)
+    Wp = PackedWeight(W)
+    for M in data.draw(st.lists(st.sampled_from([1, 5, 12, 36, 64, 97]), min_size=1,
+                                max_size=3)):
+        x = r.standard_normal((M, K)).astype(dt)
+        dy = r.standard_normal((M, N)).astype(dt)
+        assert np.array_equal(matmul_nt(x, Wp), matmul_nt(x, W))
+        assert np.array_equal(matmul_nn(dy, Wp), matmul_nn(dy, W))
+        out, ref = np.ones((M, N), dt), np.ones((M, N), dt)
+        matmul_nt(x, Wp, out=out, accumulate=True)
+        matmul_nt(x, W, out=ref, accumulate=True)
+        assert np.array_equal(out, ref)
+        kept = Wp.nbytes()
+        matmul_nt(x, Wp)
+        assert Wp.nbytes() == kept  # the second use packs nothing
+    with use_blas(True):
+        assert_close(matmul_nt(x, Wp), x @ W.T, **_tol(dt))
+
+
 def test_tile_is_picked_from_the_shape():
     """AVX-512 has two tiles: 8 x 48 unless 12 x 32 covers the product with less padding
     (N = 128, the embedding size; N = 64, a head). The choice depends on the shape only,

@@ -38,9 +38,8 @@ from .dropout import dropout_backward, dropout_forward, dropout_key, dropout_mas
 from .embedding import embedding_backward, embedding_forward
 from .loss import cross_entropy
 from . import attention
-from .matmul import (bias_add, bias_grad, matmul_nn, matmul_nt, matmul_nt_4x4, matmul_nt_naive,
-                     matmul_tn,
-                     transpose, use_blas)
+from .matmul import (PackedWeight, bias_add, bias_grad, matmul_nn, matmul_nt, matmul_nt_4x4,
+                     matmul_nt_naive, matmul_tn, transpose, use_blas)
 from .norm import layernorm_backward, layernorm_forward
 from .softmax import mask_bias, softmax_backward, softmax_forward
 

@@ -2,8 +2,12 @@
 thread control and the fixed row-chunking that keeps reductions deterministic.
 
 Why these flags: Numba's ``fastmath=True`` also sets ``nnan``/``ninf``, which lets LLVM
-fold ``np.isnan`` to False and breaks ``-inf`` masks.  We want only what vectorises a
-reduction (reassociation, contraction into FMA), so we name the flags ourselves.
+fold ``np.isnan`` to False and breaks ``-inf`` masks. And it sets ``reassoc``, which lets
+LLVM choose the order of a sum each time it optimises the code: a kernel compiled in this
+process and the same kernel loaded from Numba's cache then sum in different orders (it was
+measured: kernels/reduce.py tells the story). So we name the flags ourselves, without
+either: contraction into FMA, no signed zeros, reciprocals. The sums that must be fast are
+kernels/reduce.py's vsum and vdot, vectorised in an order written down.
 """
 import math
 
@@ -11,7 +15,10 @@ import numba
 import numpy as np
 from numba.extending import overload
 
-FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
+FASTMATH = {"contract", "nsz", "arcp", "afn"}
+# Chapter 01's steps (the 4x4 dot-block GEMM) vectorise their dot products only with
+# reassociation; they are not on the training path, so they may have it.
+FASTMATH_REASSOC = FASTMATH | {"reassoc"}
 
 # Reductions over rows (bias gradient, LayerNorm gamma/beta gradient) are split into
 # chunks of a *fixed* number of rows, each chunk summed by one thread, then the chunk

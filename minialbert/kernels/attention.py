@@ -31,6 +31,7 @@ from numba import njit, prange
 
 from ._base import FASTMATH, cast_like, exp_float32
 from .dropout import _hash_uniform
+from .reduce import vdot, vsum
 from .matmul import _gemm_block, blocking, packing_buffers
 
 
@@ -44,12 +45,9 @@ def _softmax_row(row, bias, scale):
         row[j] = s
         if s > m:
             m = s
-    tot = cast_like(row, 0.0)
     for j in range(row.shape[0]):
-        e = exp_float32(row[j] - m)
-        row[j] = e
-        tot += e
-    return cast_like(row, 1.0) / tot
+        row[j] = exp_float32(row[j] - m)
+    return cast_like(row, 1.0) / vsum(row)  # reduce.py: a vector sum in a fixed order
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -267,9 +265,7 @@ def _attention_backward(dctx, qkv, probs, starts, lens, T, n_heads, p_drop, key,
         _gemm_block(Pd, True, 0, L, dO, False, 0, D, L, d_f, out0 + 2 * H, 3 * H, False, isa,
                     MR, NR, KC, Ap, Bp, edge)
         for i in range(L):  # softmax backward, then the 1/sqrt(D): dS = P (dP - <dP, P>) s
-            dot = cast_like(q, 0.0)
-            for j in range(L):
-                dot += dS[i, j] * P[i, j]
+            dot = vdot(dS[i], P[i])
             for j in range(L):
                 dS[i, j] = P[i, j] * (dS[i, j] - dot) * scale
         # dQ = dS K;  dK = dS^T Q

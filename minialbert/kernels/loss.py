@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._base import FASTMATH, cast_like, exp_float32
+from .reduce import vsum
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -34,16 +35,16 @@ def _xent_rows(logits, labels, ignore_index, want_grad, dlogits, row_loss):
         for j in range(1, C):
             if z[j] > m:
                 m = z[j]
-        s = cast_like(logits, 0.0)
+        e = dlogits[r] if want_grad else np.empty(C, dtype=logits.dtype)
         for j in range(C):
-            s += exp_float32(z[j] - m)
-        lse = m + math.log(s)
-        row_loss[r] = lse - z[lab]
-        if want_grad:
+            e[j] = exp_float32(z[j] - m)
+        s = vsum(e)  # reduce.py: a vector sum in a fixed order
+        row_loss[r] = m + math.log(s) - z[lab]  # logsumexp(z) - z[label]
+        if want_grad:  # softmax(z) - onehot(label)
             inv = cast_like(logits, 1.0) / s
             for j in range(C):
-                dlogits[r, j] = exp_float32(z[j] - m) * inv
-            dlogits[r, lab] -= cast_like(logits, 1.0)
+                e[j] *= inv
+            e[lab] -= cast_like(logits, 1.0)
 
 
 def cross_entropy(logits, labels, ignore_index=-100, grad=True, scale=1.0):

@@ -3,7 +3,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from ._base import FASTMATH, ROW_CHUNK, cast_like, check_float, get_threads
+from ._base import FASTMATH, FASTMATH_REASSOC, ROW_CHUNK, cast_like, check_float, get_threads
 from .microkernel import host_isa, kernel_tile, microkernel, pick_kernel
 
 _USE_BLAS = False
@@ -51,7 +51,7 @@ def matmul_nt_naive(A, B):  # A: [M,K], B: [N,K] -> C: [M,N] = A @ B.T
 # step 2: a 4x4 block of dot products (the previous fast kernel, kept as a step)
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH_REASSOC, cache=True)
 def _block_4x4(A, B, C, i, j, accumulate):  # C[i:i+4, j:j+4] (+)= A[i:i+4] @ B[j:j+4].T
     K = A.shape[1]
     a0 = A[i]
@@ -127,7 +127,7 @@ def _block_4x4(A, B, C, i, j, accumulate):  # C[i:i+4, j:j+4] (+)= A[i:i+4] @ B[
     C[i + 3, j + 3] += c33
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH_REASSOC, cache=True)
 def _dot_into(A, B, C, i, j, accumulate):  # C[i, j] (+)= A[i] . B[j]  (edges of C)
     a = A[i]
     b = B[j]
@@ -140,7 +140,7 @@ def _dot_into(A, B, C, i, j, accumulate):  # C[i, j] (+)= A[i] . B[j]  (edges of
         C[i, j] = s
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
+@njit(parallel=True, fastmath=FASTMATH_REASSOC, cache=True)
 def _gemm_nt_4x4(A, B, C, accumulate):  # A: [M,K], B: [N,K], C: [M,N] (+)= A @ B.T
     M = A.shape[0]
     N = B.shape[0]
@@ -284,10 +284,12 @@ def _pack_all(A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp):
 
 
 @njit(parallel=True, cache=True)
-def _gemm_packed(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap, Bp):
+def _gemm_packed(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap, Bp,
+                 pack_b=True):
     # C: [M,N] (+)= opA(A) [M,K] @ opB(B) [K,N], in two parallel steps:
     #   1. pack A and B whole into panels (each element copied once) in Ap, Bp: scratch of
     #      at least Mp*K and Np*K elements (M, N rounded up to MR, NR) the caller owns;
+    #      with pack_b False, Bp holds B's panels already (a PackedWeight) and only A is;
     #   2. cut C into blocks of MC rows x NC columns (multiples of MR and NR), one task a
     #      block: a task owns its block of C (no races) and walks the reduction in KC
     #      blocks, always in the same order, running the macro-kernel on the panels.
@@ -296,7 +298,7 @@ def _gemm_packed(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC,
     Cf = C.reshape(M * N)
     Mp = (M + MR - 1) // MR * MR
     Np = (N + NR - 1) // NR * NR
-    _pack_all(A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp)
+    _pack_all(A, a_trans, M, B, b_trans, N if pack_b else 0, K, MR, NR, KC, Ap, Bp)
     n_mb = (M + MC - 1) // MC
     n_nb = (N + NC - 1) // NC
     for t in prange(n_mb * n_nb):
@@ -350,6 +352,7 @@ _KC, _MC, _NC = 128, 288, 1920
 
 def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None):
     """out [M,N] (+)= opA(A) @ opB(B): the one driver behind matmul_nt/_nn/_tn.
+    B may be a PackedWeight (its panels are then reused, not packed again).
     ``isa`` picks the ISA's best tile for the shape; ``kernel`` (a code of
     microkernel.KERNELS) forces one, for tests and benchmarks."""
     M, N = out.shape
@@ -359,10 +362,51 @@ def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None):
     b = blocking(out.dtype, M, N, isa, kernel=kernel)
     K = A.shape[0] if a_trans else A.shape[1]
     Ap = _workspace.get("A", out.dtype, -(-M // b["MR"]) * b["MR"] * K)
-    Bp = _workspace.get("B", out.dtype, -(-N // b["NR"]) * b["NR"] * K)
+    if isinstance(B, PackedWeight):
+        Bp, B, pack_b = B.panels(b_trans, b), B.W, False
+    else:
+        Bp, pack_b = _workspace.get("B", out.dtype, -(-N // b["NR"]) * b["NR"] * K), True
     _gemm_packed(A, a_trans, B, b_trans, out, accumulate, b["code"], b["MR"], b["NR"],
-                 b["KC"], b["MC"], b["NC"], Ap, Bp)
+                 b["KC"], b["MC"], b["NC"], Ap, Bp, pack_b)
     return out
+
+
+class PackedWeight:
+    """A matrix packed into B panels once and reused by every product it is the B operand
+    of — ALBERT applies its one shared layer L times per forward pass, so each weight is
+    packed once instead of L times (and once more, in the other layout, for the backward).
+
+        Wp = PackedWeight(W)     # W: [out, in], as stored
+        matmul_nt(x, Wp)         # x @ W.T, the forward      (W's "B.T" panels)
+        matmul_nn(dy, Wp)        # dy @ W, the backward's dx  (W's "B" panels)
+
+    The panels are exactly what gemm would pack on the fly, so results are bitwise the
+    same. They are made when first needed, one set per (layout, tile, KC). W must not
+    change while a PackedWeight of it is in use: make one per forward pass (the encoder
+    does), never across an optimizer step."""
+
+    def __init__(self, W):
+        if W.ndim != 2:
+            raise ValueError(f"PackedWeight: a matrix, got shape {W.shape}")
+        self.W = np.ascontiguousarray(W)
+        self.shape, self.dtype, self.ndim = self.W.shape, self.W.dtype, 2
+        self._panels = {}
+
+    def panels(self, b_trans, blk):  # -> flat panels as _pack_all lays out B
+        key = (bool(b_trans), blk["code"], blk["NR"], blk["KC"])
+        Bp = self._panels.get(key)
+        if Bp is None:
+            N, K = self.shape if b_trans else self.shape[::-1]
+            NR, KC = blk["NR"], blk["KC"]
+            Bp = np.empty(-(-N // NR) * NR * K, dtype=self.dtype)
+            no_a = np.empty((0, K), dtype=self.dtype)  # M = 0: pack B only
+            _pack_all(no_a, False, 0, self.W, b_trans, N, K, blk["MR"], NR, KC,
+                      np.empty(0, dtype=self.dtype), Bp)
+            self._panels[key] = Bp
+        return Bp
+
+    def nbytes(self):
+        return sum(p.nbytes for p in self._panels.values())
 
 
 class Workspace(threading.local):
@@ -406,16 +450,25 @@ def _blas(a, b, out, accumulate):
     return out
 
 
+def _b_operand(B):  # an array (made contiguous) or a PackedWeight, as it is
+    return B if isinstance(B, PackedWeight) else np.ascontiguousarray(B)
+
+
+def _array(B):
+    return B.W if isinstance(B, PackedWeight) else B
+
+
 def matmul_nt(A, B, out=None, accumulate=False):  # [M,K] x [N,K] -> [M,N] = A @ B.T
     """``A @ B.T``; with ``accumulate`` the product is added into ``out`` (the ``+=``
-    with which a shared weight collects one gradient contribution per use)."""
+    with which a shared weight collects one gradient contribution per use). B may be a
+    PackedWeight, here and in matmul_nn."""
     check_float(A, B)
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
         raise ValueError(f"matmul_nt: shapes {A.shape} and {B.shape} do not fit A @ B.T")
     out = _prepare_out(out, (A.shape[0], B.shape[0]), A.dtype, accumulate)
     if _USE_BLAS:
-        return _blas(A, B.T, out, accumulate)
-    return gemm(np.ascontiguousarray(A), False, np.ascontiguousarray(B), True, out, accumulate)
+        return _blas(A, _array(B).T, out, accumulate)
+    return gemm(np.ascontiguousarray(A), False, _b_operand(B), True, out, accumulate)
 
 
 def matmul_nn(A, B, out=None, accumulate=False):  # [M,K] x [K,N] -> [M,N] = A @ B
@@ -424,8 +477,8 @@ def matmul_nn(A, B, out=None, accumulate=False):  # [M,K] x [K,N] -> [M,N] = A @
         raise ValueError(f"matmul_nn: shapes {A.shape} and {B.shape} do not fit A @ B")
     out = _prepare_out(out, (A.shape[0], B.shape[1]), A.dtype, accumulate)
     if _USE_BLAS:
-        return _blas(A, B, out, accumulate)
-    return gemm(np.ascontiguousarray(A), False, np.ascontiguousarray(B), False, out, accumulate)
+        return _blas(A, _array(B), out, accumulate)
+    return gemm(np.ascontiguousarray(A), False, _b_operand(B), False, out, accumulate)
 
 
 def matmul_tn(A, B, out=None, accumulate=False):  # [K,M] x [K,N] -> [M,N] = A.T @ B

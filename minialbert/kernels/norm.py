@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._base import FASTMATH, ROW_CHUNK, cast_like
+from .reduce import vdot, vsum
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -26,20 +27,16 @@ def layernorm_forward(x, gamma, beta, eps):  # x: [R,C] -> y: [R,C], mean: [R], 
     rstd = np.empty(R, dtype=x.dtype)
     e = cast_like(x, eps)
     inv_c = cast_like(x, 1.0) / C
-    for r in prange(R):
-        s = cast_like(x, 0.0)
+    for r in prange(R):  # the sums through reduce.py: vectorised, in a fixed order
+        m = vsum(x[r]) * inv_c
+        d = y[r]
         for j in range(C):
-            s += x[r, j]
-        m = s * inv_c
-        v = cast_like(x, 0.0)
-        for j in range(C):
-            d = x[r, j] - m
-            v += d * d
-        rs = cast_like(x, 1.0) / math.sqrt(v * inv_c + e)
+            d[j] = x[r, j] - m
+        rs = cast_like(x, 1.0) / math.sqrt(vdot(d, d) * inv_c + e)
         mean[r] = m
         rstd[r] = rs
         for j in range(C):
-            y[r, j] = (x[r, j] - m) * rs * gamma[j] + beta[j]
+            d[j] = d[j] * rs * gamma[j] + beta[j]
     return y, mean, rstd
 
 
@@ -53,23 +50,20 @@ def layernorm_backward(dy, x, mean, rstd, gamma, dgamma, dbeta):
     pg = np.zeros((n_chunks, C), dtype=x.dtype)  # per-chunk partial dgamma
     pb = np.zeros((n_chunks, C), dtype=x.dtype)  # per-chunk partial dbeta
     for c in prange(n_chunks):
+        xh = np.empty(C, dtype=x.dtype)  # this row's xhat and dxhat
+        g = np.empty(C, dtype=x.dtype)
         for r in range(c * ROW_CHUNK, min(R, (c + 1) * ROW_CHUNK)):
             m = mean[r]
             rs = rstd[r]
-            s1 = cast_like(x, 0.0)  # sum(dxhat)
-            s2 = cast_like(x, 0.0)  # sum(dxhat * xhat)
             for j in range(C):
-                xh = (x[r, j] - m) * rs
-                g = dy[r, j] * gamma[j]
-                s1 += g
-                s2 += g * xh
-                pg[c, j] += dy[r, j] * xh
+                xh[j] = (x[r, j] - m) * rs
+                g[j] = dy[r, j] * gamma[j]
+                pg[c, j] += dy[r, j] * xh[j]
                 pb[c, j] += dy[r, j]
-            s1 *= inv_c
-            s2 *= inv_c
+            s1 = vsum(g) * inv_c  # mean(dxhat)
+            s2 = vdot(g, xh) * inv_c  # mean(dxhat * xhat)
             for j in range(C):
-                xh = (x[r, j] - m) * rs
-                dx[r, j] = rs * (dy[r, j] * gamma[j] - s1 - xh * s2)
+                dx[r, j] = rs * (g[j] - s1 - xh[j] * s2)
     for c in range(n_chunks):  # chunk partials in a fixed order: thread-count independent
         for j in range(C):
             dgamma[j] += pg[c, j]

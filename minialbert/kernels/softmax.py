@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._base import FASTMATH, cast_like, exp_float32
+from .reduce import vdot, vsum
 
 
 def mask_bias(mask, dtype):  # mask: 1 keep / 0 masked -> additive bias 0 / finfo.min
@@ -28,12 +29,9 @@ def softmax_row(x, bias, y):  # x: [C] (+ bias: [C]) -> y: [C], stable: subtract
         v = x[j] + bias[j]
         if v > m:
             m = v
-    s = cast_like(y, 0.0)
     for j in range(C):
-        e = exp_float32((x[j] + bias[j]) - m)
-        y[j] = e
-        s += e
-    inv = cast_like(y, 1.0) / s
+        y[j] = exp_float32((x[j] + bias[j]) - m)
+    inv = cast_like(y, 1.0) / vsum(y)  # reduce.py: a vector sum in a fixed order
     for j in range(C):
         y[j] *= inv
 
@@ -50,9 +48,7 @@ def softmax_forward(x, bias):  # x: [R,C], bias: [R,C] or [1,C] -> y: [R,C]
 
 @njit(fastmath=FASTMATH, cache=True)
 def softmax_backward_row(dy, y, dx):  # dx = y * (dy - sum(dy * y))
-    s = cast_like(dx, 0.0)
-    for j in range(y.shape[0]):
-        s += dy[j] * y[j]
+    s = vdot(dy, y)
     for j in range(y.shape[0]):
         dx[j] = y[j] * (dy[j] - s)
 

@@ -1,0 +1,167 @@
+"""Sums and dot products of a row, vectorised, in an order fixed by this file.
+
+Legend: n the length of the row, W the floats in one vector register (AVX-512: 16
+float32, AVX2: 8, SSE: 4), U = 4 vector accumulators.
+
+    vsum(x)    = x[0] + x[1] + ... + x[n-1]
+    vdot(x, y) = x[0] y[0] + ... + x[n-1] y[n-1]
+
+Why not a plain loop. ``s += x[j]`` is a chain: each add waits for the one before, one
+lane at a time. LLVM vectorises it only when it may *reassociate* (fast-math ``reassoc``),
+and then it picks the order of the additions itself, anew each time it optimises the code.
+Numba optimises a kernel that calls another (or a ``prange`` body) twice: once alone, once
+linked into its caller. A process that compiled its kernels runs the first copy, a process
+that loaded them from Numba's on-disk cache runs the second — and their sums differed in the
+last bit (measured on a Xeon with AVX-512: 9 rows of 64 in a softmax over 3000 columns). A run
+resumed in a new process then drifted from one that never stopped. So no kernel here is
+compiled with ``reassoc`` (kernels/_base.FASTMATH), and the sums that need speed are written
+out, one level down, in LLVM IR (as the GEMM micro-kernel is): U x W partial sums in vector
+registers, walked front to back, then added in a fixed tree —
+
+    acc[u][l] = sum over blocks b of x[(b U + u) W + l]      (u < U, l < W)
+    then the vectors whole: (acc[0] + acc[1]) + (acc[2] + acc[3]), lanes halved
+    pairwise down to one, then the last n mod (U W) elements one at a time.
+
+Every compile of this IR computes the same bits, so a fresh process and a cached one agree.
+The order depends on W, so on the CPU (as every vectorised sum does): the same machine
+always gives the same bits, for any thread count.
+
+Under NUMBA_DISABLE_JIT=1 (stepping through kernels in a debugger) vsum and vdot are the
+plain loops below: the same sums, rounded in another order.
+"""
+import llvmlite.binding as llvm_binding
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic, overload
+
+U = 4  # vector accumulators: enough independent adds to hide the add's latency
+
+
+def _vector_bytes():
+    # from the CPU itself (not MINIALBERT_GEMM_ISA, which only picks a GEMM tile): the
+    # cached machine code is keyed on the CPU, so it must depend on nothing else
+    f = {k for k, v in llvm_binding.get_host_cpu_features().items() if v}
+    return 64 if "avx512f" in f else 32 if "avx2" in f else 16
+
+
+VECTOR_BYTES = _vector_bytes()
+
+
+def _codegen(vbytes, with_y):
+    def codegen(context, builder, signature, args):
+        aty = signature.args[0]
+        fty = context.get_value_type(aty.dtype)
+        W = vbytes // (4 if fty == ir.FloatType() else 8)
+        vty = ir.VectorType(fty, W)
+        i64 = ir.IntType(64)
+        xs = context.make_array(aty)(context, builder, args[0])
+        n = builder.extract_value(xs.shape, 0)
+        px = xs.data
+        py = context.make_array(signature.args[1])(context, builder, args[1]).data if with_y \
+            else None
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+            f"llvm.fma.v{W}f{8 * (4 if fty == ir.FloatType() else 8)}")
+
+        def vload(p, j):  # <W x float> at p + j, unaligned
+            return builder.load(builder.bitcast(builder.gep(p, [j]), vty.as_pointer()),
+                                align=4 if fty == ir.FloatType() else 8)
+
+        def vterm(acc, j):  # acc + x[j:j+W] (* y[j:j+W])
+            if with_y:
+                return builder.call(fma, [vload(px, j), vload(py, j), acc])
+            return builder.fadd(acc, vload(px, j))
+
+        zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * W)
+        acc = [cgutils.alloca_once_value(builder, zero) for _ in range(U)]
+        blocks = builder.udiv(n, ir.Constant(i64, U * W))
+        with cgutils.for_range(builder, blocks) as loop:  # U vectors a step
+            j0 = builder.mul(loop.index, ir.Constant(i64, U * W))
+            for u in range(U):
+                j = builder.add(j0, ir.Constant(i64, u * W))
+                builder.store(vterm(builder.load(acc[u]), j), acc[u])
+        v = builder.fadd(builder.fadd(builder.load(acc[0]), builder.load(acc[1])),
+                         builder.fadd(builder.load(acc[2]), builder.load(acc[3])))
+        w = W
+        while w > 1:  # lanes [0, w/2) + lanes [w/2, w), until one is left
+            h = w // 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), h),
+                                                          list(range(h))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), h),
+                                                          list(range(h, w))))
+            v = builder.fadd(lo, hi)
+            w = h
+        s = cgutils.alloca_once_value(builder, builder.extract_element(v, ir.Constant(
+            ir.IntType(32), 0)))
+        done = builder.mul(blocks, ir.Constant(i64, U * W))
+        with cgutils.for_range(builder, builder.sub(n, done)) as loop:  # the tail, in order
+            j = builder.add(done, loop.index)
+            xj = builder.load(builder.gep(px, [j]))
+            t = builder.fmul(xj, builder.load(builder.gep(py, [j]))) if with_y else xj
+            builder.store(builder.fadd(builder.load(s), t), s)
+        return builder.load(s)
+
+    return codegen
+
+
+def _check(*arrays):
+    for a in arrays:
+        if not (isinstance(a, types.Array) and a.ndim == 1
+                and a.dtype in (types.float32, types.float64)):
+            raise TypingError(f"vsum/vdot take 1-D float arrays, got {a}")
+    if len(arrays) == 2 and arrays[0].dtype != arrays[1].dtype:
+        raise TypingError(f"vdot: dtypes differ ({arrays[0].dtype}, {arrays[1].dtype})")
+
+
+@intrinsic
+def _vsum(typingctx, x):  # x: [n], contiguous
+    return x.dtype(x), _codegen(VECTOR_BYTES, False)
+
+
+@intrinsic
+def _vdot(typingctx, x, y):  # x, y: [n] (y at least as long), contiguous
+    return x.dtype(x, y), _codegen(VECTOR_BYTES, True)
+
+
+def vsum(x):  # x: [n] -> sum; this loop is the readable twin (NUMBA_DISABLE_JIT=1)
+    s = x.dtype.type(0)
+    for j in range(x.shape[0]):
+        s += x[j]
+    return s
+
+
+def vdot(x, y):  # x, y: [n] -> sum of x*y
+    s = x.dtype.type(0)
+    for j in range(x.shape[0]):
+        s += x[j] * y[j]
+    return s
+
+
+@overload(vsum, inline="always")
+def _vsum_overload(x):
+    _check(x)
+    if x.layout == "C":
+        return lambda x: _vsum(x)
+
+    def strided(x):  # a strided view: one at a time, in order (no kernel here passes one)
+        s = x.dtype.type(0)
+        for j in range(x.shape[0]):
+            s += x[j]
+        return s
+    return strided
+
+
+@overload(vdot, inline="always")
+def _vdot_overload(x, y):
+    _check(x, y)
+    if x.layout == "C" and y.layout == "C":
+        return lambda x, y: _vdot(x, y)
+
+    def strided(x, y):
+        s = x.dtype.type(0)
+        for j in range(x.shape[0]):
+            s += x[j] * y[j]
+        return s
+    return strided
