@@ -50,7 +50,7 @@ def worker(side, name, path, weights, threads):
         from minialbert.model import AlbertModel
 
         kernels.set_threads(threads)
-        m = AlbertModel(AlbertConfig(**cfg_kw), params=params)
+        m = AlbertModel(AlbertConfig(**cfg_kw), params=params).freeze()  # as Predictor does
         for label, B, T in SHAPES:
             ids = rng.integers(5, cfg_kw["vocab_size"], (B, T))
             out[label] = timed(lambda: m.forward(ids))

@@ -8,7 +8,9 @@ out, then both are evaluated on the same held-out batches.
 The optimizer is AdamW with ALBERT's exclusions (ours matches torch.optim.AdamW step for
 step, tests/test_optim.py). The schedule is linear warm-up (5%) and decay over the *wall
 clock*: the rate at a step is the schedule at (elapsed / budget), so both sides train for
-exactly the budget and end their decay with it, whatever their speed.
+exactly the budget and end their decay with it, whatever their speed. Ours runs as the
+trainers run it (padding removed, glibc keeping freed memory — a process setting HF's side
+gets too); HF runs eager attention.
 """
 import argparse
 import time
@@ -16,6 +18,7 @@ import time
 import numpy as np
 
 from minialbert import kernels
+from minialbert.memory import keep_freed_memory
 from minialbert.config import preset
 from minialbert.corpus import default_corpus
 from minialbert.data import PretrainingData, tokenize_corpus
@@ -35,6 +38,7 @@ def batches_for(data, n, B):
 
 def run_ours(cfg, params, data, B, budget, lr, total):
     m = AlbertForPreTraining(cfg, params={k: v.copy() for k, v in params.items()})
+    m.unpad = True  # as the trainers run it: no work on padding
     opt = AdamW(exclude=no_decay)
     grads = zeros_like_params(m.params)
     t0 = time.time()
@@ -115,6 +119,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     a = ap.parse_args()
     pc = PretrainConfig()
+    keep_freed_memory()  # as the trainers do; the same process setting for HF's side too
     threads = kernels.set_threads(None)
     torch.set_num_threads(threads)
     corpus = default_corpus()

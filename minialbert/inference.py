@@ -101,6 +101,7 @@ def _softmax(z):
 class Predictor:
     def __init__(self, model, tokenizer, labels=None, batch_size=32):
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
+        model.freeze()  # a predictor never trains: pack the weights once, for every call
         names = model.config.extra.get("id2label")
         self.labels = labels or ([names[str(i)] for i in range(len(names))] if names else None)
 

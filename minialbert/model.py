@@ -187,12 +187,13 @@ def embeddings_backward(dh, cache, params, grads, cfg):  # dh: [n, H]
 
 # ------------------------------------------------------------------------------ encoder
 
-def encoder_forward(h, params, cfg, seqs, drop):
+def encoder_forward(h, params, cfg, seqs, drop, weights=None):
     # h: [n, H] -> [n, H]; L steps, step l runs group g(l)'s inner_group_num layers.
     # seqs: layers.Sequences (padded with a mask bias, or packed without padding).
     # The layers read their matrices through Weights: each packed for the GEMM once, used by
     # all L applications (sharing makes this pay L times over); the backward reuses it.
-    weights = Weights(params)
+    # weights: a Weights kept across calls (AlbertModel.freeze, for inference), else new.
+    weights = weights if weights is not None else Weights(params)
     hidden_states, caches = [h], []
     for l in range(cfg.num_hidden_layers):
         for i in range(cfg.inner_group_num):
@@ -269,6 +270,20 @@ class AlbertModel:
     # sets unpad_exact = False and always runs padded.
     unpad = False
     unpad_exact = True
+    _frozen = None
+
+    def freeze(self):
+        """Promise that the weights will not change (inference): the encoder's matrices are
+        then packed for the GEMM once and kept for every later call, instead of once per
+        forward pass — on a single sentence the packing costs as much as the products.
+        ``unfreeze()`` before training again (a frozen model would keep using the old
+        packs). Returns self."""
+        self._frozen = Weights(self.params)
+        return self
+
+    def unfreeze(self):
+        self._frozen = None
+        return self
 
     def _sequences(self, attention_mask, bias, output_attentions):
         """(Sequences, rows): padded, or packed without padding (rows = the flat indices of
@@ -300,7 +315,7 @@ class AlbertModel:
         bias = mask_bias(attention_mask, self.dtype)  # [B, T]: 0 or finfo.min per key
         seqs, rows = self._sequences(attention_mask, bias, output_attentions)
         h, ce = embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows)
-        h, hidden_states, enc = encoder_forward(h, params, cfg, seqs, drop)
+        h, hidden_states, enc = encoder_forward(h, params, cfg, seqs, drop, self._frozen)
 
         def padded(a):  # [n, H] -> [B, T, H]
             return _scatter_rows(a, rows, B, T, self.dtype).reshape(B, T, -1)

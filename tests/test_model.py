@@ -359,3 +359,26 @@ def test_padding_kept_where_removing_it_would_change_the_result(rng):
     qa = AlbertForQuestionAnswering(tiny(num_labels=2), seed=0, dtype=np.float64)
     qa.unpad = True
     assert qa.forward(b["input_ids"], attention_mask=b["attention_mask"])[1]["enc"][7] is None
+
+
+def test_frozen_model_packs_once_and_gives_the_same_bits(rng):
+    """freeze() (inference: Predictor calls it) keeps the packed matrices across calls:
+    the outputs are bitwise those of the unfrozen model, a second call packs nothing new,
+    and unfreeze() makes a weight change visible again (a frozen model would not see it —
+    which is why training never freezes)."""
+    from minialbert.model import AlbertModel
+    cfg = tiny(num_hidden_layers=3)
+    m = AlbertModel(cfg, seed=1)
+    ids = rng.integers(5, cfg.vocab_size, (2, 9))
+    plain = m.encode(ids)[0]["last_hidden_state"]
+    m.freeze()
+    first = m.encode(ids)[0]["last_hidden_state"]
+    packed = sum(p.nbytes() for p in m._frozen._packed.values())
+    second = m.encode(ids)[0]["last_hidden_state"]
+    assert packed > 0 and sum(p.nbytes() for p in m._frozen._packed.values()) == packed
+    assert np.array_equal(plain, first) and np.array_equal(first, second)
+    ffn = next(k for k in m.params if k.endswith("ffn.weight"))
+    m.params[ffn] *= 2  # in place, as an optimizer would
+    assert np.array_equal(m.encode(ids)[0]["last_hidden_state"], first)  # stale, as documented
+    m.unfreeze()
+    assert not np.array_equal(m.encode(ids)[0]["last_hidden_state"], first)
