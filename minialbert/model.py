@@ -21,8 +21,8 @@ from .kernels.act import activation, tanh_backward, tanh_forward
 from .kernels.embedding import check_ids
 from .kernels.matmul import bias_add, bias_grad
 from .layers import (Dropout, Sequences, Weights, attention_block_backward,
-                     attention_block_forward, dense_backward, dense_forward, ffn_block_backward, ffn_block_forward, layernorm_bwd,
-                     layernorm_fwd)
+                     attention_block_forward, dense_backward, dense_forward, ffn_block_backward,
+                     ffn_block_forward, layernorm_bwd, layernorm_fwd)
 
 EMB = "albert.embeddings."
 ENC = "albert.encoder."

@@ -26,8 +26,8 @@ Every compile of this IR computes the same bits, so a fresh process and a cached
 The order depends on W, so on the CPU (as every vectorised sum does): the same machine
 always gives the same bits, for any thread count.
 
-Under NUMBA_DISABLE_JIT=1 (stepping through kernels in a debugger) vsum and vdot are the
-plain loops below: the same sums, rounded in another order.
+Under NUMBA_DISABLE_JIT=1 (stepping through kernels in a debugger) vsum and vdot run as
+the plain loops below: the same sums, rounded in another order.
 """
 import llvmlite.binding as llvm_binding
 from llvmlite import ir
@@ -53,7 +53,8 @@ def _codegen(vbytes, with_y):
     def codegen(context, builder, signature, args):
         aty = signature.args[0]
         fty = context.get_value_type(aty.dtype)
-        W = vbytes // (4 if fty == ir.FloatType() else 8)
+        esize = 4 if fty == ir.FloatType() else 8  # bytes per element
+        W = vbytes // esize
         vty = ir.VectorType(fty, W)
         i64 = ir.IntType(64)
         xs = context.make_array(aty)(context, builder, args[0])
@@ -63,11 +64,11 @@ def _codegen(vbytes, with_y):
             else None
         fma = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-            f"llvm.fma.v{W}f{8 * (4 if fty == ir.FloatType() else 8)}")
+            f"llvm.fma.v{W}f{8 * esize}")
 
         def vload(p, j):  # <W x float> at p + j, unaligned
             return builder.load(builder.bitcast(builder.gep(p, [j]), vty.as_pointer()),
-                                align=4 if fty == ir.FloatType() else 8)
+                                align=esize)
 
         def vterm(acc, j):  # acc + x[j:j+W] (* y[j:j+W])
             if with_y:
@@ -125,43 +126,37 @@ def _vdot(typingctx, x, y):  # x, y: [n] (y at least as long), contiguous
     return x.dtype(x, y), _codegen(VECTOR_BYTES, True)
 
 
-def vsum(x):  # x: [n] -> sum; this loop is the readable twin (NUMBA_DISABLE_JIT=1)
+def _sum_loop(x):  # one element at a time, in order
     s = x.dtype.type(0)
     for j in range(x.shape[0]):
         s += x[j]
     return s
 
 
-def vdot(x, y):  # x, y: [n] -> sum of x*y
+def _dot_loop(x, y):
     s = x.dtype.type(0)
     for j in range(x.shape[0]):
         s += x[j] * y[j]
     return s
 
 
+def vsum(x):  # x: [n] -> sum. As Python (NUMBA_DISABLE_JIT=1): the loop, the readable twin
+    return _sum_loop(x)
+
+
+def vdot(x, y):  # x, y: [n] -> sum of x*y
+    return _dot_loop(x, y)
+
+
+# compiled: the IR above for contiguous rows; a strided view (no kernel here passes one)
+# takes the loop
 @overload(vsum, inline="always")
 def _vsum_overload(x):
     _check(x)
-    if x.layout == "C":
-        return lambda x: _vsum(x)
-
-    def strided(x):  # a strided view: one at a time, in order (no kernel here passes one)
-        s = x.dtype.type(0)
-        for j in range(x.shape[0]):
-            s += x[j]
-        return s
-    return strided
+    return (lambda x: _vsum(x)) if x.layout == "C" else _sum_loop
 
 
 @overload(vdot, inline="always")
 def _vdot_overload(x, y):
     _check(x, y)
-    if x.layout == "C" and y.layout == "C":
-        return lambda x, y: _vdot(x, y)
-
-    def strided(x, y):
-        s = x.dtype.type(0)
-        for j in range(x.shape[0]):
-            s += x[j] * y[j]
-        return s
-    return strided
+    return (lambda x, y: _vdot(x, y)) if x.layout == "C" and y.layout == "C" else _dot_loop

@@ -7,8 +7,6 @@ the dtype added (``np.finfo(dtype).min``), not -inf.  A partly masked row then g
 exactly 0 to its masked columns (exp underflows), and a *fully* masked row, where every
 score becomes finfo.min, comes out uniform (1/C) instead of NaN, as in transformers.
 """
-import math
-
 import numpy as np
 from numba import njit, prange
 
