@@ -32,7 +32,11 @@ CPU's features (``host_isa``) and, on AVX-512, from the product's shape (``pick_
 the tile that wastes least on ragged edges). Every variant is compiled into the GEMM and
 chosen by an argument, so one cached build serves every tile and a benchmark can time them
 side by side.
-Accumulators are allocas: LLVM's mem2reg pass turns them into registers.
+Accumulators are allocas: LLVM's mem2reg pass turns them into registers. Before the loop,
+each cache line of the C tile is prefetched for writing (``llvm.prefetch``, as BLIS's
+kernels do): the tile is read and written once, after kc steps, and by then it is in L1
+(measured on a 2-core Sapphire Rapids Xeon: 0.82-0.83x OpenBLAS with it, 0.78-0.81x
+without, bench_matmul's geometric mean, two runs each).
 """
 import os
 
@@ -166,6 +170,19 @@ def _make_microkernel(vbytes, MR, NV):
                 f"llvm.fma.v{W}f{8 * esize}")
             undef = ir.Constant(vty, ir.Undefined)
             splat0 = ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W)
+            # prefetch the tile of C (for writing) while the loop below runs
+            pf = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [
+                    ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(32),
+                    ir.IntType(32)]), "llvm.prefetch.p0")
+            for i in range(MR):
+                crow = builder.gep(c_ptr, [builder.mul(c64(i), ldc_)])
+                for off in range(0, NR * esize, 64):  # each cache line of row i
+                    ptr = builder.bitcast(builder.gep(crow, [c64(off // esize)]),
+                                          ir.IntType(8).as_pointer())
+                    builder.call(pf, [ptr, ir.Constant(ir.IntType(32), 1),
+                                      ir.Constant(ir.IntType(32), 3),
+                                      ir.Constant(ir.IntType(32), 1)])
             with cgutils.for_range(builder, kc_) as loop:  # for p in range(kc)
                 p = loop.index
                 brow = builder.gep(b_ptr, [builder.mul(p, c64(NR))])
