@@ -30,3 +30,18 @@ def test_book_includes_only_files_the_tutorials_write():
     for md in (ROOT / "book").glob("*.md"):
         for name in re.findall(r"figures/([\w.]+)", md.read_text()):
             assert (ROOT / "book" / "figures" / name).exists(), (md.name, name)
+
+
+def test_quick_mode_by_hand_never_writes_into_the_book(tmp_path):
+    """A reader who runs a tutorial with MINIALBERT_QUICK=1 and no MINIALBERT_OUT gets its
+    small-size outputs in a temporary folder, not over the committed book/figures."""
+    import subprocess
+    import sys
+    tut = pathlib.Path(__file__).resolve().parents[1] / "tutorials"
+    env = {k: v for k, v in os.environ.items() if k != "MINIALBERT_OUT"}
+    code = "import _common; print(_common.OUT)"
+    for quick, in_book in (("1", False), ("", True)):
+        r = subprocess.run([sys.executable, "-c", code], cwd=tut, capture_output=True,
+                           text=True, env=dict(env, MINIALBERT_QUICK=quick), check=True)
+        out = pathlib.Path(r.stdout.strip().splitlines()[-1])
+        assert (out == tut.parent / "book" / "figures") == in_book, out

@@ -2,14 +2,21 @@
 
 MINIALBERT_QUICK=1   every cell runs, at small sizes (the test suite uses this)
 MINIALBERT_OUT=DIR   where figures and tables go (default: book/figures, which the book
-                     chapters include; the tests point it at a temporary folder)
+                     chapters include, for a full run; a quick run writes to a new
+                     temporary folder, so it never overwrites the book's figures)
 """
 import os
 import pathlib
+import tempfile
 
 QUICK = os.environ.get("MINIALBERT_QUICK", "") not in ("", "0")
-OUT = pathlib.Path(os.environ.get("MINIALBERT_OUT",
-                                  pathlib.Path(__file__).resolve().parents[1] / "book" / "figures"))
+if os.environ.get("MINIALBERT_OUT"):
+    OUT = pathlib.Path(os.environ["MINIALBERT_OUT"])
+elif QUICK:  # small sizes, numbers not for the book
+    OUT = pathlib.Path(tempfile.mkdtemp(prefix="minialbert-quick-"))
+    print(f"quick mode: outputs in {OUT} (set MINIALBERT_OUT to choose)")
+else:
+    OUT = pathlib.Path(__file__).resolve().parents[1] / "book" / "figures"
 OUT.mkdir(parents=True, exist_ok=True)
 
 
