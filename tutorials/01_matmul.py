@@ -24,7 +24,7 @@ from _common import OUT, QUICK, plt, savefig, write_table  # noqa: E402
 from minialbert.demo import best_time, blas_info, cpu_name  # noqa: E402
 from minialbert.kernels import matmul_nn, matmul_nt, matmul_nt_4x4, matmul_tn  # noqa: E402
 from minialbert.kernels import matmul as mm  # noqa: E402
-from minialbert.kernels._base import FASTMATH  # noqa: E402
+from minialbert.kernels._base import FASTMATH_REASSOC  # noqa: E402
 from minialbert.kernels.microkernel import ISA_CODES  # noqa: E402
 
 n = 128 if QUICK else 512
@@ -62,10 +62,12 @@ def step1_triple_loop(A, B):
 # The inner loop is a sum. IEEE addition is not associative, so the compiler may not
 # reorder it into 16 partial sums in one AVX-512 register — unless we allow it:
 # the `reassoc` fast-math flag. (We leave out `nnan`/`ninf`, which `fastmath=True`
-# would add: they make `isnan` always false.)
+# would add: they make `isnan` always false.) The training kernels do without `reassoc`:
+# with it, a kernel compiled in this process and the same kernel loaded from Numba's cache
+# can sum in different orders (the book's "Sums in an order written down").
 
 # %%
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH_REASSOC, cache=True)
 def step2_vectorised(A, B):
     M, K = A.shape
     N = B.shape[0]
@@ -90,7 +92,7 @@ def step2_vectorised(A, B):
 from minialbert.kernels.matmul import _block_4x4  # noqa: E402
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH_REASSOC, cache=True)
 def step3_blocked_serial(A, B):
     M = A.shape[0]
     N = B.shape[0]
@@ -184,3 +186,68 @@ if p is not None:
     ax.set_xlabel(f"GFLOP/s (float32, n = {n}, {numba.get_num_threads()} threads)")
     ax.set_title(f"From a triple loop to a packed micro-kernel ({cpu_name()}, {mm.ISA})")
     savefig(fig, "01_matmul_steps.png")
+
+
+# %% [markdown]
+# ## The roofline
+# How far is each product from what this machine can do? Two ceilings: the arithmetic
+# peak (our micro-kernel on panels that sit in L1, on every thread: `measured_peak_gflops`)
+# and memory bandwidth times the product's *arithmetic intensity* — its FLOPs per byte it
+# must at least move (each of A, B and C once, float32): 2MKN / (4 (MK + KN + MN)). A point
+# under the sloped part is starved of data; under the flat part, of arithmetic. The
+# bandwidth is measured here with a parallel copy of an array far larger than the caches.
+
+# %%
+from numba import prange  # noqa: E402
+
+from minialbert.kernels.microkernel import measured_peak_gflops  # noqa: E402
+
+
+@njit(parallel=True, cache=True)
+def _copy(a, b):  # b[:] = a, every thread a slice: reads + writes 2 * a.nbytes
+    for i in prange(a.shape[0]):
+        b[i] = a[i]
+
+
+big = np.ones((64 if QUICK else 256) * 2 ** 18, np.float32)  # 64 / 256 MB
+dst = np.empty_like(big)
+bandwidth = 2 * big.nbytes / best_time(lambda: _copy(big, dst), min_total=0.2) / 1e9  # GB/s
+peak = measured_peak_gflops(np.float32, mm.ISA, numba.get_num_threads())
+shapes = [(128, 128, 128), (512, 512, 512), (4096 if not QUICK else 1024, 128, 256),
+          (1024, 768, 768), (4096 if not QUICK else 1024, 256, 1024)]
+if not QUICK:
+    shapes += [(1024, 1024, 1024), (1024, 3072, 768), (2048, 2048, 2048)]
+roof_rows, points = [], []
+for M, K, N in shapes:
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    intensity = 2 * M * K * N / (4 * (M * K + K * N + M * N))
+    roof = min(peak, bandwidth * intensity)
+    ours = 2 * M * K * N / best_time(lambda: matmul_nt(a, w), min_total=0.1) / 1e9
+    blas = 2 * M * K * N / best_time(lambda: a @ w.T, min_total=0.1) / 1e9
+    points.append((intensity, ours, blas))
+    roof_rows.append((f"{M}x{K}x{N}", f"{intensity:.0f}", f"{roof:.0f}", f"{ours:.0f}",
+                      f"{ours / roof:.2f}", f"{blas:.0f}", f"{blas / roof:.2f}"))
+write_table("01_roofline.md", ["NT product M x K x N", "FLOP/byte", "roof GFLOP/s",
+                               "ours", "of roof", "BLAS", "of roof"], roof_rows)
+(OUT / "01_roofline_machine.md").write_text(
+    f"Measured on: {cpu_name()}, vector ISA {mm.ISA}, {numba.get_num_threads()} threads; "
+    f"peak {peak:.0f} GFLOP/s (our micro-kernel, L1-resident panels), copy bandwidth "
+    f"{bandwidth:.1f} GB/s; BLAS {blas_info()}.\n")
+assert bandwidth > 0 and peak > 0 and all(o > 0 for _, o, _ in points)
+
+p = plt()
+if p is not None:
+    fig, ax = p.subplots(figsize=(6, 3.6))
+    xs = np.logspace(0, np.log10(max(i for i, _, _ in points) * 2), 100)
+    ax.plot(xs, np.minimum(peak, bandwidth * xs), "k-", label="roof: min(peak, bandwidth x I)")
+    ax.scatter([i for i, _, _ in points], [o for _, o, _ in points], label="ours", zorder=3)
+    ax.scatter([i for i, _, _ in points], [b for _, _, b in points], marker="x",
+               label="NumPy BLAS", zorder=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP per byte moved, float32)")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title(f"Roofline, {cpu_name()} ({mm.ISA}, {numba.get_num_threads()} threads)")
+    ax.legend(fontsize=8)
+    savefig(fig, "01_roofline.png")
