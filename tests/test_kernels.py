@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from minialbert.gradcheck import gradcheck
 from minialbert.kernels import (activation, cross_entropy, dropout_backward, dropout_forward,
-                                dropout_key, embedding_backward, embedding_forward,
+                                dropout_key, embedding_backward, embedding_backward_naive,
+                                embedding_forward,
                                 layernorm_backward, layernorm_forward, mask_bias,
                                 softmax_backward, softmax_forward)
 from minialbert.kernels._base import FASTMATH, exp_float32
@@ -243,6 +244,13 @@ def test_embedding_backward_equals_serial_sum(n_tok, V, E, seed):
     expected = np.zeros((V, E))
     np.add.at(expected, ids, dout)
     assert_close(dtable, expected, rtol=1e-12, atol=1e-12)
+    # the readable twin, one token at a time, sums every entry in the same token order:
+    # bitwise equal, padding row included (float32 too, where the order would show)
+    for dt, pad in ((np.float64, -1), (np.float32, int(ids[0]))):
+        fused, naive = np.ones((V, E), dt), np.ones((V, E), dt)
+        embedding_backward(ids, dout.astype(dt), fused, pad)
+        embedding_backward_naive(ids, dout.astype(dt), naive, pad)
+        assert np.array_equal(fused, naive)
 
 
 # --------------------------------------------------------------------------- cross-entropy
@@ -442,3 +450,26 @@ def test_vsum_vdot_against_float64_numpy(n_cols, dt, seed):
                       np.abs(X64[:, ::2]).sum(1)], 1) + 1e-30
     eps = 2e-7 if dt == np.float32 else 1e-15
     assert np.all(np.abs(got - want) <= 4 * eps * scale + 1e-30), (got, want)
+
+
+
+def test_warmup_compiles_every_exported_kernel():
+    """kernels.warmup() is what makes the first real call fast: every Numba kernel that
+    minialbert.kernels exports (and the attention module's) has a compiled signature
+    after it, for float32 and float64."""
+    import numba.core.registry
+    from minialbert import kernels
+    from minialbert.kernels import attention as A
+    kernels.warmup()
+    exported = {f"kernels.{k}": v for k, v in vars(kernels).items()}
+    exported.update({f"attention.{k}": v for k, v in vars(A).items() if not k.startswith("_")})
+    dispatchers = {k: v for k, v in exported.items()
+                   if isinstance(v, numba.core.registry.CPUDispatcher)}
+    assert len(dispatchers) > 10, sorted(dispatchers)
+
+    def dtypes(d):  # the float dtypes among the signatures it has compiled or loaded
+        return {t for t in ("float32", "float64") if any(t in str(sg) for sg in d.signatures)}
+    cold = sorted(k for k, d in dispatchers.items() if dtypes(d) != {"float32", "float64"}
+                  and k != "kernels.dropout_mask")  # no float array: one build serves both
+    assert dispatchers["kernels.dropout_mask"].signatures
+    assert cold == [], cold

@@ -35,7 +35,7 @@ _drop_stale_cache()
 from ._base import FASTMATH, get_threads, set_threads  # noqa: E402 (after the cache check)
 from .act import activation, gelu_backward, gelu_forward, gelu_new_backward, gelu_new_forward
 from .dropout import dropout_backward, dropout_forward, dropout_key, dropout_mask
-from .embedding import embedding_backward, embedding_forward
+from .embedding import embedding_backward, embedding_backward_naive, embedding_forward
 from .loss import cross_entropy
 from . import attention
 from .matmul import (PackedWeight, bias_add, bias_grad, matmul_nn, matmul_nt, matmul_nt_4x4,
@@ -67,6 +67,7 @@ def warmup():
             f(a.ravel())
         ids = np.array([0, 1, 1], dtype=np.int64)
         embedding_backward(ids, embedding_forward(ids, a), np.zeros_like(a), 0)
+        embedding_backward_naive(ids, a[:3], np.zeros_like(a), 0)
         cross_entropy(a, np.array([0, 1, -100, 2, 3], dtype=np.int64))
         y, keep = dropout_forward(a, 0.5, dropout_key(0, 0, 0))
         dropout_backward(a, keep, 0.5)
@@ -75,3 +76,5 @@ def warmup():
         for p in (0.0, 0.5):
             ctx, probs = attention.attention_forward(q, q, q, mb, 2, p, np.uint64(1))
             attention.attention_backward(q, q, q, q, probs, 2, p, np.uint64(1))
+            ctx, probs = attention.attention_forward_rows(q, q, q, mb, 2, p, np.uint64(1))
+            attention.attention_backward_rows(q, q, q, q, probs, 2, p, np.uint64(1))

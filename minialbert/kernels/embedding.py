@@ -42,6 +42,16 @@ def embedding_backward(ids, dout, dtable, padding_idx):
                 dtable[r, c] += dout[t, c]
 
 
+@njit(cache=True)
+def embedding_backward_naive(ids, dout, dtable, padding_idx):
+    # the readable twin of embedding_backward: one token at a time, on one thread (a
+    # prange here would race on repeated ids). Every entry sums its tokens in token order,
+    # as embedding_backward's column slices do, so the two agree bit for bit.
+    for t in range(ids.shape[0]):
+        if ids[t] != padding_idx:
+            dtable[ids[t]] += dout[t]
+
+
 def check_ids(ids, num_rows, what="input_ids"):
     """A clear error for ids outside the table, instead of reading past its end."""
     ids = np.asarray(ids)
