@@ -174,6 +174,7 @@ def main(argv=None):
     from .checkpoint import CheckpointError
     from .corpus import CorpusError
     from .data import DataError
+    from .distributed import DistributedError, current, report_error
     from .hf import HFCheckpointError
     from .options import OptionError
     from .tasks import TaskError
@@ -185,9 +186,15 @@ def main(argv=None):
         print("\nminialbert: interrupted", file=sys.stderr)
         return 130
     except (CorpusError, TokenizerError, DataError, CheckpointError, UsageError,
-            HFCheckpointError, TaskError, OptionError) as e:
-        print(f"minialbert: error: {e}", file=sys.stderr)
-        return 2
+            HFCheckpointError, TaskError, OptionError, DistributedError) as e:
+        return report_error(e, 2)
+    except Exception as e:  # under MPI: one rank's bug must not leave the others waiting
+        w = current()
+        if w.size == 1:
+            raise
+        import traceback
+        traceback.print_exc()
+        return report_error(e, 1)
 
 
 if __name__ == "__main__":

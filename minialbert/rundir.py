@@ -162,6 +162,30 @@ class RunDir:
             return None
 
 
+class FollowerRunDir:
+    """The run folder as a rank other than the root sees it (data parallel training:
+    distributed.py): the root alone writes the log, checkpoints and the summary."""
+
+    def __init__(self, path):
+        self.path = pathlib.Path(path)
+        self.log_path = self.path / "log.jsonl"
+
+    def start_log(self, resume_step=None):
+        return []
+
+    def log(self, **rec):
+        pass
+
+    def save(self, *a, **k):
+        return None
+
+    def write_summary(self, summary):
+        pass
+
+    def read_summary(self):
+        return None
+
+
 # ------------------------------------------------------------------------------ stopping
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -207,7 +231,7 @@ class StopRequests:
 
 # ------------------------------------------------------------------------------ resuming
 
-ALWAYS = ("out", "threads", "progress", "stop_after")
+ALWAYS = ("out", "threads", "progress", "stop_after", "distributed", "deterministic")
 
 
 def given_settings(cls, settings, overrides):

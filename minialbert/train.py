@@ -12,6 +12,7 @@ most for any — see the README).
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -22,12 +23,14 @@ import numpy as np
 from . import kernels
 from .memory import keep_freed_memory
 from .checkpoint import CheckpointError, check_tokenizer, load_checkpoint
-from .rundir import (RunDir, StopRequests, given_settings, resume_settings,
+from .distributed import (FlatGradients, check_same, checksum, my_pieces, on_root,
+                          report_error, world)
+from .rundir import (FollowerRunDir, RunDir, StopRequests, given_settings, resume_settings,
                      stopped_inside_a_step)
 from .config import AlbertConfig, preset
 from .corpus import load_corpus
 from .data import DataError, PretrainingData, tokenize_corpus
-from .model import AlbertForPreTraining, zeros_like_params
+from .model import AlbertForPreTraining
 from .options import OptionError
 from .optim import clip_by_global_norm, learning_rate, make_optimizer, no_decay
 
@@ -65,6 +68,8 @@ class PretrainConfig:
     heldout_fraction: float = 0.1
     progress: bool = True
     stop_after: int = None  # stop (and save) after this many steps: an interruption, for tests
+    distributed: bool = None  # None: data parallel when started by an MPI launcher
+    deterministic: bool = False  # sum the micro-batches' gradients in a fixed order
     extra: dict = field(default_factory=dict)  # model config overrides
 
 
@@ -79,15 +84,6 @@ def progress_bar(enabled, total, initial):
     except ImportError:
         return None
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stdout)
-
-
-def _micro(batch, k):
-    B = batch["input_ids"].shape[0]
-    if B % k:
-        raise ValueError(f"batch_size {B} is not divisible by micro_batches {k}")
-    m = B // k
-    for j in range(k):
-        yield {key: v[j * m:(j + 1) * m] for key, v in batch.items()}
 
 
 _MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "sentence_order_label")
@@ -211,14 +207,16 @@ RESUMABLE = ("steps", "lr", "warmup", "schedule", "clip", "weight_decay", "eval_
              "eval_batches", "save_every", "micro_batches", "mlm_path")
 
 
-def _calibrate(model, data, pc, eval_batches, t_start, say):
-    """How many steps fit in the time budget: forward + backward of real batches timed (the
-    first pays one-time costs: the fastest of three), evaluations and overhead allowed for."""
+def _calibrate(model, data, pc, eval_batches, t_start, say, w):
+    """How many steps fit in the time budget: forward + backward of this rank's share of real
+    batches timed (the first pays one-time costs: the fastest of three), evaluations and
+    overhead allowed for. Every rank takes the root's count."""
     per_step = float("inf")
     for i in range(3):
         b = data.batch(0, i, pc.batch_size)
         t0 = time.perf_counter()
-        for mb in _micro(b, pc.micro_batches):
+        for j in my_pieces(w, pc.micro_batches):
+            mb = _piece(b, pc.micro_batches, j)
             o, c = model.forward(**{k: mb[k] for k in _MODEL_KEYS}, mlm_path=pc.mlm_path)
             model.backward(c)
         per_step = min(per_step, time.perf_counter() - t0)
@@ -227,43 +225,114 @@ def _calibrate(model, data, pc, eval_batches, t_start, say):
     eval_cost = len(eval_batches) * per_step / 3
     total = max(1, int((pc.time_budget - time.time() + t_start - evals * eval_cost)
                        / (per_step * 1.05)))
+    total = w.bcast(total)
     say(f"time budget {pc.time_budget:.0f} s at {per_step:.2f} s/step: {total} steps")
     return total
 
 
-def _train_step(model, grads, batch, pc, step, last_ck):
-    """One optimizer step over ``batch`` in micro-batches -> (log record fields, tokens)."""
-    for g in grads.values():
-        g.fill(0)
+def _piece(batch, k, j):
+    """Micro-batch ``j`` of ``k``: rows [j·B/k, (j+1)·B/k) of the batch."""
+    m = batch["input_ids"].shape[0] // k
+    return {key: v[j * m:(j + 1) * m] for key, v in batch.items()}
+
+
+def _piece_step(model, grads, mb, pc, seed_step, inv):
+    """Forward and backward of one micro-batch, its gradient added into ``grads`` (its loss
+    scaled by ``inv`` = 1/k). -> ((loss, mlm, sop), [MLM right, MLM n, SOP right, SOP n]).
+    A non-finite loss skips the backward; the step reports it once every rank has said."""
+    o, c = model.forward(**{key: mb[key] for key in _MODEL_KEYS}, train=True,
+                         seed=pc.seed, step=seed_step, mlm_path=pc.mlm_path)
+    losses = (float(o["loss"]), float(o["mlm_loss"]), float(o["sop_loss"]))
+    if not math.isfinite(losses[0]):
+        return losses, np.zeros(4)
+    model.backward(c, grads, dlogits=c["dlogits"] * inv, dsop_logits=c["dsop"] * inv)
+    logits, lab = o["prediction_logits"], mb["labels"].reshape(-1)
+    if o["mlm_rows"] is not None:
+        lab = lab[o["mlm_rows"]]
+    else:
+        sel = lab != -100
+        logits, lab = logits[sel], lab[sel]
+    return losses, np.array([(logits.argmax(1) == lab).sum(), len(lab),
+                             (o["sop_logits"].argmax(1) == mb["sentence_order_label"]).sum(),
+                             len(mb["sentence_order_label"])], dtype=np.float64)
+
+
+def _train_step(model, grads, batch, pc, step, last_ck, w):
+    """One optimizer step's gradient over ``batch``: this rank's micro-batches, then the sum
+    over the ranks (distributed.py), clipped. -> (log record fields). ``grads`` is a
+    FlatGradients; with ``grads.rows`` (deterministic) each micro-batch has its own."""
     k = pc.micro_batches
-    losses, stats = [], np.zeros(4)
-    for j, mb in enumerate(_micro(batch, k)):
-        o, c = model.forward(**{key: mb[key] for key in _MODEL_KEYS}, train=True,
-                             seed=pc.seed, step=step * k + j, mlm_path=pc.mlm_path)
-        if not np.isfinite(o["loss"]):
-            raise TrainingError(
-                f"the loss is {float(o['loss'])} at step {step + 1}: training stopped. "
-                f"The last good checkpoint is {last_ck or 'not written yet'}; resume "
-                "from it with a lower --lr (minialbert pretrain --resume --lr ...)")
-        inv = np.float32(1.0 / k)
-        model.backward(c, grads, dlogits=c["dlogits"] * inv, dsop_logits=c["dsop"] * inv)
-        losses.append((float(o["loss"]), float(o["mlm_loss"]), float(o["sop_loss"])))
-        logits, lab = o["prediction_logits"], mb["labels"].reshape(-1)
-        if o["mlm_rows"] is not None:
-            lab = lab[o["mlm_rows"]]
-        else:
-            sel = lab != -100
-            logits, lab = logits[sel], lab[sel]
-        stats += [(logits.argmax(1) == lab).sum(), len(lab),
-                  (o["sop_logits"].argmax(1) == mb["sentence_order_label"]).sum(),
-                  len(mb["sentence_order_label"])]
-    norm = clip_by_global_norm(grads, pc.clip)
+    inv = np.float32(1.0 / k)
+    grads.flat.fill(0)
+    if grads.rows is not None:
+        grads.rows.fill(0)
+    records = []
+    for i, j in enumerate(my_pieces(w, k)):
+        g = grads.views if grads.rows is None else grads.row_views[i]
+        records.append(_piece_step(model, g, _piece(batch, k, j), pc, step * k + j, inv))
+    records = [r for rank in w.allgather(records) for r in rank]  # in micro-batch order
+    bad = next((l[0] for l, _ in records if not math.isfinite(l[0])), None)
+    if bad is not None:
+        e = TrainingError(
+            f"the loss is {bad} at step {step + 1}: training stopped. "
+            f"The last good checkpoint is {last_ck or 'not written yet'}; resume "
+            "from it with a lower --lr (minialbert pretrain --resume --lr ...)")
+        e.all_ranks = True
+        raise e
+    t0 = time.perf_counter()
+    if grads.rows is None:
+        w.allreduce_sum_(grads.flat)
+    else:  # every micro-batch's gradient, added in micro-batch order on every rank
+        rows = w.allgather_rows(grads.rows)
+        grads.flat[:] = rows[0]
+        for r in rows[1:]:
+            grads.flat += r
+    comm = time.perf_counter() - t0
+    norm = clip_by_global_norm(grads.views, pc.clip)
     if not math.isfinite(norm):
-        raise TrainingError(f"the gradient norm is {norm} at step {step + 1}: training "
-                            f"stopped. The last good checkpoint is {last_ck}")
-    loss, mlm, sop = np.mean(losses, axis=0)
-    return dict(loss=loss, mlm_loss=mlm, sop_loss=sop, mlm_acc=stats[0] / max(stats[1], 1),
-                sop_acc=stats[2] / stats[3], grad_norm=norm)
+        e = TrainingError(f"the gradient norm is {norm} at step {step + 1}: training "
+                          f"stopped. The last good checkpoint is {last_ck}")
+        e.all_ranks = True
+        raise e
+    loss, mlm, sop = np.mean([l for l, _ in records], axis=0)
+    stats = sum((s for _, s in records), np.zeros(4))
+    rec = dict(loss=loss, mlm_loss=mlm, sop_loss=sop, mlm_acc=stats[0] / max(stats[1], 1),
+               sop_acc=stats[2] / stats[3], grad_norm=norm)
+    if w.size > 1:
+        rec["comm_s"] = comm
+    return rec
+
+
+def _resume_state(out, pc, given):
+    """What a resumed run continues from -> (pc, changed, total, cfg, params, state,
+    optimizer arrays, tokenizer), or None when there is nothing left to do."""
+    cfg, params, state, opt_arrays, ck = load_checkpoint(out)
+    if "run" not in state or "optimizer" not in state:
+        raise CheckpointError(f"{ck} was not written by minialbert pretrain (no run "
+                              "settings or optimizer state): it cannot be resumed")
+    if "time_budget" in given and "steps" not in given:
+        raise CheckpointError("--time-budget cannot change when a run is resumed: give "
+                              "--steps (the total to reach)")
+    pc, changed = resume_settings(PretrainConfig, state["run"], given, RESUMABLE)
+    total = pc.steps if "steps" in changed else state["total_steps"]
+    if total < state["step"]:
+        raise CheckpointError(f"--steps {total}: the run is already at step {state['step']}")
+    if total == state["step"] and not changed:
+        return None, dict(step=total, checkpoint=str(ck))
+    from .checkpoint import load_tokenizer
+    tok = load_tokenizer(ck, cfg.vocab_size)
+    return (pc, changed, total, cfg, params, state, opt_arrays, tok), None
+
+
+def _threads(pc, w):
+    """--threads, or the cores of this machine shared among the ranks on it."""
+    if pc.threads is not None or w.size == 1:
+        return pc.threads
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(cores // w.local_size, kernels.get_threads()))
 
 
 def pretrain(pc=None, resume=False, overwrite=False, **overrides):
@@ -272,38 +341,36 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
     ``pretrain(PretrainConfig(...))`` or ``pretrain(out=..., steps=..., ...)``. A folder
     that holds a run is refused unless ``resume`` (continue it from its latest checkpoint,
     with the settings it was started with; of the settings given, those in RESUMABLE
-    apply — written to the log — and the others are refused) or ``overwrite``."""
+    apply — written to the log — and the others are refused) or ``overwrite``.
+
+    Started by an MPI launcher (or with ``distributed=True``), each rank runs this same
+    function on its share of every batch (distributed.py); the root alone writes."""
     given = given_settings(PretrainConfig, pc, overrides)
     pc = dataclasses.replace(pc or PretrainConfig(), **overrides)
     out = pathlib.Path(pc.out)
     t_start = time.time()
-    rd = RunDir(out, resume=resume, overwrite=overwrite)
-    kernels.set_threads(pc.threads)
+    w = world(pc.distributed)
+    rd = on_root(w, lambda: RunDir(out, resume=resume, overwrite=overwrite)) or \
+        FollowerRunDir(out)
+    w.barrier()  # the root has made (or emptied) the folder
+    kernels.set_threads(_threads(pc, w))
     keep_freed_memory()  # a step reuses the last step's pages (memory.py)
     state, changed = None, {}
     if resume:
-        cfg, params, state, opt_arrays, ck = load_checkpoint(out)
-        if "run" not in state or "optimizer" not in state:
-            raise CheckpointError(f"{ck} was not written by minialbert pretrain (no run "
-                                  "settings or optimizer state): it cannot be resumed")
-        if "time_budget" in given and "steps" not in given:
-            raise CheckpointError("--time-budget cannot change when a run is resumed: give "
-                                  "--steps (the total to reach)")
-        pc, changed = resume_settings(PretrainConfig, state["run"], given, RESUMABLE)
-        total = pc.steps if "steps" in changed else state["total_steps"]
-        if total < state["step"]:
-            raise CheckpointError(f"--steps {total}: the run is already at step {state['step']}")
-        if total == state["step"] and not changed:
-            print(f"{out}: the run is already at step {total} of {total}: nothing to do (give "
-                  "--steps to train further)")
-            return rd.read_summary() or dict(step=total, checkpoint=str(ck))
-        from .checkpoint import load_tokenizer
-        tok = load_tokenizer(ck, cfg.vocab_size)
-    say = print
+        resumed, done = _resume_state(out, pc, given)
+        if resumed is None:
+            if w.is_root:
+                print(f"{out}: the run is already at step {done['step']} of {done['step']}: "
+                      "nothing to do (give --steps to train further)")
+            return rd.read_summary() or done
+        pc, changed, total, cfg, params, state, opt_arrays, tok = resumed
+    say = print if w.is_root else (lambda *a, **k: None)
     check_settings(pc)
+    my_pieces(w, pc.micro_batches)  # a clear error now if the ranks cannot share a batch
 
     corpus = load_corpus(pc.corpus, pc.format)
-    if state is not None and corpus.checksum != state["corpus_sha256"]:
+    check_same(w, "the corpus (its SHA-256)", corpus.checksum)
+    if state is not None and corpus.checksum != state["corpus_sha256"] and w.is_root:
         print(f"warning: the corpus changed since the checkpoint was written (SHA-256 "
               f"{state['corpus_sha256'][:12]}… then, {corpus.checksum[:12]}… now); "
               "continuing on the new one", file=sys.stderr)
@@ -322,6 +389,8 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
     else:
         check_tokenizer(tok, cfg.vocab_size, state.get("tokenizer_sha256"))
         model = AlbertForPreTraining(cfg, params=params)
+    check_same(w, "the tokenizer (its SHA-256)", tok.checksum)
+    check_same(w, "the initial weights", checksum(model.params))
     model.unpad = True  # no work on padding (the same loss and gradients: chapter 10)
     tc = tokenize_corpus(train_c, tok, out / "cache")
     held_tc = tokenize_corpus(held_c, tok, out / "cache")
@@ -330,14 +399,16 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
         raise DataError(f"the training split has {len(data.instances(0))} instances, fewer "
                         f"than one batch of {pc.batch_size}: give more text or a smaller "
                         "--batch-size")
-    try:
-        held = PretrainingData(held_tc, tok, pc.seq_len, seed=pc.seed + 1)
-        n_eval = min(pc.eval_batches, held.num_batches(pc.batch_size))
-        eval_batches = [held.batch(0, i, pc.batch_size) for i in range(n_eval)]
-    except DataError:
-        eval_batches = []
-    if not eval_batches:
-        say("note: the held-out split is too small for one evaluation batch; no evaluation")
+    eval_batches = []
+    if w.is_root:
+        try:
+            held = PretrainingData(held_tc, tok, pc.seq_len, seed=pc.seed + 1)
+            n_eval = min(pc.eval_batches, held.num_batches(pc.batch_size))
+            eval_batches = [held.batch(0, i, pc.batch_size) for i in range(n_eval)]
+        except DataError:
+            eval_batches = []
+        if not eval_batches:
+            say("note: the held-out split is too small for one evaluation batch; no evaluation")
     unigram = unigram_cross_entropy(tc.tokens, cfg.vocab_size, eval_batches) if eval_batches else None
     opt = make_optimizer(pc.optimizer, weight_decay=pc.weight_decay, **(
         {"exclude": no_decay} if pc.optimizer == "adamw" else {}))
@@ -347,7 +418,7 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
     else:
         step = epoch = index = 0
         total = pc.steps if pc.steps is not None else \
-            _calibrate(model, data, pc, eval_batches, t_start, say)
+            _calibrate(model, data, pc, eval_batches, t_start, say, w)
     warmup = int(pc.warmup * total)
     run = {k: v for k, v in dataclasses.asdict(pc).items()}
     n_params = sum(v.size for v in model.params.values())
@@ -355,21 +426,27 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
         f"V {cfg.vocab_size}: {n_params:,} parameters; {pc.optimizer} lr {pc.lr}, "
         f"batch {pc.batch_size} × {pc.seq_len}; corpus {corpus.info.get('source')} "
         f"({corpus.info['sentences']} sentences, SHA-256 {corpus.checksum[:12]}…); "
-        f"{kernels.get_threads()} threads")
-    kept = rd.start_log(resume_step=step if state is not None else None)
-    ev, ev_step = next(((r, r["step"]) for r in reversed(kept) if r.get("eval")), (None, None))
+        f"{kernels.get_threads()} threads" + (
+            f" × {w.size} ranks ({pc.micro_batches // w.size} micro-batch(es) each, "
+            f"{'deterministic' if pc.deterministic else 'MPI'} sum)" if w.size > 1 else ""))
+    kept = on_root(w, lambda: rd.start_log(resume_step=step if state is not None else None))
+    ev, ev_step = next(((r, r["step"]) for r in reversed(kept or []) if r.get("eval")),
+                       (None, None))
     if changed:
         rd.log(resumed=True, step=step, changed=changed)
         say(f"resumed at step {step} with changed settings: " +
             ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
-    grads = zeros_like_params(model.params)
+    grads = FlatGradients(model.params,
+                          rows=len(my_pieces(w, pc.micro_batches)) if pc.deterministic else 0)
+    check_every = pc.eval_every or 50
     last_ck = None
 
     def checkpoint():
         st = dict(epoch=epoch, index=index, total_steps=total, run=run,
                   corpus_sha256=corpus.checksum, corpus_info=corpus.info,
-                  python=corpus.info.get("python"), threads=kernels.get_threads())
-        return rd.save(step, model.params, cfg, st, opt, tok)
+                  python=corpus.info.get("python"), threads=kernels.get_threads(),
+                  ranks=w.size)
+        return on_root(w, lambda: rd.save(step, model.params, cfg, st, opt, tok))
 
     def run_eval():
         if not eval_batches:
@@ -378,21 +455,21 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
         rd.log(eval=True, step=step, unigram=unigram, **e)
         return e
 
-    bar = progress_bar(pc.progress, total, step)
+    bar = progress_bar(pc.progress and w.is_root, total, step)
     tokens_seen = 0
     t_loop = time.time()
     interrupted = updating = hard = False
     with StopRequests() as stop:
         try:
-            while step < total and not stop.requested:
+            while step < total and not w.any(stop.requested):
                 if index >= data.num_batches(pc.batch_size, epoch):
                     epoch, index = epoch + 1, 0
                 batch = data.batch(epoch, index, pc.batch_size)
                 t0 = time.perf_counter()
-                rec = _train_step(model, grads, batch, pc, step, last_ck)
+                rec = _train_step(model, grads, batch, pc, step, last_ck, w)
                 lr = learning_rate(step, pc.lr, total, warmup, pc.schedule)
                 updating = True  # params are half-updated until the step is counted
-                opt.step(model.params, grads, lr)
+                opt.step(model.params, grads.views, lr)
                 step += 1
                 index += 1
                 updating = False
@@ -405,6 +482,8 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
                     bar.set_postfix(loss=f"{rec['loss']:.3f}", mlm_acc=f"{rec['mlm_acc']:.3f}",
                                     sop_acc=f"{rec['sop_acc']:.2f}", tok_s=f"{ntok / dt:.0f}")
                     bar.update(1)
+                if w.size > 1 and step % check_every == 0:
+                    check_same(w, f"the weights after step {step}", checksum(model.params))
                 if pc.eval_every and step % pc.eval_every == 0:
                     ev, ev_step = run_eval(), step
                     if bar is not None and ev:
@@ -425,6 +504,7 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
         if bar is not None:
             bar.close()
         interrupted = interrupted or (stop.requested and step < total)
+        interrupted = w.any(interrupted)
         last_ck = checkpoint()
     if interrupted:
         code = stop.exit_code if stop.requested else 130 if hard else 0
@@ -437,8 +517,10 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
                    train_seconds=time.time() - t_loop,
                    tokens_per_s=tokens_seen / max(time.time() - t_loop, 1e-9),
                    unigram_cross_entropy=unigram, heldout=ev, python=corpus.info.get("python"),
-                   corpus_sha256=corpus.checksum, threads=kernels.get_threads(),
+                   corpus_sha256=corpus.checksum, threads=kernels.get_threads(), ranks=w.size,
                    optimizer=pc.optimizer, lr=pc.lr)
+    if not w.is_root:
+        return summary
     rd.write_summary(summary)
     png = plot_curves(out / "log.jsonl", out / "curves.png")
     say(f"done: {step} steps in {wall / 60:.1f} min ({summary['tokens_per_s']:.0f} tokens/s)")
@@ -552,8 +634,7 @@ def _cmd_pretrain(args):
     try:
         s = pretrain(resume=args.resume, overwrite=args.overwrite, **kw)
     except TrainingError as e:
-        print(f"minialbert: error: {e}", file=sys.stderr)
-        return 3
+        return report_error(e, 3)
     return s.get("exit_code", 0) if s and s.get("interrupted") else 0
 
 
@@ -629,6 +710,12 @@ def add_commands(sub):
                    "holds a run (its checkpoints and log are removed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary "
                    "is still printed)")
+    p.add_argument("--distributed", action="store_true", default=None, help="data parallel "
+                   "over MPI even if no launcher is detected (it is detected under mpiexec: "
+                   "mpiexec -n 2 minialbert pretrain ...; needs pip install -e '.[mpi]')")
+    p.add_argument("--deterministic", action="store_true", default=None, help="add the "
+                   "micro-batches' gradients in a fixed order (1 rank and N ranks give the "
+                   "same bits; N times the traffic)")
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("evaluate", formatter_class=Help,
