@@ -130,3 +130,51 @@ def gradcheck_table(out=print):
     for r_ in res:
         out(str(r_))
     return res
+
+
+# ------------------------------------------------------------------------------ data parallel
+
+def mpiexec_path():
+    """The mpiexec of the mpich wheel (beside this Python), or the one on PATH, or None."""
+    import shutil
+    import sysconfig
+
+    here = os.path.join(sysconfig.get_path("scripts"), "mpiexec")
+    return here if os.path.exists(here) else shutil.which("mpiexec")
+
+
+def data_parallel_runs(folder, args, steps, skip=3):
+    """Pretrain the same run twice, side by side: one process with 2 threads, and
+    ``mpiexec -n 2`` ranks with 1 thread each (the same global batch: the micro-batches are
+    shared out). ``args``: the `minialbert pretrain` options both get. -> one dict per
+    layout: tokens/s and step time (medians over the steps after the first ``skip``), the
+    allreduce's seconds per step, the gradient buffer's bytes, the losses."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    rows = []
+    mpiexec = mpiexec_path()
+    for name, launch, threads in (("1 process × 2 threads", [], 2),
+                                  ("2 ranks × 1 thread", [mpiexec, "-n", "2"], 1)):
+        out = pathlib.Path(folder) / f"ranks{2 if launch else 1}"
+        cmd = launch + [sys.executable, "-m", "minialbert.cli", "pretrain", "--out", str(out),
+                        "--overwrite", "--steps", str(steps), "--threads", str(threads),
+                        "--no-progress", "--save-every", "0", "--eval-every", "0"] + list(args)
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}{r.stderr[-3000:]}")
+        recs = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+        recs = [x for x in recs if "mlm_loss" in x and not x.get("eval")]
+        timed = recs[skip:] or recs
+        tps = float(np.median([x["tokens_per_s"] for x in timed]))
+        from .checkpoint import load_checkpoint
+
+        params = load_checkpoint(out)[1]
+        rows.append(dict(layout=name, tokens_per_s=tps,
+                         comm_s=float(np.median([x.get("comm_s", 0.0) for x in timed])),
+                         step_s=float(np.median(np.diff([x["elapsed"] for x in recs])[skip:])),
+                         grad_bytes=int(sum(v.nbytes for v in params.values())),
+                         losses=[x["loss"] for x in recs]))
+    return rows
