@@ -36,7 +36,7 @@ import numpy as np
 from .checkpoint import atomic_write_text
 from .config import AlbertConfig
 from .heads import ARCHITECTURES, model_class
-from .model import WORD, init_params, parameter_shapes
+from .model import FOLDER_FORMAT, WORD, init_params, parameter_shapes
 
 
 class HFCheckpointError(ValueError):
@@ -396,6 +396,8 @@ def add_commands(sub):
                    "(a pickle: only for files you trust; needs torch)")
     p.set_defaults(func=_cmd_convert)
 
+
+FOLDER_FORMAT.update(read=from_pretrained, write=save_pretrained)  # Model.from_pretrained
 
 __all__ = ["from_pretrained", "save_pretrained", "load_tokenizer", "convert", "read_weights",
            "LoadReport", "HFCheckpointError"]

@@ -145,6 +145,12 @@ def init_params(cfg, seed=0, dtype=np.float32, head="pretraining"):
     return p
 
 
+# The Hugging Face folder format (hf.py) sits above the model on the import ladder: it
+# puts its reader and writer here when it is imported (the package's __init__ imports
+# it), so that ``Model.from_pretrained`` works while model.py imports nothing above it.
+FOLDER_FORMAT = {}
+
+
 def zeros_like_params(params):
     return {k: np.zeros_like(v) for k, v in params.items()}
 
@@ -254,13 +260,11 @@ class AlbertModel:
     def from_pretrained(cls, folder, **kw):
         """A Hugging Face ALBERT folder -> this class (hf.from_pretrained: the report of
         missing/unexpected weights, num_labels=..., allow_pickle=...)."""
-        from .hf import from_pretrained
-        return from_pretrained(folder, head=cls.head, **kw)
+        return FOLDER_FORMAT["read"](folder, head=cls.head, **kw)
 
     def save_pretrained(self, folder, tokenizer=None):
         """Write a Hugging Face folder (config.json, model.safetensors, spiece.model)."""
-        from .hf import save_pretrained
-        return save_pretrained(self, folder, tokenizer)
+        return FOLDER_FORMAT["write"](self, folder, tokenizer)
 
     # Run the encoder on the real tokens only (the padding removed: no layer spends work on
     # it). Off by default: outputs at padded positions are then zeros, not the values
