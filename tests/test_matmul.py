@@ -199,6 +199,34 @@ def test_packed_gemm_any_shape_every_isa_every_form(isa, data):
                  what=f"{isa} {form} M={M} K={K} N={N} accumulate={accumulate}")
 
 
+@pytest.mark.parametrize("isa", _kernels())
+@given(data=st.data())
+def test_packing_in_the_first_column_gives_the_bits_of_packing_first(isa, data):
+    """The GEMM packs each block of A inside the first column of micro-kernel calls
+    (microkernel_packing). It must give exactly the bits of packing the block first and
+    then running the plain macro-kernel (_gemm_block, one thread): the same numbers in
+    the same order — ragged panels, several KC blocks, every form, both dtypes."""
+    from minialbert.kernels import matmul as mm
+    dt = data.draw(st.sampled_from([np.float32, np.float64]))
+    b = mm.blocking(dt, 64, 64, kernel=isa)
+    MR, NR, KC = b["MR"], b["NR"], b["KC"]
+    dims = st.sampled_from([1, 3, MR - 1, MR, MR + 1, 2 * MR + 5, NR + 1, 300])
+    M, N = data.draw(dims), data.draw(dims)
+    K = data.draw(st.sampled_from([1, 9, KC, KC + 1, 2 * KC + 7]))
+    form = data.draw(st.sampled_from(["nt", "nn", "tn"]))
+    accumulate = data.draw(st.booleans())
+    r = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    A = r.standard_normal((K, M) if form == "tn" else (M, K)).astype(dt)
+    B = r.standard_normal((N, K) if form == "nt" else (K, N)).astype(dt)
+    out = r.standard_normal((M, N)).astype(dt)
+    ref = out.copy()
+    mm.gemm(A, form == "tn", B, form == "nt", out, accumulate, kernel=isa)
+    Ap, Bp, edge = mm.packing_buffers(M, N, K, MR, NR, KC, dt)
+    mm._gemm_block(A, form == "tn", 0, M, B, form == "nt", 0, N, K, ref.reshape(-1), 0, N,
+                   accumulate, isa, MR, NR, KC, Ap, Bp, edge)
+    assert np.array_equal(out, ref), (isa, form, M, K, N, accumulate)
+
+
 @given(data=st.data())
 def test_packed_weight_gives_the_same_bits_as_packing_on_the_fly(data):
     """A PackedWeight (a weight packed once, reused by every application of the shared

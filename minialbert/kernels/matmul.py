@@ -4,7 +4,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._base import FASTMATH, FASTMATH_REASSOC, ROW_CHUNK, cast_like, check_float, get_threads
-from .microkernel import host_isa, kernel_tile, microkernel, pick_kernel
+from .microkernel import host_isa, kernel_tile, microkernel, microkernel_packing, pick_kernel
 
 _USE_BLAS = False
 
@@ -229,6 +229,54 @@ def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, 
 
 
 @njit(cache=True)
+def _pack_panel(Af, a0, rs, cs, kc, rows, MR, Ap, o):
+    # One A panel by plain copy: element (i, p) at Af[a0 + i*rs + p*cs] -> Ap[o + p*MR + i]
+    # for i < rows, zeros below (the ragged last panel of a block).
+    for p in range(kc):
+        for i in range(MR):
+            Ap[o + p * MR + i] = Af[a0 + i * rs + p * cs] if i < rows else 0
+
+
+@njit(cache=True)
+def _macrokernel_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR,
+                         NR, edge):
+    # As _macrokernel, with the [m, kc] block of A not packed yet: element (i, p) at
+    # Af[a0 + i*rs + p*cs] (A's own memory, any layout). The first column of tiles (jr = 0)
+    # reads A where it lies and writes each panel into Ap as it goes (microkernel_packing);
+    # every later column reads the packed panels. Packing costs no pass of its own, and
+    # the packed block is written into a buffer that stays in cache.
+    full = m // MR * MR
+    if full < m:  # the ragged last panel, copied first
+        _pack_panel(Af, a0 + full * rs, rs, cs, kc, m - full, MR, Ap, (full // MR) * kc * MR)
+    for jr in range(0, n, NR):
+        nr = min(NR, n - jr)
+        b = b_off + (jr // NR) * kc * NR
+        for ir in range(0, m, MR):
+            mr = min(MR, m - ir)
+            a = (ir // MR) * kc * MR
+            c = c0 + ir * ldc + jr
+            whole = mr == MR and nr == NR
+            if jr == 0 and mr == MR:
+                if whole:
+                    microkernel_packing(isa, kc, Af, a0 + ir * rs, rs, cs, Ap, a, Bp, b, Cf, c,
+                                        ldc, add, MR, NR)
+                else:
+                    microkernel_packing(isa, kc, Af, a0 + ir * rs, rs, cs, Ap, a, Bp, b, edge,
+                                        0, NR, False, MR, NR)
+            elif whole:
+                microkernel(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR)
+            else:
+                microkernel(isa, kc, Ap, a, Bp, b, edge, 0, NR, False, MR, NR)
+            if not whole:
+                for i in range(mr):
+                    for j in range(nr):
+                        if add:
+                            Cf[c + i * ldc + j] += edge[i * NR + j]
+                        else:
+                            Cf[c + i * ldc + j] = edge[i * NR + j]
+
+
+@njit(cache=True)
 def _zero_if_empty(K, accumulate, Cf, c0, ldc, m, n):
     if K == 0 and not accumulate:  # an empty sum
         for i in range(m):
@@ -283,35 +331,53 @@ def _pack_all(A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp):
             _pack(B, not b_trans, p0, kc, r * NR, min(NR, N - r * NR), NR, Bp[o:o + kc * NR])
 
 
+@njit(cache=True)
+def fused_a_size(MC, K, MR, KC):
+    # elements of one task's packed block of A (MC rows, rounded up to MR, by one KC block)
+    return ((MC + MR - 1) // MR) * MR * max(1, min(KC, K))
+
+
 @njit(parallel=True, cache=True)
-def _gemm_packed(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap, Bp,
-                 pack_b=True):
-    # C: [M,N] (+)= opA(A) [M,K] @ opB(B) [K,N], in two parallel steps:
-    #   1. pack A and B whole into panels (each element copied once) in Ap, Bp: scratch of
-    #      at least Mp*K and Np*K elements (M, N rounded up to MR, NR) the caller owns;
-    #      with pack_b False, Bp holds B's panels already (a PackedWeight) and only A is;
-    #   2. cut C into blocks of MC rows x NC columns (multiples of MR and NR), one task a
-    #      block: a task owns its block of C (no races) and walks the reduction in KC
-    #      blocks, always in the same order, running the macro-kernel on the panels.
+def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap, Bp,
+                pack_b=True):
+    # C: [M,N] (+)= opA(A) [M,K] @ opB(B) [K,N], A C-contiguous:
+    #   1. pack B whole into panels in Bp (with pack_b False, Bp holds them already: a
+    #      PackedWeight);
+    #   2. cut C into blocks of MC rows x NC columns, one task a block (it owns its block
+    #      of C: no races) walking the reduction in KC blocks, always in the same order;
+    #      each block of A is packed by the first column of micro-kernel calls that reads
+    #      it (_macrokernel_packing), into a buffer of the task's own.
     M, N = C.shape
     K = A.shape[0] if a_trans else A.shape[1]
     Cf = C.reshape(M * N)
-    Mp = (M + MR - 1) // MR * MR
+    Af = A.reshape(A.size)
+    rs, cs = (1, M) if a_trans else (K, 1)  # where opA(A)[i, p] lies: Af[i*rs + p*cs]
     Np = (N + NR - 1) // NR * NR
-    _pack_all(A, a_trans, M, B, b_trans, N if pack_b else 0, K, MR, NR, KC, Ap, Bp)
+    if pack_b:
+        _pack_all(A, a_trans, 0, B, b_trans, N, K, MR, NR, KC, Bp[:0], Bp)
     n_mb = (M + MC - 1) // MC
     n_nb = (N + NC - 1) // NC
+    per_task = fused_a_size(MC, K, MR, KC)
     for t in prange(n_mb * n_nb):
         i0 = (t // n_nb) * MC
         m = min(MC, M - i0)
         j0 = (t % n_nb) * NC
         n = min(NC, N - j0)
         edge = np.empty(MR * NR, dtype=C.dtype)
+        Al = Ap[t * per_task:(t + 1) * per_task]  # this task's packed block of A
         _zero_if_empty(K, accumulate, Cf, i0 * N + j0, N, m, n)
         for p0 in range(0, K, KC):
             kc = min(KC, K - p0)
-            _macrokernel(Ap, p0 * Mp + i0 * kc, Bp, p0 * Np + j0 * kc, kc, m, n, Cf,
-                         i0 * N + j0, N, accumulate or p0 > 0, isa, MR, NR, edge)
+            if a_trans:  # A's rows are p: a panel's values lie M apart. Read in place they
+                # would collide in L1's sets whenever M*4 is a multiple of 4 KiB, so the block
+                # is copied first (a plain pass, into this task's buffer, which stays in cache)
+                _pack(A, True, p0, kc, i0, m, MR, Al)
+                _macrokernel(Al, 0, Bp, p0 * Np + j0 * kc, kc, m, n, Cf, i0 * N + j0, N,
+                             accumulate or p0 > 0, isa, MR, NR, edge)
+            else:
+                _macrokernel_packing(Af, i0 * rs + p0 * cs, rs, cs, Al, Bp, p0 * Np + j0 * kc,
+                                     kc, m, n, Cf, i0 * N + j0, N, accumulate or p0 > 0, isa,
+                                     MR, NR, edge)
 
 
 ISA = host_isa()  # 'avx512', 'avx2' or 'sse': the micro-kernel this CPU runs
@@ -323,10 +389,10 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None):
     The tile comes from the ISA and the shape (microkernel.pick_kernel), or is the given
     ``kernel``. KC (reduction block) fixes the order of the sum, so it depends on the dtype
     only. One
-    task computes an MC x NC block of C; its packed blocks of A (MC*KC) and B (KC*NC) stay
-    in L2 and one NR-wide panel of B (KC*NR) in L1. MC and NC only divide the work (at
-    least two tasks a thread where the shape allows), so the result is bitwise the same
-    for any thread count."""
+    task computes an MC x NC block of C; its packed block of A (MC*KC) stays in L2 and
+    one NR-wide panel of B (KC*NR) in L1. NC is all of N where the threads can be kept
+    busy by cuts across M alone (so each row of A is packed once). MC and NC only divide
+    the work, so the result is bitwise the same for any thread count."""
     isa = isa or ISA
     if kernel is None:
         code, MR, NR = pick_kernel(dtype, isa, M, N)
@@ -334,11 +400,12 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None):
         code, (MR, NR) = kernel, kernel_tile(dtype, kernel)
     threads = threads or get_threads()
     KC = KC or (_KC if np.dtype(dtype).itemsize == 4 else _KC // 2)
-    n_mb, n_nb = -(-M // _MC), -(-N // _NC)  # blocks of at most _MC x _NC
+    # Blocks span all of N (a cut across N would pack the same rows of A again) and at
+    # most _MC rows; more cuts across M, then N, until every thread has equal work.
+    n_mb, n_nb = -(-M // _MC), 1
     max_mb, max_nb = -(-M // MR), -(-N // NR)
     while (n_mb * n_nb) % threads and (n_mb < max_mb or n_nb < max_nb):
-        # equal work for every thread: add a cut across the longer side of a block
-        if (M / n_mb >= N / n_nb and n_mb < max_mb) or n_nb == max_nb:
+        if n_mb < max_mb:
             n_mb += 1
         else:
             n_nb += 1
@@ -347,7 +414,7 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None):
     return dict(code=code, MR=MR, NR=NR, KC=KC, MC=MC, NC=NC)
 
 
-_KC, _MC, _NC = 128, 288, 1920
+_KC, _MC = 128, 288
 
 
 def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None):
@@ -361,13 +428,14 @@ def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None):
     isa = isa or ISA
     b = blocking(out.dtype, M, N, isa, kernel=kernel)
     K = A.shape[0] if a_trans else A.shape[1]
-    Ap = _workspace.get("A", out.dtype, -(-M // b["MR"]) * b["MR"] * K)
+    tasks = -(-M // b["MC"]) * -(-N // b["NC"])
+    Ap = _workspace.get("A", out.dtype, tasks * fused_a_size(b["MC"], K, b["MR"], b["KC"]))
     if isinstance(B, PackedWeight):
         Bp, B, pack_b = B.panels(b_trans, b), B.W, False
     else:
         Bp, pack_b = _workspace.get("B", out.dtype, -(-N // b["NR"]) * b["NR"] * K), True
-    _gemm_packed(A, a_trans, B, b_trans, out, accumulate, b["code"], b["MR"], b["NR"],
-                 b["KC"], b["MC"], b["NC"], Ap, Bp, pack_b)
+    _gemm_fused(A, a_trans, B, b_trans, out, accumulate, b["code"], b["MR"], b["NR"],
+                b["KC"], b["MC"], b["NC"], Ap, Bp, pack_b)
     return out
 
 

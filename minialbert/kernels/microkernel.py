@@ -138,93 +138,124 @@ def microkernel_loops(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR):
 # the fast kernel, one per ISA, written as LLVM IR
 
 
-def _make_microkernel(vbytes, MR, NV):
+def _make_microkernel(vbytes, MR, NV, packs=False):
+    # packs=False: microkernel(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate), A packed.
+    # packs=True: microkernel(kc, A, a0, rs, cs, Ap, a0p, Bp, ...): A read where it lies,
+    # element (i, p) at A[a0 + i*rs + p*cs], and written packed to Ap[a0p + p*MR + i] on
+    # the way — the first use of an A panel packs it (see matmul._macrokernel).
     @intrinsic
     def microkernel(typingctx, kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate):
         # the same contract as microkernel_loops, with MR and NR = NV*W fixed
         sig = types.void(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate)
+        return sig, _codegen(vbytes, MR, NV, False)
 
-        def codegen(context, builder, signature, args):
+    @intrinsic
+    def microkernel_packing(typingctx, kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc,
+                            accumulate):
+        sig = types.void(kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate)
+        return sig, _codegen(vbytes, MR, NV, True)
+
+    return microkernel_packing if packs else microkernel
+
+
+def _codegen(vbytes, MR, NV, packs):
+    def codegen(context, builder, signature, args):
+        if packs:
+            kc_, A_, a0_, rs_, cs_, Ap_, a0p_, Bp_, b0_, C_, c0_, ldc_, acc_ = args
+            b_arg, c_arg = 7, 9
+        else:
             kc_, Ap_, a0_, Bp_, b0_, C_, c0_, ldc_, acc_ = args
-            fty = context.get_value_type(signature.args[1].dtype)  # float or double
-            esize = 4 if fty == ir.FloatType() else 8  # bytes per element
-            W = vbytes // esize
-            NR = NV * W
-            vty = ir.VectorType(fty, W)
-            i64 = ir.IntType(64)
+            b_arg, c_arg = 3, 5
+        fty = context.get_value_type(signature.args[1].dtype)  # float or double
+        esize = 4 if fty == ir.FloatType() else 8  # bytes per element
+        W = vbytes // esize
+        NR = NV * W
+        vty = ir.VectorType(fty, W)
+        i64 = ir.IntType(64)
 
-            def data(k, v):  # pointer to element 0 of a flat array argument
-                return context.make_array(signature.args[k])(context, builder, v).data
+        def data(k, v):  # pointer to element 0 of a flat array argument
+            return context.make_array(signature.args[k])(context, builder, v).data
 
-            def c64(x):
-                return ir.Constant(i64, x)
+        def c64(x):
+            return ir.Constant(i64, x)
 
+        b_ptr = builder.gep(data(b_arg, Bp_), [b0_])
+        c_ptr = builder.gep(data(c_arg, C_), [c0_])
+        if packs:  # row i of the source, and the packed panel written on the way
+            src = builder.gep(data(1, A_), [a0_])
+            a_rows = [builder.gep(src, [builder.mul(c64(i), rs_)]) for i in range(MR)]
+            a_ptr = builder.gep(data(5, Ap_), [a0p_])
+        else:
             a_ptr = builder.gep(data(1, Ap_), [a0_])
-            b_ptr = builder.gep(data(3, Bp_), [b0_])
-            c_ptr = builder.gep(data(5, C_), [c0_])
-            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * W)
-            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(NV)]
-                   for _ in range(MR)]
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-                f"llvm.fma.v{W}f{8 * esize}")
-            undef = ir.Constant(vty, ir.Undefined)
-            splat0 = ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W)
-            # prefetch the tile of C (for writing) while the loop below runs
-            pf = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [
-                    ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(32),
-                    ir.IntType(32)]), "llvm.prefetch.p0")
+        zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * W)
+        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(NV)]
+               for _ in range(MR)]
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+            f"llvm.fma.v{W}f{8 * esize}")
+        undef = ir.Constant(vty, ir.Undefined)
+        splat0 = ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W)
+        # prefetch the tile of C (for writing) while the loop below runs
+        pf = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [
+                ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(32),
+                ir.IntType(32)]), "llvm.prefetch.p0")
+        for i in range(MR):
+            crow = builder.gep(c_ptr, [builder.mul(c64(i), ldc_)])
+            for off in range(0, NR * esize, 64):  # each cache line of row i
+                ptr = builder.bitcast(builder.gep(crow, [c64(off // esize)]),
+                                      ir.IntType(8).as_pointer())
+                builder.call(pf, [ptr, ir.Constant(ir.IntType(32), 1),
+                                  ir.Constant(ir.IntType(32), 3),
+                                  ir.Constant(ir.IntType(32), 1)])
+        with cgutils.for_range(builder, kc_) as loop:  # for p in range(kc)
+            p = loop.index
+            brow = builder.gep(b_ptr, [builder.mul(p, c64(NR))])
+            arow = builder.gep(a_ptr, [builder.mul(p, c64(MR))])
+            b = [builder.load(builder.bitcast(builder.gep(brow, [c64(v * W)]),
+                                              vty.as_pointer()), align=esize)
+                 for v in range(NV)]  # Bp[p, v*W:(v+1)*W], unaligned loads
             for i in range(MR):
-                crow = builder.gep(c_ptr, [builder.mul(c64(i), ldc_)])
-                for off in range(0, NR * esize, 64):  # each cache line of row i
-                    ptr = builder.bitcast(builder.gep(crow, [c64(off // esize)]),
-                                          ir.IntType(8).as_pointer())
-                    builder.call(pf, [ptr, ir.Constant(ir.IntType(32), 1),
-                                      ir.Constant(ir.IntType(32), 3),
-                                      ir.Constant(ir.IntType(32), 1)])
-            with cgutils.for_range(builder, kc_) as loop:  # for p in range(kc)
-                p = loop.index
-                brow = builder.gep(b_ptr, [builder.mul(p, c64(NR))])
-                arow = builder.gep(a_ptr, [builder.mul(p, c64(MR))])
-                b = [builder.load(builder.bitcast(builder.gep(brow, [c64(v * W)]),
-                                                  vty.as_pointer()), align=esize)
-                     for v in range(NV)]  # Bp[p, v*W:(v+1)*W], unaligned loads
-                for i in range(MR):
-                    a = builder.load(builder.gep(arow, [c64(i)]))  # Ap[p, i], broadcast
-                    a = builder.shuffle_vector(
-                        builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)),
-                        undef, splat0)
-                    for v in range(NV):  # acc[i][v] += a * b[v]
-                        old = builder.load(acc[i][v])
-                        if _HAS_FMA:
-                            new = builder.call(fma, [a, b[v], old])
-                        else:
-                            new = builder.fadd(builder.fmul(a, b[v]), old)
-                        builder.store(new, acc[i][v])
-            add = builder.icmp_unsigned("!=", acc_, ir.Constant(acc_.type, 0))
-            for i in range(MR):  # the tile out to C, row i at c_ptr + i*ldc
-                crow = builder.gep(c_ptr, [builder.mul(c64(i), ldc_)])
-                for v in range(NV):
-                    ptr = builder.bitcast(builder.gep(crow, [c64(v * W)]), vty.as_pointer())
-                    val = builder.load(acc[i][v])
-                    with builder.if_else(add) as (then, otherwise):
-                        with then:
-                            builder.store(builder.fadd(builder.load(ptr, align=esize), val), ptr,
-                                          align=esize)
-                        with otherwise:
-                            builder.store(val, ptr, align=esize)
-            return context.get_dummy_value()
+                if packs:  # A[i, p] from its row, and a copy into the packed panel
+                    a = builder.load(builder.gep(a_rows[i], [builder.mul(p, cs_)]))
+                    builder.store(a, builder.gep(arow, [c64(i)]))
+                else:
+                    a = builder.load(builder.gep(arow, [c64(i)]))  # Ap[p, i]
+                a = builder.shuffle_vector(
+                    builder.insert_element(undef, a, ir.Constant(ir.IntType(32), 0)),
+                    undef, splat0)
+                for v in range(NV):  # acc[i][v] += a * b[v]
+                    old = builder.load(acc[i][v])
+                    if _HAS_FMA:
+                        new = builder.call(fma, [a, b[v], old])
+                    else:
+                        new = builder.fadd(builder.fmul(a, b[v]), old)
+                    builder.store(new, acc[i][v])
+        add = builder.icmp_unsigned("!=", acc_, ir.Constant(acc_.type, 0))
+        for i in range(MR):  # the tile out to C, row i at c_ptr + i*ldc
+            crow = builder.gep(c_ptr, [builder.mul(c64(i), ldc_)])
+            for v in range(NV):
+                ptr = builder.bitcast(builder.gep(crow, [c64(v * W)]), vty.as_pointer())
+                val = builder.load(acc[i][v])
+                with builder.if_else(add) as (then, otherwise):
+                    with then:
+                        builder.store(builder.fadd(builder.load(ptr, align=esize), val), ptr,
+                                      align=esize)
+                    with otherwise:
+                        builder.store(val, ptr, align=esize)
+        return context.get_dummy_value()
 
-        return sig, codegen
-
-    return microkernel
+    return codegen
 
 
 microkernel_sse = _make_microkernel(*KERNELS[1][1:])
 microkernel_avx2 = _make_microkernel(*KERNELS[2][1:])
 microkernel_avx512 = _make_microkernel(*KERNELS[3][1:])
 microkernel_avx512_narrow = _make_microkernel(*KERNELS[4][1:])
+packing_sse = _make_microkernel(*KERNELS[1][1:], packs=True)
+packing_avx2 = _make_microkernel(*KERNELS[2][1:], packs=True)
+packing_avx512 = _make_microkernel(*KERNELS[3][1:], packs=True)
+packing_avx512_narrow = _make_microkernel(*KERNELS[4][1:], packs=True)
 
 
 @njit(inline="always")
@@ -240,6 +271,27 @@ def microkernel(isa, kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR):
         microkernel_sse(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate)
     else:
         microkernel_loops(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR)
+
+
+@njit(inline="always")
+def microkernel_packing(isa, kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate, MR,
+                        NR):
+    """The micro-kernel on an A panel that is not packed yet: element (i, p) read at
+    A[a0 + i*rs + p*cs] and written to Ap[a0p + p*MR + i] (packed, for the next uses) as
+    the product runs — the same arithmetic, the same bits as packing first."""
+    if isa == 4:
+        packing_avx512_narrow(kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate)
+    elif isa == 3:
+        packing_avx512(kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate)
+    elif isa == 2:
+        packing_avx2(kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate)
+    elif isa == 1:
+        packing_sse(kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate)
+    else:  # the readable twin: pack, then the plain-loop kernel
+        for p in range(kc):
+            for i in range(MR):
+                Ap[a0p + p * MR + i] = A[a0 + i * rs + p * cs]
+        microkernel_loops(kc, Ap, a0p, Bp, b0, C, c0, ldc, accumulate, MR, NR)
 
 
 @njit(parallel=True, cache=True)
