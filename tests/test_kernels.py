@@ -21,7 +21,7 @@ from minialbert.kernels import (activation, cross_entropy, dropout_backward, dro
                                 softmax_backward, softmax_forward)
 from minialbert.kernels._base import FASTMATH, exp_float32
 from minialbert.kernels.act import tanh_backward, tanh_forward
-from minialbert.kernels.reduce import vdot, vsum
+from minialbert.kernels.reduce import vdot, vmax, vsum
 from reference import assert_close, n, require, t
 
 FD_TOL = 1e-6
@@ -424,17 +424,19 @@ def test_gradcheck_refuses_float32():
 
 @numba.njit(cache=True)
 def _row_sums(X, Y):  # through reduce.py, inside a kernel, as the kernels call them
-    out = np.empty((X.shape[0], 3), dtype=X.dtype)
+    out = np.empty((X.shape[0], 5), dtype=X.dtype)
     for r in range(X.shape[0]):
         out[r, 0] = vsum(X[r])
         out[r, 1] = vdot(X[r], Y[r])
         out[r, 2] = vsum(X[r, ::2])  # a strided view takes the plain loop
+        out[r, 3] = vmax(X[r])
+        out[r, 4] = vmax(X[r, ::2])
     return out
 
 
 @given(n_cols=st.integers(0, 200), dt=st.sampled_from([np.float32, np.float64]),
        seed=st.integers(0, 99))
-def test_vsum_vdot_against_float64_numpy(n_cols, dt, seed):
+def test_vsum_vdot_vmax_against_float64_numpy(n_cols, dt, seed):
     """The vector sums in a fixed order (kernels/reduce.py): any length (0, 1, below one
     vector, below U vectors, with a tail), float32 and float64, contiguous and strided,
     against NumPy in float64. Tolerance: float32 sums of n terms ~ n * 2^-24 relative
@@ -449,7 +451,15 @@ def test_vsum_vdot_against_float64_numpy(n_cols, dt, seed):
     scale = np.stack([np.abs(X64).sum(1), np.abs(X64 * Y64).sum(1),
                       np.abs(X64[:, ::2]).sum(1)], 1) + 1e-30
     eps = 2e-7 if dt == np.float32 else 1e-15
-    assert np.all(np.abs(got - want) <= 4 * eps * scale + 1e-30), (got, want)
+    assert np.all(np.abs(got[:, :3] - want) <= 4 * eps * scale + 1e-30), (got, want)
+    # the maximum is exact: equal to NumPy's (-inf for an empty row), NaNs skipped
+    empty = np.full(3, -np.inf)
+    assert np.array_equal(got[:, 3], X.max(1) if n_cols else empty)
+    assert np.array_equal(got[:, 4], X[:, ::2].max(1) if n_cols else empty)
+    if n_cols > 1:
+        X[:, 1] = np.nan
+        got = _row_sums(X, Y)
+        assert np.array_equal(got[:, 3], np.nanmax(X, 1))
 
 
 

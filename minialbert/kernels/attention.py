@@ -31,7 +31,7 @@ from numba import njit, prange
 
 from ._base import FASTMATH, cast_like, exp_float32
 from .dropout import _hash_uniform
-from .reduce import vdot, vsum
+from .reduce import vdot, vmax, vsum
 from .matmul import _gemm_block, blocking, packing_buffers
 
 
@@ -39,12 +39,9 @@ from .matmul import _gemm_block, blocking, packing_buffers
 def _softmax_row(row, bias, scale):
     # row: [T] scores -> exp(row*scale + bias - max) in place; returns 1/sum (the caller
     # normalises). bias: [T], 0 or finfo.min per key (a fully masked row becomes uniform).
-    m = cast_like(row, -np.inf)  # the row's type: a float64 m would make row[j] - m a
-    for j in range(row.shape[0]):  # float64 and send the exp below to libm, one at a time
-        s = row[j] * scale + bias[j]
-        row[j] = s
-        if s > m:
-            m = s
+    for j in range(row.shape[0]):
+        row[j] = row[j] * scale + bias[j]
+    m = vmax(row)  # reduce.py: in the row's type (a float64 m would send the exp to libm)
     for j in range(row.shape[0]):
         row[j] = exp_float32(row[j] - m)
     return cast_like(row, 1.0) / vsum(row)  # reduce.py: a vector sum in a fixed order

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._base import FASTMATH, cast_like, exp_float32
-from .reduce import vsum
+from .reduce import vmax, vsum
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -31,10 +31,7 @@ def _xent_rows(logits, labels, ignore_index, want_grad, dlogits, row_loss):
                     dlogits[r, j] = 0.0
             continue
         z = logits[r]
-        m = z[0]
-        for j in range(1, C):
-            if z[j] > m:
-                m = z[j]
+        m = vmax(z)  # reduce.py: vectorised (a NaN in z still makes the loss NaN, below)
         e = dlogits[r] if want_grad else np.empty(C, dtype=logits.dtype)
         for j in range(C):
             e[j] = exp_float32(z[j] - m)

@@ -5,6 +5,7 @@ float32, AVX2: 8, SSE: 4), U = 4 vector accumulators.
 
     vsum(x)    = x[0] + x[1] + ... + x[n-1]
     vdot(x, y) = x[0] y[0] + ... + x[n-1] y[n-1]
+    vmax(x)    = the largest of x[0], ..., x[n-1] (NaNs skipped; -inf for n = 0)
 
 Why not a plain loop. ``s += x[j]`` is a chain: each add waits for the one before, one
 lane at a time. LLVM vectorises it only when it may *reassociate* (fast-math ``reassoc``),
@@ -25,6 +26,10 @@ registers, walked front to back, then added in a fixed tree —
 Every compile of this IR computes the same bits, so a fresh process and a cached one agree.
 The order depends on W, so on the CPU (as every vectorised sum does): the same machine
 always gives the same bits, for any thread count.
+
+A maximum has no rounding, so its order cannot change its value; vmax is here because
+the plain loop (``if x[j] > m: m = x[j]``) is a chain LLVM does not vectorise without
+fast-math flags we do not give it (its cost was a third of a softmax row's).
 
 Under NUMBA_DISABLE_JIT=1 (stepping through kernels in a debugger) vsum and vdot run as
 the plain loops below: the same sums, rounded in another order.
@@ -49,7 +54,7 @@ def _vector_bytes():
 VECTOR_BYTES = _vector_bytes()
 
 
-def _codegen(vbytes, with_y):
+def _codegen(vbytes, with_y, op="sum"):
     def codegen(context, builder, signature, args):
         aty = signature.args[0]
         fty = context.get_value_type(aty.dtype)
@@ -70,12 +75,18 @@ def _codegen(vbytes, with_y):
             return builder.load(builder.bitcast(builder.gep(p, [j]), vty.as_pointer()),
                                 align=esize)
 
-        def vterm(acc, j):  # acc + x[j:j+W] (* y[j:j+W])
+        def combine(a, b):  # a + b, or the larger of each lane (NaN in b: keeps a)
+            if op == "max":
+                return builder.select(builder.fcmp_ordered(">", b, a), b, a)
+            return builder.fadd(a, b)
+
+        def vterm(acc, j):  # acc + x[j:j+W] (* y[j:j+W]), or their lane-wise max
             if with_y:
                 return builder.call(fma, [vload(px, j), vload(py, j), acc])
-            return builder.fadd(acc, vload(px, j))
+            return combine(acc, vload(px, j))
 
-        zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * W)
+        start = ir.Constant(fty, float("-inf") if op == "max" else 0.0)
+        zero = ir.Constant(vty, [start] * W)
         acc = [cgutils.alloca_once_value(builder, zero) for _ in range(U)]
         blocks = builder.udiv(n, ir.Constant(i64, U * W))
         with cgutils.for_range(builder, blocks) as loop:  # U vectors a step
@@ -83,8 +94,8 @@ def _codegen(vbytes, with_y):
             for u in range(U):
                 j = builder.add(j0, ir.Constant(i64, u * W))
                 builder.store(vterm(builder.load(acc[u]), j), acc[u])
-        v = builder.fadd(builder.fadd(builder.load(acc[0]), builder.load(acc[1])),
-                         builder.fadd(builder.load(acc[2]), builder.load(acc[3])))
+        v = combine(combine(builder.load(acc[0]), builder.load(acc[1])),
+                    combine(builder.load(acc[2]), builder.load(acc[3])))
         w = W
         while w > 1:  # lanes [0, w/2) + lanes [w/2, w), until one is left
             h = w // 2
@@ -92,7 +103,7 @@ def _codegen(vbytes, with_y):
                                                           list(range(h))))
             hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), h),
                                                           list(range(h, w))))
-            v = builder.fadd(lo, hi)
+            v = combine(lo, hi)
             w = h
         s = cgutils.alloca_once_value(builder, builder.extract_element(v, ir.Constant(
             ir.IntType(32), 0)))
@@ -101,7 +112,7 @@ def _codegen(vbytes, with_y):
             j = builder.add(done, loop.index)
             xj = builder.load(builder.gep(px, [j]))
             t = builder.fmul(xj, builder.load(builder.gep(py, [j]))) if with_y else xj
-            builder.store(builder.fadd(builder.load(s), t), s)
+            builder.store(combine(builder.load(s), t), s)
         return builder.load(s)
 
     return codegen
@@ -111,7 +122,7 @@ def _check(*arrays):
     for a in arrays:
         if not (isinstance(a, types.Array) and a.ndim == 1
                 and a.dtype in (types.float32, types.float64)):
-            raise TypingError(f"vsum/vdot take 1-D float arrays, got {a}")
+            raise TypingError(f"vsum/vdot/vmax take 1-D float arrays, got {a}")
     if len(arrays) == 2 and arrays[0].dtype != arrays[1].dtype:
         raise TypingError(f"vdot: dtypes differ ({arrays[0].dtype}, {arrays[1].dtype})")
 
@@ -124,6 +135,19 @@ def _vsum(typingctx, x):  # x: [n], contiguous
 @intrinsic
 def _vdot(typingctx, x, y):  # x, y: [n] (y at least as long), contiguous
     return x.dtype(x, y), _codegen(VECTOR_BYTES, True)
+
+
+@intrinsic
+def _vmax(typingctx, x):  # x: [n], contiguous
+    return x.dtype(x), _codegen(VECTOR_BYTES, False, "max")
+
+
+def _max_loop(x):
+    m = x.dtype.type(-float("inf"))
+    for j in range(x.shape[0]):
+        if x[j] > m:
+            m = x[j]
+    return m
 
 
 def _sum_loop(x):  # one element at a time, in order
@@ -148,6 +172,10 @@ def vdot(x, y):  # x, y: [n] -> sum of x*y
     return _dot_loop(x, y)
 
 
+def vmax(x):  # x: [n] -> the largest element (NaNs skipped)
+    return _max_loop(x)
+
+
 # compiled: the IR above for contiguous rows; a strided view (no kernel here passes one)
 # takes the loop
 @overload(vsum, inline="always")
@@ -160,3 +188,9 @@ def _vsum_overload(x):
 def _vdot_overload(x, y):
     _check(x, y)
     return (lambda x, y: _vdot(x, y)) if x.layout == "C" and y.layout == "C" else _dot_loop
+
+
+@overload(vmax, inline="always")
+def _vmax_overload(x):
+    _check(x)
+    return (lambda x: _vmax(x)) if x.layout == "C" else _max_loop

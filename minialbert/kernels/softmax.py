@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._base import FASTMATH, cast_like, exp_float32
-from .reduce import vdot, vsum
+from .reduce import vdot, vmax, vsum
 
 
 def mask_bias(mask, dtype):  # mask: 1 keep / 0 masked -> additive bias 0 / finfo.min
@@ -22,13 +22,11 @@ def mask_bias(mask, dtype):  # mask: 1 keep / 0 masked -> additive bias 0 / finf
 @njit(fastmath=FASTMATH, cache=True)
 def softmax_row(x, bias, y):  # x: [C] (+ bias: [C]) -> y: [C], stable: subtract the max
     C = x.shape[0]
-    m = x[0] + bias[0]
-    for j in range(1, C):
-        v = x[j] + bias[j]
-        if v > m:
-            m = v
     for j in range(C):
-        y[j] = exp_float32((x[j] + bias[j]) - m)
+        y[j] = x[j] + bias[j]
+    m = vmax(y)  # reduce.py: vectorised; no rounding, so any order gives this value
+    for j in range(C):
+        y[j] = exp_float32(y[j] - m)
     inv = cast_like(y, 1.0) / vsum(y)  # reduce.py: a vector sum in a fixed order
     for j in range(C):
         y[j] *= inv
