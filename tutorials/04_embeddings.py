@@ -28,10 +28,10 @@ from minialbert.model import WORD, AlbertForPreTraining  # noqa: E402
 V, H = 30000, 768
 rows = []
 for E in (64, 128, 256, 768):
-    factorized = V * E + E * H + E  # table + projection (with its bias)
+    factorized = V * E + E * H + H  # table + projection E -> H (its bias has H entries)
     rows.append((E, f"{V * H:,}", f"{factorized:,}", f"{factorized / (V * H):.2f}"))
 write_table("04_counts.md", ["E", "BERT-style V·H", "ALBERT V·E + E·H + H", "ratio"], rows)
-assert rows[1][2] == f"{30000 * 128 + 128 * 768 + 128:,}"
+assert rows[1][2] == f"{30000 * 128 + 128 * 768 + 768:,}"
 
 # %% [markdown]
 # ## The lookup is a gather; its backward is a scatter-add
