@@ -37,13 +37,14 @@ myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3
 source_suffix = {".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "figures/*.md"]
+exclude_patterns = ["_build", "figures/*.md", "extra"]
 html_theme = "sphinx_book_theme"
 html_title = "minialbert"
 html_theme_options = {"show_toc_level": 2, "use_download_button": False,
                       "use_fullscreen_button": False}
 html_context = {"default_mode": "light"}  # else the theme logs an error on a first visit
 html_static_path = []
+html_extra_path = ["extra"]  # pages the chapters embed as they are (12_attention.html)
 suppress_warnings = ["myst.header"]
 '''
 
@@ -136,6 +137,9 @@ def stage(dst):
     (dst / "tutorials").mkdir(parents=True)
     (dst / "code").mkdir()
     shutil.copytree(book / "figures", dst / "figures")
+    (dst / "extra" / "figures").mkdir(parents=True)
+    for page in (book / "figures").glob("*.html"):  # served as they are, beside the chapters
+        shutil.copy2(page, dst / "extra" / "figures" / page.name)
     modules = {}
     for py in sorted((ROOT / "minialbert").rglob("*.py")):
         rel = py.relative_to(ROOT / "minialbert")

@@ -167,3 +167,50 @@ def test_a_missing_figure_stops_the_build(tmp_path, monkeypatch):
     (src / "01_x.md").write_text("# 1\n\n```{include} figures/not_there.md\n```\n")
     with pytest.raises(book.BookError, match="01_x.md includes figures/not_there.md"):
         book.check_includes(src, [src / "01_x.md"])
+
+
+def test_the_attention_page_opens_renders_and_switches_heads(browser, tmp_path):
+    """minialbert attention --html: one self-contained file; it renders a map, and picking
+    another head changes it."""
+    import numpy as np
+    from minialbert.lookinside import attention_page
+    r = np.random.default_rng(0)
+    maps = r.random((2, 3, 5, 5))
+    maps /= maps.sum(-1, keepdims=True)
+    page = tmp_path / "maps.html"
+    page.write_text(attention_page(maps, ["[CLS]", "▁a", "<b>", "c", "[SEP]"], "a & b"),
+                    encoding="utf-8")
+    browser.get_log("browser")
+    browser.get_log("performance")
+    browser.get(page.as_uri())
+    cells = lambda: browser.execute_script(  # noqa: E731
+        "return [...document.querySelectorAll('#map td')].map(td => td.dataset.w)")
+    shown = lambda: np.array(cells(), float).reshape(5, 5)  # noqa: E731
+    assert np.allclose(shown(), maps[0].mean(0), atol=1e-3)  # layer 1, the mean of the heads
+    pick = "const s = document.getElementById(arguments[0]); s.value = arguments[1]; " \
+        "s.dispatchEvent(new Event('change'));"
+    browser.execute_script(pick, "head", "1")
+    assert np.allclose(shown(), maps[0, 1], atol=1e-3)  # head 2 of layer 1: a new map
+    browser.execute_script(pick, "layer", "1")
+    assert np.allclose(shown(), maps[1, 1], atol=1e-3)
+    heads = browser.execute_script(
+        "return [...document.querySelectorAll('#map thead th')].map(t => t.textContent)")
+    assert "<b>" in heads  # a token is text, never markup
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    assert all(u.startswith(("file:", "data:")) for u in _requests(browser, page.as_uri()))
+
+
+def test_the_attention_command_writes_the_page(tmp_path, capsys):
+    from minialbert.cli import main as cli
+    from minialbert.train import PretrainConfig, pretrain
+    run = tmp_path / "run"
+    pretrain(PretrainConfig(out=str(run), steps=2, batch_size=4, seq_len=32, vocab_size=600,
+                            preset="tiny", eval_every=0, save_every=0, progress=False,
+                            extra=dict(num_hidden_layers=2, hidden_size=32, embedding_size=16,
+                                       num_attention_heads=2, intermediate_size=64)))
+    page = tmp_path / "maps.html"
+    assert cli(["attention", "--checkpoint", str(run), "Return a list.", "--html",
+                str(page)]) == 0
+    text = page.read_text(encoding="utf-8")
+    assert "const DATA" in text and "<script src" not in text and "http" not in text
+    assert "2 layer applications × 2 heads" in capsys.readouterr().out

@@ -18,7 +18,8 @@ LADDER = [
      "corpus, data",
      {"checkpoint", "rundir", "hf", "tokenizer", "corpus", "data", "tasks"}),
     ("running: data parallelism, training, fine-tuning, inference, tools",
-     {"distributed", "train", "finetune", "inference", "demo", "profiler", "book"}),
+     {"distributed", "train", "finetune", "inference", "demo", "profiler", "book",
+      "lookinside"}),
     ("the command line", {"cli"}),
 ]
 RUNG = {m: i for i, (_, mods) in enumerate(LADDER) for m in mods}
