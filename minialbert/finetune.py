@@ -30,11 +30,12 @@ import numpy as np
 
 from . import kernels
 from .memory import keep_freed_memory
-from .checkpoint import CheckpointError, load_checkpoint, load_tokenizer
+from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_tokenizer
 from .rundir import (RunDir, StopRequests, given_settings, resume_settings,
                      stopped_inside_a_step)
 from .model import zeros_like_params
 from .optim import clip_by_global_norm, learning_rate, make_optimizer, no_decay
+from .plots import confusion, plot_run
 from .tasks import (TaskError, classification_scores, default_task, qa_decode, qa_features,
                     regression_scores, squad_scores, squad_task, tsv_task)
 from .train import TrainingError, progress_bar
@@ -159,9 +160,8 @@ def _forward(model, b, **kw):
     return model.forward(**{k: b[k] for k in keys if k in b}, **kw)
 
 
-def evaluate(model, task, dev, tok=None, batch_size=64):
-    """Dev metrics: accuracy and macro-F1 (classification), MSE/Pearson/Spearman
-    (regression), exact match and F1 (QA); plus the mean loss where labels exist."""
+def _predict(model, task, dev, batch_size=64):
+    """The model's outputs on the dev set, batch by batch -> (outputs, loss sums)."""
     preds, losses = [], []
     for i in range(0, dev.n, batch_size):
         b = dev.take(np.arange(i, min(i + batch_size, dev.n)))
@@ -169,6 +169,19 @@ def evaluate(model, task, dev, tok=None, batch_size=64):
         if "loss" in o:
             losses.append(float(o["loss"]) * len(b["input_ids"]))
         preds.append((o["start_logits"], o["end_logits"]) if task.kind == "qa" else o["logits"])
+    return preds, losses
+
+
+def dev_confusion(model, task, dev, batch_size=64):
+    """Classification: the dev confusion matrix and each class's scores (plots.confusion)."""
+    preds, _ = _predict(model, task, dev, batch_size)
+    return confusion(np.concatenate(preds).argmax(1), dev.arrays["labels"], task.labels)
+
+
+def evaluate(model, task, dev, tok=None, batch_size=64):
+    """Dev metrics: accuracy and macro-F1 (classification), MSE/Pearson/Spearman
+    (regression), exact match and F1 (QA); plus the mean loss where labels exist."""
+    preds, losses = _predict(model, task, dev, batch_size)
     out = {"loss": sum(losses) / dev.n} if losses else {}
     if task.kind == "qa":
         # windows have different lengths per batch: pad the logits to the widest
@@ -368,6 +381,15 @@ def finetune(fc=None, resume=False, overwrite=False, **overrides):
                    train_examples=len(task.train), dev_examples=len(task.dev),
                    layerwise_lr_decay=fc.layerwise_lr_decay, lr=fc.lr)
     rd.write_summary(summary)
+    if task.kind == "classification" and task.labels:
+        conf = dev_confusion(model, task, dev)
+        atomic_write_text(out / "confusion.json", json.dumps(conf, indent=1))
+        say("dev, per class: " + "; ".join(
+            f"{c['label']} P {c['precision']:.2f} R {c['recall']:.2f} F1 {c['f1']:.2f} "
+            f"(n {c['support']})" for c in conf["per_class"]))
+    pictures = plot_run(out)
+    if pictures:
+        say("pictures: " + ", ".join(str(p) for p in pictures))
     say(f"done: {step} steps in {summary['wall_seconds'] / 60:.1f} min; dev: "
         + ", ".join(f"{key} {v:.4f}" for key, v in ev.items())
         + (f" (majority-class baseline {baseline:.4f})" if baseline is not None else ""))

@@ -33,6 +33,7 @@ from .data import DataError, PretrainingData, tokenize_corpus
 from .model import AlbertForPreTraining
 from .options import OptionError
 from .optim import clip_by_global_norm, learning_rate, make_optimizer, no_decay
+from .plots import plot_pretraining
 
 
 class TrainingError(RuntimeError):
@@ -129,40 +130,8 @@ def unigram_cross_entropy(train_tokens, vocab_size, batches):
 
 
 def plot_curves(log_path, png_path):
-    """Training and held-out curves from log.jsonl (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    recs = [json.loads(l) for l in pathlib.Path(log_path).read_text().splitlines() if l]
-    tr = [r for r in recs if "mlm_loss" in r and not r.get("eval")]
-    ev = [r for r in recs if r.get("eval")]
-    fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
-    ax[0].plot([r["step"] for r in tr], [r["mlm_loss"] for r in tr], lw=0.8, label="train")
-    if ev:
-        ax[0].plot([r["step"] for r in ev], [r["mlm_loss"] for r in ev], "o-", label="held-out")
-        if "unigram" in ev[-1]:
-            ax[0].axhline(ev[-1]["unigram"], ls=":", c="gray", label="unigram baseline")
-    ax[0].set_title("MLM cross-entropy")
-    ax[0].legend()
-    ax[1].plot([r["step"] for r in tr], [r["mlm_acc"] for r in tr], lw=0.8, label="train")
-    ax[1].plot([r["step"] for r in ev], [r["mlm_acc"] for r in ev], "o-", label="held-out")
-    ax[1].set_title("MLM accuracy")
-    ax[1].legend()
-    ax[2].plot([r["step"] for r in tr], [r["sop_acc"] for r in tr], lw=0.8, alpha=0.5, label="train")
-    ax[2].plot([r["step"] for r in ev], [r["sop_acc"] for r in ev], "o-", label="held-out")
-    ax[2].axhline(0.5, ls=":", c="gray")
-    ax[2].set_title("SOP accuracy")
-    ax[2].legend()
-    for a in ax:
-        a.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return png_path
+    """The loss and accuracy curves (plots.py) -> png_path, or None without matplotlib."""
+    return plot_pretraining(log_path, png_path)
 
 
 # ------------------------------------------------------------------------------ pretrain

@@ -68,6 +68,18 @@ def test_finetune_learns_a_tsv_task(pretrained, tsv, tmp_path):
     assert abs(sum(prob for _, prob in res[0]) - 1) < 1e-6
     s2 = run(pretrained, tsv, tmp_path / "b", from_scratch=True, epochs=1)
     assert "random weights" in s2["start"]
+    # the run's pictures and per-class scores, and `minialbert plot` redraws them
+    conf = json.loads((tmp_path / "a" / "confusion.json").read_text())
+    m = np.array(conf["matrix"])
+    assert m.sum() == s["dev_examples"] and np.trace(m) / m.sum() == s["dev"]["accuracy"]
+    assert {c["label"] for c in conf["per_class"]} == {"email", "threads"}
+    for name in ("curves.png", "confusion.png"):
+        (tmp_path / "a" / name).unlink()
+    from minialbert.cli import main as cli
+    assert cli(["plot", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "curves.png").stat().st_size > 0
+    assert (tmp_path / "a" / "confusion.png").stat().st_size > 0
+    assert cli(["plot", str(tmp_path / "nothing")]) == 2
 
 
 def test_finetune_resumes_exactly(pretrained, tsv, tmp_path):

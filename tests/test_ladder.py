@@ -19,7 +19,7 @@ LADDER = [
      {"checkpoint", "rundir", "hf", "tokenizer", "corpus", "data", "tasks"}),
     ("running: data parallelism, training, fine-tuning, inference, tools",
      {"distributed", "train", "finetune", "inference", "demo", "profiler", "book",
-      "lookinside"}),
+      "lookinside", "plots"}),
     ("the command line", {"cli"}),
 ]
 RUNG = {m: i for i, (_, mods) in enumerate(LADDER) for m in mods}
