@@ -154,6 +154,25 @@ class AlbertConfig:
         return dataclasses.replace(self, **kw)
 
 
+def parse_setting(text):
+    """``"field=value"`` -> (field, value) for any AlbertConfig field, the value converted
+    to the field's type (``--set embedding_size=32 --set sharing=none``). A ValueError
+    names the field and the choices on a mistake."""
+    if "=" not in text:
+        raise ValueError(f"--set {text!r}: write field=value, e.g. --set embedding_size=32")
+    name, raw = (x.strip() for x in text.split("=", 1))
+    fields = {f.name: f for f in dataclasses.fields(AlbertConfig) if f.name != "extra"}
+    if name not in fields:
+        raise ValueError(f"--set {name}: not an AlbertConfig field; the fields are "
+                         f"{', '.join(sorted(fields))}")
+    kind = type(fields[name].default)
+    try:
+        return name, kind(raw)
+    except ValueError:
+        what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+        raise ValueError(f"--set {name}={raw}: {name} takes {what}") from None
+
+
 def _v2(**kw):
     return AlbertConfig(**kw)
 

@@ -27,7 +27,7 @@ from .distributed import (FlatGradients, check_same, checksum, my_pieces, on_roo
                           report_error, world)
 from .rundir import (FollowerRunDir, RunDir, StopRequests, given_settings, resume_settings,
                      stopped_inside_a_step)
-from .config import AlbertConfig, preset
+from .config import AlbertConfig, parse_setting, preset
 from .corpus import load_corpus
 from .data import DataError, PretrainingData, tokenize_corpus
 from .model import AlbertForPreTraining
@@ -598,6 +598,12 @@ def _cmd_pretrain(args):
         kw["steps"] = None
     extra = {n.replace("-", "_"): getattr(args, n.replace("-", "_")) for n, _ in MODEL_OPTIONS
              if getattr(args, n.replace("-", "_")) is not None}
+    for text in args.set or ():
+        try:
+            name, value = parse_setting(text)
+        except ValueError as e:
+            raise OptionError(str(e)) from None
+        extra[name] = value
     if extra:
         kw["extra"] = extra
     try:
@@ -655,6 +661,9 @@ def add_commands(sub):
     for name, what in MODEL_OPTIONS:
         p.add_argument(f"--{name}", type=positive_int, default=None,
                        help=f"override the preset's {name.replace('-', '_')} ({what})")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any model "
+                   "setting (an AlbertConfig field, as in a Hugging Face config.json), "
+                   "repeatable: --set sharing=none --set hidden_act=gelu")
     opt("seq-len", positive_int, help="tokens per instance, [CLS] and [SEP]s included")
     opt("batch-size", positive_int, help="instances per step")
     opt("micro-batches", positive_int, help="split each batch into this many (gradient "

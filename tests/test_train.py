@@ -163,3 +163,27 @@ def test_a_corpus_folder_says_which_files_it_skipped(tmp_path, capsys):
     (tmp_path / "b.md").write_text("# not read\n")
     read_corpus(tmp_path)
     assert "skipped 1 others (b.md)" in capsys.readouterr().err
+
+
+def test_any_model_setting_from_the_command_line(tmp_path, capsys):
+    """--set FIELD=VALUE reaches the model for any AlbertConfig field (converted to the
+    field's type); a field that does not exist or a value of the wrong type is one line,
+    exit status 2, before anything is written."""
+    from minialbert.config import AlbertConfig
+    base = ["pretrain", "--steps", "1", "--seq-len", "32", "--batch-size", "4",
+            "--vocab-size", "600", "--preset", "tiny", "--eval-every", "0", "--save-every", "0",
+            "--no-progress", "--hidden-size", "32", "--num-attention-heads", "2",
+            "--intermediate-size", "64"]
+    out = tmp_path / "run"
+    assert cli(base + ["--out", str(out), "--set", "embedding_size=16", "--set", "sharing=none",
+                       "--set", "num_hidden_layers=2", "--set", "layer_norm_eps=1e-6"]) == 0
+    cfg = AlbertConfig.load(load_checkpoint(out)[4] / "config.json")
+    assert (cfg.embedding_size, cfg.sharing, cfg.num_hidden_layers, cfg.num_hidden_groups,
+            cfg.layer_norm_eps) == (16, "none", 2, 2, 1e-6)
+    capsys.readouterr()
+    for bad, said in (("nope=1", "not an AlbertConfig field"),
+                      ("embedding_size=big", "embedding_size takes an integer"),
+                      ("embedding_size", "write field=value")):
+        assert cli(base + ["--out", str(tmp_path / "bad"), "--set", bad]) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
