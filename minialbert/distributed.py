@@ -171,8 +171,10 @@ def on_root(w, fn):
 def my_pieces(w, k):
     """The micro-batch indices of this rank: a run of k/R consecutive ones."""
     if k % w.size:
-        raise DistributedError(f"--micro-batches {k} must be a multiple of the number of "
-                               f"ranks ({w.size}): each rank takes the same share")
+        e = DistributedError(f"--micro-batches {k} must be a multiple of the number of "
+                             f"ranks ({w.size}): each rank takes the same share")
+        e.all_ranks = True  # every rank finds it alike: said once, by the root
+        raise e
     m = k // w.size
     return range(w.rank * m, (w.rank + 1) * m)
 
