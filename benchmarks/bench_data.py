@@ -10,7 +10,8 @@ import numpy as np
 from minialbert.config import preset
 from minialbert.corpus import default_corpus
 from minialbert.data import PretrainingData, tokenize_corpus
-from minialbert.model import AlbertForPreTraining, zeros_like_params
+from minialbert.heads import AlbertForPreTraining
+from minialbert.params import zeros_like_params
 from minialbert.tokenizer import train_tokenizer
 
 KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "sentence_order_label")

@@ -87,7 +87,7 @@ def main():
     from minialbert.config import AlbertConfig
     from minialbert.demo import cpu_name
     from minialbert.kernels.matmul import ISA
-    from minialbert.model import init_params
+    from minialbert.heads import init_params
 
     print(f"CPU: {cpu_name()}; vector ISA {ISA}; threads per side: {a.threads}")
     for name in (["tiny"] if a.quick else ["tiny", "base"]):

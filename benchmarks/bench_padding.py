@@ -16,7 +16,8 @@ from minialbert.corpus import default_corpus
 from minialbert.data import PretrainingData, tokenize_corpus
 from minialbert.demo import cpu_name
 from minialbert.finetune import Batches, FinetuneConfig
-from minialbert.model import AlbertForPreTraining, zeros_like_params
+from minialbert.heads import AlbertForPreTraining
+from minialbert.params import zeros_like_params
 from minialbert.tasks import default_task
 from minialbert.tokenizer import train_tokenizer
 from minialbert.train import PretrainConfig

@@ -22,7 +22,8 @@ from minialbert.memory import keep_freed_memory
 from minialbert.config import preset
 from minialbert.corpus import default_corpus
 from minialbert.data import PretrainingData, tokenize_corpus
-from minialbert.model import AlbertForPreTraining, zeros_like_params
+from minialbert.heads import AlbertForPreTraining
+from minialbert.params import zeros_like_params
 from minialbert.optim import AdamW, clip_by_global_norm, learning_rate, no_decay
 from minialbert.tokenizer import train_tokenizer
 from minialbert.train import PretrainConfig, evaluate_batches, unigram_cross_entropy

@@ -76,7 +76,8 @@ def worker(side, name, path, threads, steps, weights, optimizer=True, head="pret
         from minialbert import kernels
         from minialbert.config import AlbertConfig
         from minialbert.heads import AlbertForSequenceClassification
-        from minialbert.model import AlbertForPreTraining, zeros_like_params
+        from minialbert.heads import AlbertForPreTraining
+        from minialbert.params import zeros_like_params
 
         kernels.set_threads(threads)
         from minialbert.optim import AdamW
@@ -173,7 +174,7 @@ def main():
 
 def run_config(a, name, cfg_kw, B, T, steps, pad):
     from minialbert.config import AlbertConfig
-    from minialbert.model import init_params
+    from minialbert.heads import init_params
 
     with tempfile.TemporaryDirectory() as d:
         w = os.path.join(d, "w.npz")

@@ -242,7 +242,7 @@ def load_checkpoint(path, dtype=np.float32):
     except (OSError, ValueError, TypeError) as e:
         raise CheckpointError(f"{ck}/config.json: {e}") from None
     params = {k: v.astype(dtype) for k, v in _read_tensors(ck / "model.safetensors").items()}
-    from .model import parameter_shapes
+    from .heads import parameter_shapes
 
     expected = parameter_shapes(config, state.get("head", "pretraining"))
     missing = sorted(set(expected) - set(params))
@@ -263,7 +263,9 @@ def check_finite(params, source):
                               f"({', '.join(bad[:3])}): the checkpoint is broken")
 
 
-def load_tokenizer(ck, expected_vocab=None):
+def load_run_tokenizer(ck, expected_vocab=None):
+    """The tokenizer saved beside a minialbert checkpoint (its spiece.model), checked to have
+    ``expected_vocab`` pieces. (A Hugging Face folder's: hf.load_folder_tokenizer.)"""
     from .tokenizer import AlbertTokenizer
 
     ck = resolve(ck)

@@ -24,21 +24,22 @@ import pathlib
 import re
 import sys
 import time
+import types
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import kernels
 from .memory import keep_freed_memory
-from .checkpoint import CheckpointError, atomic_write_text, load_checkpoint, load_tokenizer
-from .rundir import (RunDir, StopRequests, given_settings, resume_settings,
-                     stopped_inside_a_step)
-from .model import zeros_like_params
-from .optim import clip_by_global_norm, learning_rate, make_optimizer, no_decay
+from .checkpoint import CheckpointError, atomic_write_text, load_run_tokenizer
+from .distributed import FlatGradients, world
+from .heads import model_class
+from .loop import TrainingError, interrupted_summary, model_inputs, run_loop, train_step
+from .rundir import RunDir, given_settings, resume_run
+from .optim import learning_rate, make_optimizer, no_decay
 from .plots import confusion, plot_run
 from .tasks import (TaskError, classification_scores, default_task, qa_decode, qa_features,
                     regression_scores, squad_scores, squad_task, tsv_task)
-from .train import TrainingError, progress_bar
 
 
 @dataclass
@@ -154,18 +155,12 @@ class Batches:
         return self.take(np.sort(order[index * B:(index + 1) * B]))
 
 
-def _forward(model, b, **kw):
-    keys = ("input_ids", "token_type_ids", "attention_mask", "labels", "start_positions",
-            "end_positions")
-    return model.forward(**{k: b[k] for k in keys if k in b}, **kw)
-
-
 def _predict(model, task, dev, batch_size=64):
     """The model's outputs on the dev set, batch by batch -> (outputs, loss sums)."""
     preds, losses = [], []
     for i in range(0, dev.n, batch_size):
         b = dev.take(np.arange(i, min(i + batch_size, dev.n)))
-        o, _ = _forward(model, b)
+        o, _ = model.forward(**model_inputs(model, b))
         if "loss" in o:
             losses.append(float(o["loss"]) * len(b["input_ids"]))
         preds.append((o["start_logits"], o["end_logits"]) if task.kind == "qa" else o["logits"])
@@ -233,25 +228,89 @@ RESUMABLE = ("epochs", "lr", "warmup", "schedule", "clip", "weight_decay", "eval
              "save_every", "micro_batches", "layerwise_lr_decay")
 
 
-def _finetune_step(model, grads, b, fc, step, last_ck):
-    """Forward and backward of one batch in micro-batches (gradients weighted by their
-    rows) -> the batch's mean loss."""
-    for g in grads.values():
-        g.fill(0)
-    k, rows, loss = fc.micro_batches, len(b["input_ids"]), 0.0
-    for j in range(k):
-        mb = {key: v[j * rows // k:(j + 1) * rows // k] for key, v in b.items()}
-        if not len(mb["input_ids"]):
-            continue
-        o, c = _forward(model, mb, train=True, seed=fc.seed, step=step * k + j)
-        if not np.isfinite(o["loss"]):
-            raise TrainingError(
-                f"the loss is {float(o['loss'])} at step {step + 1}: fine-tuning stopped. "
-                f"The last good checkpoint is {last_ck or 'not written yet'}; resume "
-                "from it with a lower --lr (minialbert finetune --resume --lr ...)")
-        model.backward(c, grads, scale=len(mb["input_ids"]) / rows)
-        loss += float(o["loss"]) * len(mb["input_ids"]) / rows
-    return loss
+def _open(fc, given, resume, overwrite):
+    """The run folder, threads, and (resuming) the checkpoint -> a namespace of the run."""
+    r = types.SimpleNamespace(out=pathlib.Path(fc.out), fc=fc, state=None, changed={})
+    r.rd = RunDir(r.out, resume=resume, overwrite=overwrite)
+    kernels.set_threads(fc.threads)
+    keep_freed_memory()  # a step reuses the last step's pages (memory.py)
+    r.task = None
+    if resume:
+        r.fc, r.changed, cfg, params, r.state, r.opt_arrays, r.ck = resume_run(
+            r.out, FinetuneConfig, given, RESUMABLE, "finetune")
+        r.model = model_class(r.state["head"])(cfg, params=params)
+        r.tok = load_run_tokenizer(r.ck, cfg.vocab_size)
+        r.origin = r.state["origin"]
+    r.task = build_task(r.fc)
+    if r.state is None:
+        r.model, r.tok, r.origin = initial_model(r.fc, r.task)
+    r.model.unpad = True  # no work on padding (the same loss and gradients: chapter 10)
+    r.train = Batches(r.task, r.tok, r.fc, "train")
+    r.dev = Batches(r.task, r.tok, r.fc, "dev")
+    r.nb = r.train.num_batches(r.fc.batch_size)
+    r.total = max(1, int(round(r.fc.epochs * r.nb)))
+    r.step = r.state["step"] if r.state is not None else 0
+    if r.total < r.step:
+        raise CheckpointError(f"--epochs {r.fc.epochs:g} is {r.total} steps: the run is "
+                              f"already at step {r.step}")
+    return r
+
+
+def _optimizer(r):
+    fc = r.fc
+    opt = make_optimizer(fc.optimizer, weight_decay=fc.weight_decay,
+                         **({"exclude": no_decay} if fc.optimizer == "adamw" else {}))
+    if fc.layerwise_lr_decay != 1.0:
+        opt.lr_scale = layerwise_lr_scales(r.model.params, r.model.config,
+                                           fc.layerwise_lr_decay)
+    if r.state is not None:
+        opt.load_state_dict(r.opt_arrays, r.state["optimizer"])
+    return opt
+
+
+def _describe(r):
+    fc, task = r.fc, r.task
+    baseline = task.majority_baseline()
+    print(f"task {task.name}: {task.kind}, {len(task.train)} train / {len(task.dev)} dev "
+          "examples" + (f" ({r.train.n} / {r.dev.n} windows)" if task.kind == "qa" else "")
+          + (f", {task.num_labels} classes, majority-class baseline {baseline:.3f}"
+             if baseline is not None else ""))
+    print(f"start: {r.origin}; {r.total} steps ({fc.epochs:g} epochs × {r.nb}), "
+          f"{fc.optimizer} lr {fc.lr}" + (f", layer-wise decay {fc.layerwise_lr_decay}"
+                                          if fc.layerwise_lr_decay != 1.0 else ""))
+
+
+class _Position:  # step s reads batch divmod(s, batches per epoch)
+    def __init__(self, r):
+        self.r, self.step = r, r.step
+
+    def next(self):
+        epoch, index = divmod(self.step, self.r.nb)
+        return self.r.train.batch(epoch, index, self.r.fc.batch_size), self.advance
+
+    def advance(self):
+        self.step += 1
+
+
+def _evaluate(r, step):
+    """At the end of each epoch (or every eval_every steps): dev metrics, logged."""
+    due = step % r.fc.eval_every == 0 if r.fc.eval_every else \
+        (step % r.nb == 0 or step == r.total)
+    if not due:
+        return None
+    r.ev = dict(evaluate(r.model, r.task, r.dev), step=step)
+    r.rd.log(eval=True, **r.ev)
+    return f"step {step}: dev " + ", ".join(f"{k} {v:.4f}" for k, v in r.ev.items()
+                                            if k != "step")
+
+
+def _checkpoint(r, step, opt):
+    task = r.task
+    st = dict(head=r.model.head, origin=r.origin, run=dataclasses.asdict(r.fc),
+              total_steps=r.total,
+              task=dict(name=task.name, kind=task.kind, labels=task.labels, **task.info),
+              threads=kernels.get_threads())
+    return r.rd.save(step, r.model.params, r.model.config, st, opt, r.tok)
 
 
 def finetune(fc=None, resume=False, overwrite=False, **overrides):
@@ -260,140 +319,67 @@ def finetune(fc=None, resume=False, overwrite=False, **overrides):
     started with; of those given, the ones in RESUMABLE apply and the others are refused)
     or ``overwrite``."""
     given = given_settings(FinetuneConfig, fc, overrides)
-    fc = dataclasses.replace(fc or FinetuneConfig(), **overrides)
-    out = pathlib.Path(fc.out)
     t_start = time.time()
-    rd = RunDir(out, resume=resume, overwrite=overwrite)
-    kernels.set_threads(fc.threads)
-    keep_freed_memory()  # a step reuses the last step's pages (memory.py)
-    state, changed = None, {}
-    if resume:
-        cfg, params, state, opt_arrays, ck = load_checkpoint(out)
-        if "run" not in state or "optimizer" not in state:
-            raise CheckpointError(f"{ck} was not written by minialbert finetune (no run "
-                                  "settings or optimizer state): it cannot be resumed")
-        fc, changed = resume_settings(FinetuneConfig, state["run"], given, RESUMABLE)
-    say = print  # (progress=False turns off only the progress bar)
-    task = build_task(fc)
-    if state is None:
-        model, tok, origin = initial_model(fc, task)
-    else:
-        from .heads import model_class
-        model = model_class(state["head"])(cfg, params=params)
-        tok = load_tokenizer(ck, cfg.vocab_size)
-        origin = state["origin"]
-    model.unpad = True  # no work on padding (the same loss and gradients: chapter 10)
-    train, dev = Batches(task, tok, fc, "train"), Batches(task, tok, fc, "dev")
-    nb = train.num_batches(fc.batch_size)
-    total = max(1, int(round(fc.epochs * nb)))
-    step = state["step"] if state is not None else 0
-    if total < step:
-        raise CheckpointError(f"--epochs {fc.epochs:g} is {total} steps: the run is already at "
-                              f"step {step}")
-    if state is not None and total == step and not changed:
-        print(f"{out}: the run is already at step {total} of {total}: nothing to do (give "
-              "--epochs to train further)")
-        return rd.read_summary() or dict(step=step, checkpoint=str(ck))
-    warmup = int(fc.warmup * total)
-    opt = make_optimizer(fc.optimizer, weight_decay=fc.weight_decay,
-                         **({"exclude": no_decay} if fc.optimizer == "adamw" else {}))
-    if fc.layerwise_lr_decay != 1.0:
-        opt.lr_scale = layerwise_lr_scales(model.params, model.config, fc.layerwise_lr_decay)
-    if state is not None:
-        opt.load_state_dict(opt_arrays, state["optimizer"])
-    baseline = task.majority_baseline()
-    say(f"task {task.name}: {task.kind}, {len(task.train)} train / {len(task.dev)} dev examples"
-        + (f" ({train.n} / {dev.n} windows)" if task.kind == "qa" else "")
-        + (f", {task.num_labels} classes, majority-class baseline {baseline:.3f}"
-           if baseline is not None else ""))
-    say(f"start: {origin}; {total} steps ({fc.epochs:g} epochs × {nb}), {fc.optimizer} lr "
-        f"{fc.lr}" + (f", layer-wise decay {fc.layerwise_lr_decay}"
-                      if fc.layerwise_lr_decay != 1.0 else ""))
-    run = dataclasses.asdict(fc)
-    kept = rd.start_log(resume_step=step if state is not None else None)
-    ev = next((r for r in reversed(kept) if r.get("eval") and r["step"] == step), None)
-    if changed:
-        rd.log(resumed=True, step=step, changed=changed)
-        say(f"resumed at step {step} with changed settings: " +
-            ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+    r = _open(dataclasses.replace(fc or FinetuneConfig(), **overrides), given, resume,
+              overwrite)
+    fc, step = r.fc, r.step
+    if r.state is not None and r.total == step and not r.changed:
+        print(f"{r.out}: the run is already at step {step} of {r.total}: nothing to do "
+              "(give --epochs to train further)")
+        return r.rd.read_summary() or dict(step=step, checkpoint=str(r.ck))
+    opt = _optimizer(r)
+    _describe(r)
+    kept = r.rd.start_log(resume_step=step if r.state is not None else None)
+    r.ev = next((e for e in reversed(kept) if e.get("eval") and e["step"] == step), None)
+    if r.changed:
+        r.rd.log(resumed=True, step=step, changed=r.changed)
+        print(f"resumed at step {step} with changed settings: " +
+              ", ".join(f"{k} {a} -> {b}" for k, (a, b) in r.changed.items()))
+    w, grads = world(False), FlatGradients(r.model.params)
+    end = run_loop(
+        r.model, opt, grads, w, step=step, total=r.total, next_batch=_Position(r).next,
+        do_step=lambda b, s, ck: train_step(
+            r.model, grads, b, micro_batches=fc.micro_batches, seed=fc.seed, step=s,
+            clip=fc.clip, w=w, last_ck=ck, command="finetune"),
+        lr_at=lambda s: learning_rate(s, fc.lr, r.total, int(fc.warmup * r.total),
+                                      fc.schedule),
+        log=lambda s, rec, b, dt: r.rd.log(step=s, **rec, epoch=(s - 1) // r.nb,
+                                           elapsed=time.time() - t_start),
+        checkpoint=lambda s: _checkpoint(r, s, opt), evaluate=lambda s: _evaluate(r, s),
+        save_every=fc.save_every, stop_after=fc.stop_after, progress=fc.progress, out=r.out)
+    if end.interrupted:
+        return interrupted_summary(end, w)
+    return _finish(r, end, t_start)
 
-    def checkpoint():
-        st = dict(head=model.head, origin=origin, run=run, total_steps=total,
-                  task=dict(name=task.name, kind=task.kind, labels=task.labels, **task.info),
-                  threads=kernels.get_threads())
-        return rd.save(step, model.params, model.config, st, opt, tok)
 
-    bar = progress_bar(fc.progress, total, step)
-    grads = zeros_like_params(model.params)
-    last_ck, interrupted, updating, hard = None, False, False, False
-    with StopRequests() as stop:
-        try:
-            while step < total and not stop.requested:
-                epoch, index = divmod(step, nb)
-                b = train.batch(epoch, index, fc.batch_size)
-                loss = _finetune_step(model, grads, b, fc, step, last_ck)
-                norm = clip_by_global_norm(grads, fc.clip)
-                if not math.isfinite(norm):
-                    raise TrainingError(f"the gradient norm is {norm} at step {step + 1}: "
-                                        f"fine-tuning stopped. The last good checkpoint is {last_ck}")
-                lr = learning_rate(step, fc.lr, total, warmup, fc.schedule)
-                updating = True
-                opt.step(model.params, grads, lr)
-                step += 1
-                updating = False
-                rd.log(step=step, loss=loss, lr=lr, grad_norm=norm, epoch=epoch,
-                       elapsed=time.time() - t_start)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.3f}")
-                    bar.update(1)
-                at_epoch_end = step % nb == 0 or step == total
-                if (fc.eval_every and step % fc.eval_every == 0) or \
-                        (not fc.eval_every and at_epoch_end):
-                    ev = evaluate(model, task, dev)
-                    rd.log(eval=True, step=step, **ev)
-                    msg = ", ".join(f"{key} {v:.4f}" for key, v in ev.items())
-                    (bar.write if bar is not None else say)(f"step {step}: dev {msg}")
-                if fc.save_every and step % fc.save_every == 0:
-                    last_ck = checkpoint()
-                if fc.stop_after is not None and step >= fc.stop_after and step < total:
-                    interrupted = True
-                    break
-        except KeyboardInterrupt:  # a second Ctrl-C: stop at once
-            if bar is not None:
-                bar.close()
-            if updating:
-                return stopped_inside_a_step(out, step)
-            interrupted = hard = True
-        if bar is not None:
-            bar.close()
-        interrupted = interrupted or (stop.requested and step < total)
-        last_ck = checkpoint()
-    if interrupted:
-        code = stop.exit_code if stop.requested else 130 if hard else 0
-        say(f"interrupted at step {step}: checkpoint {last_ck} (continue with --resume)")
-        return dict(interrupted=True, step=step, checkpoint=str(last_ck), exit_code=code)
-    if ev is None or ev.get("step", step) != step:
-        ev = evaluate(model, task, dev)
+def _finish(r, end, t_start):
+    """A last evaluation if the last step had none, summary.json, the confusion matrix and
+    the pictures."""
+    fc, task, step = r.fc, r.task, end.step
+    ev = r.ev if r.ev is not None and r.ev.get("step", step) == step else \
+        evaluate(r.model, task, r.dev)
     ev = {k: v for k, v in ev.items() if k not in ("eval", "step")}
-    summary = dict(task=task.name, kind=task.kind, start=origin, from_scratch=fc.from_scratch,
-                   step=step, dev=ev, majority_baseline=baseline, checkpoint=str(last_ck),
-                   wall_seconds=time.time() - t_start, threads=kernels.get_threads(),
-                   train_examples=len(task.train), dev_examples=len(task.dev),
-                   layerwise_lr_decay=fc.layerwise_lr_decay, lr=fc.lr)
-    rd.write_summary(summary)
+    baseline = task.majority_baseline()
+    summary = dict(task=task.name, kind=task.kind, start=r.origin, from_scratch=fc.from_scratch,
+                   step=step, dev=ev, majority_baseline=baseline,
+                   checkpoint=str(end.checkpoint), wall_seconds=time.time() - t_start,
+                   threads=kernels.get_threads(), train_examples=len(task.train),
+                   dev_examples=len(task.dev), layerwise_lr_decay=fc.layerwise_lr_decay,
+                   lr=fc.lr)
+    r.rd.write_summary(summary)
     if task.kind == "classification" and task.labels:
-        conf = dev_confusion(model, task, dev)
-        atomic_write_text(out / "confusion.json", json.dumps(conf, indent=1))
-        say("dev, per class: " + "; ".join(
+        conf = dev_confusion(r.model, task, r.dev)
+        atomic_write_text(r.out / "confusion.json", json.dumps(conf, indent=1))
+        print("dev, per class: " + "; ".join(
             f"{c['label']} P {c['precision']:.2f} R {c['recall']:.2f} F1 {c['f1']:.2f} "
             f"(n {c['support']})" for c in conf["per_class"]))
-    pictures = plot_run(out)
+    pictures = plot_run(r.out)
     if pictures:
-        say("pictures: " + ", ".join(str(p) for p in pictures))
-    say(f"done: {step} steps in {summary['wall_seconds'] / 60:.1f} min; dev: "
-        + ", ".join(f"{key} {v:.4f}" for key, v in ev.items())
-        + (f" (majority-class baseline {baseline:.4f})" if baseline is not None else ""))
-    say(f"checkpoint: {last_ck}  (minialbert classify / answer --checkpoint {out})")
+        print("pictures: " + ", ".join(str(p) for p in pictures))
+    print(f"done: {step} steps in {summary['wall_seconds'] / 60:.1f} min; dev: "
+          + ", ".join(f"{key} {v:.4f}" for key, v in ev.items())
+          + (f" (majority-class baseline {baseline:.4f})" if baseline is not None else ""))
+    print(f"checkpoint: {end.checkpoint}  (minialbert classify / answer --checkpoint {r.out})")
     return summary
 
 

@@ -1,23 +1,52 @@
-"""The fine-tuning heads, each Hugging Face's AlbertFor* with a hand-written backward.
+"""Every head, each Hugging Face's AlbertFor* with a hand-written backward.
 
-    head                       reads            layer                loss
-    sequence_classification    pooled [B,H]     dropout, dense H->C  CE / MSE (C=1) / BCE
-    token_classification       sequence [n,H]   dropout, dense H->C  CE over labels != -100
-    question_answering         sequence [n,H]   dense H->2           (CE(start)+CE(end)) / 2
-    multiple_choice            pooled [B*K,H]   dropout, dense H->1  CE over the K choices
+    head                       reads            layer                          loss
+    pretraining                sequence, pooled MLM (below) + dropout, dense H->2  MLM CE + SOP CE
+    masked_lm                  sequence [r,H]   dense H->E, act, LN, E->V tied  CE over labels
+    sequence_classification    pooled [B,H]     dropout, dense H->C            CE / MSE (C=1) / BCE
+    token_classification       sequence [n,H]   dropout, dense H->C            CE over labels != -100
+    question_answering         sequence [n,H]   dense H->2                     (CE(start)+CE(end)) / 2
+    multiple_choice            pooled [B*K,H]   dropout, dense H->1            CE over the K choices
 
-(The masked-LM head and the pretraining heads live in model.py.) Every class has
-``forward(...) -> (out, cache)`` and ``backward(cache, grads=None, scale=1.0) -> grads``;
-backward starts from the gradient of the loss that forward stored (``scale`` = 1/k when k
-micro-batches are accumulated), or from an upstream gradient you pass.
+Each class declares its head's parameters (``head_shapes``) and whether it reads the
+pooler (``pooled``); the registry ``MODEL_CLASSES`` is built from the classes. Every class
+has ``forward(...) -> (out, cache)`` and ``backward(cache, grads=None, ..., scale=1.0) ->
+grads``; backward starts from the gradient of the loss that forward stored (``scale`` =
+the micro-batch's share when micro-batches are accumulated), or from an upstream gradient
+you pass.
 """
+from typing import NamedTuple
+
 import numpy as np
 
-from .kernels import cross_entropy, dropout_backward, dropout_forward
+from .kernels import (cross_entropy, dropout_backward, dropout_forward, matmul_nn, matmul_nt,
+                      matmul_tn)
+from .kernels.act import activation
 from .kernels.loss import bce_with_logits, mse_loss
-from .layers import Dropout, dense_backward, dense_forward
-from .model import (AlbertForMaskedLM, AlbertForPreTraining, AlbertModel, _upstream,
-                    zeros_like_params)
+from .kernels.matmul import bias_add, bias_grad
+from .layers import (Dropout, LayerNormCache, dense_backward, dense_forward, layernorm_bwd,
+                     layernorm_fwd)
+from .model import AlbertModel, ModelCache, scatter_rows
+from .params import WORD, count_by_part, init_weights, zeros_like_params
+
+
+class HeadCache(NamedTuple):  # what a fine-tuning head keeps for its backward
+    enc: ModelCache
+    head: tuple  # the head layer's own cache
+    d: np.ndarray  # the loss's gradient by the head's output (None without labels)
+
+
+def _upstream(stored, given, scale, dtype):
+    """The gradient a head's backward starts from: the one given, or the loss's own
+    (stored by forward), times ``scale`` (a micro-batch's share of the batch)."""
+    d = stored if given is None else given
+    if d is None:
+        raise ValueError("backward needs a forward with labels (or an upstream gradient)")
+    return d * dtype.type(scale) if scale != 1.0 else d
+
+
+def _classifier(name, C, cfg):  # a dense layer H -> C
+    return {name + ".weight": (C, cfg.hidden_size), name + ".bias": (C,)}
 
 
 def _drop_dense(x, params, name, p, drop):
@@ -34,6 +63,14 @@ def _drop_dense_backward(dy, cache, params, grads, name):  # dy: [r, out] -> dx:
 
 
 class _Head(AlbertModel):
+    def step_losses(self, out):
+        """The losses a training step logs (the first is what it minimises)."""
+        return {"loss": float(out["loss"])}
+
+    def step_counts(self, out, batch):
+        """{metric: (right, of)} a training step adds up over its micro-batches."""
+        return {}
+
     def _run(self, input_ids, token_type_ids, attention_mask, train, seed, step,
              output_attentions):
         drop = Dropout(train, seed, step)
@@ -41,8 +78,209 @@ class _Head(AlbertModel):
         return drop, out, enc
 
     def _finish(self, cache, dseq, dpooled, grads):
-        self.encode_backward(dseq, dpooled, cache["enc"], grads)
+        self.encode_backward(dseq, dpooled, cache.enc, grads)
         return grads
+
+
+# ------------------------------------------------------------------------------ MLM head
+
+class MLMCache(NamedTuple):
+    x: np.ndarray  # [r, H] the rows the head predicts
+    m: np.ndarray  # [r, E] after the dense layer
+    e: np.ndarray  # [r, E] after the activation and the LayerNorm: the decoder's input
+    ln: LayerNormCache
+
+
+def _mlm_shapes(cfg):
+    V, E, H = cfg.vocab_size, cfg.embedding_size, cfg.hidden_size
+    return {"predictions.bias": (V,), "predictions.dense.weight": (E, H),
+            "predictions.dense.bias": (E,), "predictions.LayerNorm.weight": (E,),
+            "predictions.LayerNorm.bias": (E,)}  # the decoder is the word table (tied)
+
+
+def mlm_head_forward(x, params, cfg):
+    # x: [r, H] -> dense H->E, activation, LayerNorm -> decoder E->V tied to the word
+    # table -> logits: [r, V]
+    act_f, _ = activation(cfg.hidden_act)
+    m, _ = dense_forward(x, params, "predictions.dense")  # [r, E]
+    g = act_f(m.reshape(-1)).reshape(m.shape)
+    e, ln = layernorm_fwd(g, params, "predictions.LayerNorm", cfg.layer_norm_eps)
+    logits = matmul_nt(e, params[WORD])  # [r, V] = e @ word_embeddings.T
+    bias_add(logits, params["predictions.bias"])
+    return logits, MLMCache(x, m, e, ln)
+
+
+def mlm_head_backward(dlogits, cache, params, grads, cfg):  # dlogits: [r, V] -> dx: [r, H]
+    x, m, e, ln = cache
+    # The decoder is the word table: its gradient is the second of the two contributions
+    # the word embeddings receive (the first is the lookup's scatter-add).
+    bias_grad(dlogits, grads["predictions.bias"])
+    matmul_tn(dlogits, e, out=grads[WORD], accumulate=True)  # dWord += dlogits.T @ e
+    de = matmul_nn(dlogits, params[WORD])  # [r, E]
+    dg = layernorm_bwd(de, ln, params, grads, "predictions.LayerNorm")
+    _, act_b = activation(cfg.hidden_act)
+    dm = act_b(dg.reshape(-1), m.reshape(-1)).reshape(dg.shape)
+    return dense_backward(dm, x, params, grads, "predictions.dense")
+
+
+def mlm_rows(seq, labels, mlm_path):
+    """The rows the MLM head predicts: all of [B*T] or only those with a label.
+    -> (x [r, H], rows (None: all), flat labels [B*T] or None)."""
+    B, T, H = seq.shape
+    x = seq.reshape(B * T, H)
+    flat = None if labels is None else np.asarray(labels).reshape(-1).astype(np.int64)
+    if mlm_path == "masked":
+        if flat is None:
+            raise ValueError("mlm_path='masked' needs labels (it predicts only there)")
+        rows = np.flatnonzero(flat != -100)
+        return np.ascontiguousarray(x[rows]), rows, flat
+    if mlm_path == "all":
+        return x, None, flat
+    raise ValueError(f"mlm_path must be 'all' or 'masked', got {mlm_path!r}")
+
+
+def _mlm_counts(logits, rows, labels):
+    """(right, of): the MLM head's argmax against the labels it was trained on."""
+    lab = np.asarray(labels).reshape(-1)
+    if rows is not None:
+        lab = lab[rows]
+    else:
+        sel = lab != -100
+        logits, lab = logits[sel], lab[sel]
+    return int((logits.argmax(1) == lab).sum()), len(lab)
+
+
+class MLMHeadCache(NamedTuple):
+    enc: ModelCache
+    mlm: MLMCache
+    rows: np.ndarray  # the predicted rows of [B*T] (None: every row)
+    d: np.ndarray  # the loss's gradient by the logits (None without labels)
+
+
+class AlbertForMaskedLM(_Head):
+    """AlbertModel (no pooler) + the MLM head; loss = mean cross-entropy over labels != -100.
+    ``mlm_path`` as in AlbertForPreTraining."""
+
+    head = "masked_lm"
+    pooled = False
+    head_shapes = staticmethod(_mlm_shapes)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
+                train=False, seed=0, step=0, mlm_path="all", output_attentions=False):
+        drop, out, enc = self._run(input_ids, token_type_ids, attention_mask, train, seed, step,
+                                   output_attentions)
+        x, rows, flat = mlm_rows(out["last_hidden_state"], labels, mlm_path)
+        logits, mc = mlm_head_forward(x, self.params, self.config)
+        out.update(logits=logits, mlm_rows=rows)
+        d = None
+        if flat is not None:
+            out["loss"], d, _ = cross_entropy(logits, flat if rows is None else flat[rows])
+        return out, MLMHeadCache(enc, mc, rows, d)
+
+    def backward(self, cache, grads=None, dlogits=None, scale=1.0):
+        grads = zeros_like_params(self.params) if grads is None else grads
+        d = _upstream(cache.d, dlogits, scale, self.dtype)
+        dx = mlm_head_backward(d, cache.mlm, self.params, grads, self.config)
+        dseq = scatter_rows(dx, cache.rows, cache.enc.B, cache.enc.T, self.dtype)
+        return self._finish(cache, dseq, None, grads)
+
+    def step_counts(self, out, batch):
+        return {"mlm_acc": _mlm_counts(out["logits"], out["mlm_rows"], batch["labels"])}
+
+
+# ------------------------------------------------------------------------------ pretraining
+
+class SOPCache(NamedTuple):
+    pd: np.ndarray  # [B, H] the pooled output after dropout: the classifier's input
+    keep: np.ndarray  # the dropout mask, and its rate
+    p: float
+
+
+def sop_head_forward(pooled, params, cfg, drop):
+    # pooled: [B, H] -> dropout(classifier_dropout_prob) -> dense H->2: sentence-order logits
+    p = drop.p(cfg.classifier_dropout_prob)
+    pd, keep = dropout_forward(pooled, p, drop.key() if p > 0 else 0)
+    logits, _ = dense_forward(pd, params, "sop_classifier.classifier")
+    return logits, SOPCache(pd, keep, p)
+
+
+def sop_head_backward(dlogits, cache, params, grads):  # dlogits: [B, 2] -> dpooled: [B, H]
+    dpd = dense_backward(dlogits, cache.pd, params, grads, "sop_classifier.classifier")
+    return dropout_backward(dpd, cache.keep, cache.p)
+
+
+class PretrainingCache(NamedTuple):
+    enc: ModelCache
+    mlm: MLMCache
+    rows: np.ndarray  # the MLM head's rows of [B*T] (None: every row)
+    sop: SOPCache
+    dlogits: np.ndarray  # the loss's gradients by the MLM and SOP logits (None: no labels)
+    dsop: np.ndarray
+
+
+class AlbertForPreTraining(_Head):
+    """AlbertModel + MLM head (decoder tied to the word embeddings) + SOP head.
+
+    loss = MLM cross-entropy (mean over labels != -100) + sop_weight * SOP cross-entropy.
+
+    ``mlm_path="all"`` computes logits at every position (Hugging Face's way);
+    ``mlm_path="masked"`` only at positions whose label is not -100 (the original TF
+    code's way: far cheaper, [n_masked, V] instead of [B*T, V]). Both give the same loss,
+    gradients and logits at the masked positions."""
+
+    head = "pretraining"
+
+    @staticmethod
+    def head_shapes(cfg):
+        H, C = cfg.hidden_size, cfg.num_labels
+        return dict(_mlm_shapes(cfg), **{"sop_classifier.classifier.weight": (C, H),
+                                         "sop_classifier.classifier.bias": (C,)})
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
+                sentence_order_label=None, train=False, seed=0, step=0, mlm_path="all",
+                output_attentions=False):
+        cfg, params = self.config, self.params
+        drop, out, enc = self._run(input_ids, token_type_ids, attention_mask, train, seed, step,
+                                   output_attentions)
+        x, rows, flat_labels = mlm_rows(out["last_hidden_state"], labels, mlm_path)
+        logits, mc = mlm_head_forward(x, params, cfg)
+        sop_logits, sc = sop_head_forward(out["pooler_output"], params, cfg, drop)
+        out.update(prediction_logits=logits, sop_logits=sop_logits, mlm_rows=rows)
+        dlogits = dsop = None
+        if flat_labels is not None and sentence_order_label is not None:
+            mlm_loss, dlogits, _ = cross_entropy(logits, flat_labels if rows is None
+                                                 else flat_labels[rows])
+            order = np.asarray(sentence_order_label).reshape(-1)
+            sop_loss, dsop, _ = cross_entropy(sop_logits, order, scale=cfg.sop_weight)
+            out["mlm_loss"], out["sop_loss"] = mlm_loss, sop_loss
+            out["loss"] = self.dtype.type(mlm_loss + self.dtype.type(cfg.sop_weight) * sop_loss)
+        return out, PretrainingCache(enc, mc, rows, sc, dlogits, dsop)
+
+    def backward(self, cache, grads=None, dlogits=None, dsop_logits=None, scale=1.0):
+        """Gradients of the loss (or of given upstream gradients) for every parameter."""
+        cfg, params = self.config, self.params
+        grads = zeros_like_params(params) if grads is None else grads
+        if (cache.dlogits if dlogits is None else dlogits) is None or \
+                (cache.dsop if dsop_logits is None else dsop_logits) is None:
+            raise ValueError("backward needs a forward with labels and sentence_order_label")
+        dlogits = _upstream(cache.dlogits, dlogits, scale, self.dtype)
+        dsop = _upstream(cache.dsop, dsop_logits, scale, self.dtype)
+        dpooled = sop_head_backward(dsop, cache.sop, params, grads)
+        dx = mlm_head_backward(dlogits, cache.mlm, params, grads, cfg)
+        dseq = scatter_rows(dx, cache.rows, cache.enc.B, cache.enc.T, self.dtype)
+        return self._finish(cache, dseq, dpooled, grads)
+
+    def step_losses(self, out):
+        return {k: float(out[k]) for k in ("loss", "mlm_loss", "sop_loss")}
+
+    def step_counts(self, out, batch):
+        order = np.asarray(batch["sentence_order_label"]).reshape(-1)
+        return {"mlm_acc": _mlm_counts(out["prediction_logits"], out["mlm_rows"],
+                                       batch["labels"]),
+                "sop_acc": (int((out["sop_logits"].argmax(1) == order).sum()), len(order))}
+
+
+# ------------------------------------------------------------------------------ fine-tuning
 
 
 class AlbertForSequenceClassification(_Head):
@@ -54,6 +292,7 @@ class AlbertForSequenceClassification(_Head):
     ``config.extra["problem_type"]`` or let the labels decide, as Hugging Face does."""
 
     head = "sequence_classification"
+    head_shapes = staticmethod(lambda cfg: _classifier("classifier", cfg.num_labels, cfg))
 
     def problem_type(self, labels):
         pt = self.config.extra.get("problem_type")
@@ -72,23 +311,23 @@ class AlbertForSequenceClassification(_Head):
         logits, hc = _drop_dense(out["pooler_output"], self.params, "classifier",
                                  self.config.classifier_dropout_prob, drop)
         out["logits"] = logits
-        cache = dict(enc=enc, head=hc, d=None)
+        d = None
         if labels is not None:
             pt = self.problem_type(labels)
             if pt == "regression":
-                out["loss"], cache["d"] = mse_loss(logits, labels)
+                out["loss"], d = mse_loss(logits, labels)
             elif pt == "single_label_classification":
-                out["loss"], cache["d"], _ = cross_entropy(logits, np.asarray(labels).reshape(-1))
+                out["loss"], d, _ = cross_entropy(logits, np.asarray(labels).reshape(-1))
             elif pt == "multi_label_classification":
-                out["loss"], cache["d"] = bce_with_logits(logits, labels)
+                out["loss"], d = bce_with_logits(logits, labels)
             else:
                 raise ValueError(f"unknown problem_type {pt!r}")
-        return out, cache
+        return out, HeadCache(enc, hc, d)
 
     def backward(self, cache, grads=None, dlogits=None, scale=1.0):
         grads = zeros_like_params(self.params) if grads is None else grads
-        d = _upstream(cache["d"], dlogits, scale, self.dtype)
-        dpooled = _drop_dense_backward(d, cache["head"], self.params, grads, "classifier")
+        d = _upstream(cache.d, dlogits, scale, self.dtype)
+        dpooled = _drop_dense_backward(d, cache.head, self.params, grads, "classifier")
         return self._finish(cache, None, dpooled, grads)
 
 
@@ -97,6 +336,8 @@ class AlbertForTokenClassification(_Head):
     over the tokens whose label is not -100 (padding and continuation pieces)."""
 
     head = "token_classification"
+    pooled = False
+    head_shapes = staticmethod(lambda cfg: _classifier("classifier", cfg.num_labels, cfg))
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
                 train=False, seed=0, step=0, output_attentions=False):
@@ -106,16 +347,16 @@ class AlbertForTokenClassification(_Head):
         logits, hc = _drop_dense(out["last_hidden_state"].reshape(B * T, H), self.params,
                                  "classifier", self.config.classifier_dropout_prob, drop)
         out["logits"] = logits.reshape(B, T, -1)
-        cache = dict(enc=enc, head=hc, d=None)
+        d = None
         if labels is not None:
-            out["loss"], cache["d"], _ = cross_entropy(logits, np.asarray(labels).reshape(-1))
-        return out, cache
+            out["loss"], d, _ = cross_entropy(logits, np.asarray(labels).reshape(-1))
+        return out, HeadCache(enc, hc, d)
 
     def backward(self, cache, grads=None, dlogits=None, scale=1.0):
         grads = zeros_like_params(self.params) if grads is None else grads
-        d = _upstream(cache["d"], None if dlogits is None else
+        d = _upstream(cache.d, None if dlogits is None else
                       dlogits.reshape(-1, dlogits.shape[-1]), scale, self.dtype)
-        dseq = _drop_dense_backward(d, cache["head"], self.params, grads, "classifier")
+        dseq = _drop_dense_backward(d, cache.head, self.params, grads, "classifier")
         return self._finish(cache, dseq, None, grads)
 
 
@@ -127,6 +368,8 @@ class AlbertForQuestionAnswering(_Head):
     nothing); no dropout in this head."""
 
     head = "question_answering"
+    pooled = False
+    head_shapes = staticmethod(lambda cfg: _classifier("qa_outputs", cfg.num_labels, cfg))
     unpad_exact = False  # its softmax over start/end positions spans the padding
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, start_positions=None,
@@ -142,15 +385,15 @@ class AlbertForQuestionAnswering(_Head):
         start = np.ascontiguousarray(logits[:, 0].reshape(B, T))
         end = np.ascontiguousarray(logits[:, 1].reshape(B, T))
         out.update(start_logits=start, end_logits=end)
-        cache = dict(enc=enc, x=x, d=None)
+        d = None
         if start_positions is not None and end_positions is not None:
             sp = np.clip(np.asarray(start_positions).reshape(-1), 0, T)
             ep = np.clip(np.asarray(end_positions).reshape(-1), 0, T)
             ls, ds, _ = cross_entropy(start, sp, ignore_index=T, scale=0.5)
             le, de, _ = cross_entropy(end, ep, ignore_index=T, scale=0.5)
             out["loss"] = self.dtype.type((ls + le) / 2)
-            cache["d"] = np.stack([ds.reshape(-1), de.reshape(-1)], axis=1)  # [n, 2]
-        return out, cache
+            d = np.stack([ds.reshape(-1), de.reshape(-1)], axis=1)  # [n, 2]
+        return out, HeadCache(enc, x, d)  # the head's cache: its input [n, H]
 
     def backward(self, cache, grads=None, dstart=None, dend=None, scale=1.0):
         grads = zeros_like_params(self.params) if grads is None else grads
@@ -159,8 +402,8 @@ class AlbertForQuestionAnswering(_Head):
             z = np.zeros_like(dstart if dstart is not None else dend)
             given = np.stack([(dstart if dstart is not None else z).reshape(-1),
                               (dend if dend is not None else z).reshape(-1)], axis=1)
-        d = _upstream(cache["d"], given, scale, self.dtype)
-        dseq = dense_backward(np.ascontiguousarray(d), cache["x"], self.params, grads,
+        d = _upstream(cache.d, given, scale, self.dtype)
+        dseq = dense_backward(np.ascontiguousarray(d), cache.head, self.params, grads,
                               "qa_outputs")
         return self._finish(cache, dseq, None, grads)
 
@@ -171,6 +414,7 @@ class AlbertForMultipleChoice(_Head):
     the choices."""
 
     head = "multiple_choice"
+    head_shapes = staticmethod(lambda cfg: _classifier("classifier", 1, cfg))
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
                 train=False, seed=0, step=0, output_attentions=False):
@@ -186,24 +430,28 @@ class AlbertForMultipleChoice(_Head):
         logits, hc = _drop_dense(out["pooler_output"], self.params, "classifier",
                                  self.config.classifier_dropout_prob, drop)
         out["logits"] = logits.reshape(B, K)
-        cache = dict(enc=enc, head=hc, d=None)
+        d = None
         if labels is not None:
             loss, d, _ = cross_entropy(out["logits"], np.asarray(labels).reshape(-1))
-            out["loss"], cache["d"] = loss, d.reshape(B * K, 1)
-        return out, cache
+            out["loss"], d = loss, d.reshape(B * K, 1)
+        return out, HeadCache(enc, hc, d)
 
     def backward(self, cache, grads=None, dlogits=None, scale=1.0):
         grads = zeros_like_params(self.params) if grads is None else grads
-        d = _upstream(cache["d"], None if dlogits is None else dlogits.reshape(-1, 1), scale,
+        d = _upstream(cache.d, None if dlogits is None else dlogits.reshape(-1, 1), scale,
                       self.dtype)
-        dpooled = _drop_dense_backward(d, cache["head"], self.params, grads, "classifier")
+        dpooled = _drop_dense_backward(d, cache.head, self.params, grads, "classifier")
         return self._finish(cache, None, dpooled, grads)
 
+
+# ------------------------------------------------------------------------------ registry
 
 MODEL_CLASSES = {c.head: c for c in (AlbertModel, AlbertForPreTraining, AlbertForMaskedLM,
                                      AlbertForSequenceClassification,
                                      AlbertForTokenClassification, AlbertForQuestionAnswering,
                                      AlbertForMultipleChoice)}
+HEADS = tuple(MODEL_CLASSES)
+POOLED = tuple(h for h, c in MODEL_CLASSES.items() if c.pooled)
 # Hugging Face's class name (config.json "architectures") <-> our head name
 ARCHITECTURES = {c.__name__: h for h, c in MODEL_CLASSES.items()}
 
@@ -213,3 +461,23 @@ def model_class(head):
         return MODEL_CLASSES[head]
     except KeyError:
         raise ValueError(f"unknown head {head!r}; choose one of {sorted(MODEL_CLASSES)}") from None
+
+
+def parameter_shapes(cfg, head="pretraining"):
+    """name -> shape for every parameter of the model with the given head."""
+    return model_class(head).parameter_shapes(cfg)
+
+
+def head_shapes(cfg, head):
+    """name -> shape of a head's own parameters."""
+    return model_class(head).head_shapes(cfg)
+
+
+def count_parameters(cfg, head="base"):
+    """Parameters per component (each shared tensor counted once, as in the paper)."""
+    return count_by_part(parameter_shapes(cfg, head))
+
+
+def init_params(cfg, seed=0, dtype=np.float32, head="pretraining"):
+    """Hugging Face's initialisation of the model with that head (params.init_weights)."""
+    return init_weights(parameter_shapes(cfg, head), cfg, seed, dtype)

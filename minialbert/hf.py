@@ -35,8 +35,9 @@ import numpy as np
 
 from .checkpoint import atomic_write_text
 from .config import AlbertConfig
-from .heads import ARCHITECTURES, model_class
-from .model import FOLDER_FORMAT, WORD, init_params, parameter_shapes
+from .heads import ARCHITECTURES, init_params, model_class, parameter_shapes
+from .model import FOLDER_FORMAT
+from .params import WORD
 
 
 class HFCheckpointError(ValueError):
@@ -300,7 +301,7 @@ def save_pretrained(model, folder, tokenizer=None):
 
 # ------------------------------------------------------------------------------ tokenizer
 
-def load_tokenizer(folder):
+def load_folder_tokenizer(folder):
     """The folder's tokenizer: spiece.model (with tokenizer_config.json's settings), or,
     failing that, tokenizer.json through the `tokenizers` package if it is installed."""
     from .tokenizer import AlbertTokenizer, JsonTokenizer, TokenizerError
@@ -345,7 +346,7 @@ def convert(src, dst, allow_pickle=False, head=None):
         model, report = from_pretrained(src, head=head, allow_pickle=allow_pickle,
                                         output_loading_info=True, verbose=False)
         try:
-            tok = load_tokenizer(src)
+            tok = load_folder_tokenizer(src)
         except TokenizerError:
             tok = None
         if tok is not None and getattr(tok, "model_proto", None) is None:
@@ -364,7 +365,7 @@ def convert(src, dst, allow_pickle=False, head=None):
     model = model_class(head)(cfg, params=params)
     tok = None
     if (ck / "spiece.model").exists():
-        from .checkpoint import load_tokenizer as _lt
+        from .checkpoint import load_run_tokenizer as _lt
         tok = _lt(ck, cfg.vocab_size)
     if dst.exists() and any(dst.iterdir()) and not is_hf_folder(dst):
         raise HFCheckpointError(f"{dst} exists and is not a Hugging Face folder; not writing "
@@ -399,5 +400,5 @@ def add_commands(sub):
 
 FOLDER_FORMAT.update(read=from_pretrained, write=save_pretrained)  # Model.from_pretrained
 
-__all__ = ["from_pretrained", "save_pretrained", "load_tokenizer", "convert", "read_weights",
+__all__ = ["from_pretrained", "save_pretrained", "load_folder_tokenizer", "convert", "read_weights",
            "LoadReport", "HFCheckpointError"]

@@ -19,7 +19,7 @@ import numpy as np
 
 from .checkpoint import check_finite, check_tokenizer, load_checkpoint
 from .heads import model_class
-from .hf import LoadReport, assemble, from_pretrained, is_hf_folder, load_tokenizer
+from .hf import LoadReport, assemble, from_pretrained, is_hf_folder, load_folder_tokenizer
 
 
 def load_model(path, head=None, seed=0, ignore_mismatched_sizes=False, **config_overrides):
@@ -33,14 +33,14 @@ def load_model(path, head=None, seed=0, ignore_mismatched_sizes=False, **config_
                                         ignore_mismatched_sizes=ignore_mismatched_sizes,
                                         **config_overrides)
         check_finite(model.params, path)
-        tok = load_tokenizer(path)
+        tok = load_folder_tokenizer(path)
         check_tokenizer(tok, model.config.vocab_size)
         return model, tok, report
     cfg, params, state, _, ck = load_checkpoint(path)
     check_finite(params, ck)
-    from .checkpoint import load_tokenizer as load_ck_tokenizer
+    from .checkpoint import load_run_tokenizer
 
-    tok = load_ck_tokenizer(ck, cfg.vocab_size)
+    tok = load_run_tokenizer(ck, cfg.vocab_size)
     check_tokenizer(tok, cfg.vocab_size, state.get("tokenizer_sha256"))
     saved = state.get("head", "pretraining")
     head = head or saved

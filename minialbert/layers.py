@@ -10,6 +10,8 @@ n = B*T tokens (layers work on [n, C] matrices).
 *adds* into ``grads`` (which the caller zeroed): a weight used by several layer
 applications — ALBERT's cross-layer sharing — simply receives one contribution per use.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from .kernels import (PackedWeight, activation, attention, bias_add, bias_grad,
@@ -112,9 +114,15 @@ def dense_backward(dy, x, params, grads, name):  # dy: [n, out] -> dx: [n, in]
 
 # ------------------------------------------------------------------------------- layernorm
 
+class LayerNormCache(NamedTuple):
+    x: np.ndarray  # [n, C] the input
+    mean: np.ndarray  # [n] per row
+    rstd: np.ndarray  # [n] 1 / sqrt(var + eps) per row
+
+
 def layernorm_fwd(x, params, name, eps):  # x: [n, C] -> y: [n, C]
     y, mean, rstd = layernorm_forward(x, params[name + ".weight"], params[name + ".bias"], eps)
-    return y, (x, mean, rstd)
+    return y, LayerNormCache(x, mean, rstd)
 
 
 def layernorm_bwd(dy, cache, params, grads, name):  # dy: [n, C] -> dx: [n, C]
@@ -137,6 +145,20 @@ def qkv_params(params, name):
             np.concatenate([params[name + p + ".bias"] for p in QKV]))
 
 
+class AttentionCache(NamedTuple):
+    x: np.ndarray  # [n, H] the block's input (the residual)
+    qkv: np.ndarray  # [n, 3H] q | k | v
+    W: object  # [3H, H] the stacked projection (a PackedWeight inside the encoder)
+    ctx: np.ndarray  # [n, H] the heads' outputs side by side
+    probs: np.ndarray  # the attention probabilities ([B, N, T, T] padded, flat when packed)
+    p_attn: float  # dropout rate on the probabilities
+    key_attn: np.uint64  # ... and its key
+    keep: np.ndarray  # the output dropout's mask
+    p_out: float  # ... and its rate
+    ln: LayerNormCache
+    seqs: Sequences
+
+
 def attention_block_forward(x, params, name, seqs, cfg, drop):
     # x: [n, H] -> LayerNorm(x + dropout(dense(MultiHead(x)))): [n, H]   (HF AlbertAttention)
     # seqs: Sequences (which rows form which sequence); params: a dict, or Weights (the
@@ -152,7 +174,7 @@ def attention_block_forward(x, params, name, seqs, cfg, drop):
     o, keep = dropout_forward(o, p_out, drop.key() if p_out > 0 else 0)
     o += x  # residual
     y, ln = layernorm_fwd(o, params, name + "LayerNorm", cfg.layer_norm_eps)
-    return y, (x, qkv, W, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs)
+    return y, AttentionCache(x, qkv, W, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs)
 
 
 def attention_block_backward(dy, cache, params, grads, name, cfg):  # dy: [n, H] -> dx: [n, H]
@@ -175,6 +197,13 @@ def attention_block_backward(dy, cache, params, grads, name, cfg):  # dy: [n, H]
 
 # ------------------------------------------------------------------------------- FFN
 
+class FFNCache(NamedTuple):
+    a: np.ndarray  # [n, H] the block's input (the residual)
+    h: np.ndarray  # [n, I] before the activation
+    g: np.ndarray  # [n, I] after it
+    ln: LayerNormCache
+
+
 def ffn_block_forward(a, params, name, cfg):
     # a: [n, H] -> LayerNorm(a + ffn_output(act(ffn(a)))): [n, H]
     # (HF defines a dropout in AlbertLayer but never applies it; neither do we.)
@@ -184,7 +213,7 @@ def ffn_block_forward(a, params, name, cfg):
     f, _ = dense_forward(g, params, name + "ffn_output")  # [n, H]
     f += a  # residual
     y, ln = layernorm_fwd(f, params, name + "full_layer_layer_norm", cfg.layer_norm_eps)
-    return y, (a, h, g, ln)
+    return y, FFNCache(a, h, g, ln)
 
 
 def ffn_block_backward(dy, cache, params, grads, name, cfg):  # dy: [n, H] -> da: [n, H]

@@ -1,149 +1,30 @@
-"""ALBERT: factorized embeddings, one shared encoder layer applied L times, and the
-pretraining heads (MLM with a tied decoder, SOP), with a hand-written backward.
+"""ALBERT's body: factorized embeddings, one shared encoder layer applied L times, the
+pooler — AlbertModel, with a hand-written backward. The heads are in heads.py.
 
 Legend: B batch, T sequence, E embedding, H hidden, I intermediate, V vocabulary,
 N heads, L layers, G groups, n = B*T tokens.
 
 Parameters live in one flat dict keyed by Hugging Face's names, in Hugging Face's layouts
-(a dense weight is [out, in]), so a state dict moves between the two without renaming.
+(a dense weight is [out, in]): params.py.
 
 The heart of ALBERT's backward pass is in ``encoder_backward``: the encoder applies the
 same arrays L times, and the backward of each application *adds* its gradient into the
 one shared gradient array. ``grads[w] += ...`` is all that cross-layer sharing asks of
 a backward pass (chapter 07).
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from .config import AlbertConfig
-from .kernels import (cross_entropy, dropout_backward, dropout_forward, embedding_backward,
-                      embedding_forward, mask_bias, matmul_nn, matmul_nt, matmul_tn)
-from .kernels.act import activation, tanh_backward, tanh_forward
+from .kernels import (dropout_backward, dropout_forward, embedding_backward, embedding_forward,
+                      mask_bias)
+from .kernels.act import tanh_backward, tanh_forward
 from .kernels.embedding import check_ids
-from .kernels.matmul import bias_add, bias_grad
-from .layers import (Dropout, Sequences, Weights, attention_block_backward,
+from .layers import (Dropout, LayerNormCache, Sequences, Weights, attention_block_backward,
                      attention_block_forward, dense_backward, dense_forward, ffn_block_backward,
                      ffn_block_forward, layernorm_bwd, layernorm_fwd)
-
-EMB = "albert.embeddings."
-ENC = "albert.encoder."
-WORD = EMB + "word_embeddings.weight"
-
-_ATTN = [f"attention.{m}.{p}" for m in ("query", "key", "value", "dense") for p in ("weight", "bias")]
-_ATTN += ["attention.LayerNorm.weight", "attention.LayerNorm.bias"]
-_FFN = ["ffn.weight", "ffn.bias", "ffn_output.weight", "ffn_output.bias",
-        "full_layer_layer_norm.weight", "full_layer_layer_norm.bias"]
-
-
-# ------------------------------------------------------------------------------ names
-
-def layer_prefixes(cfg, l, i=0):
-    """Where application (layer l, inner layer i) reads its attention and FFN weights.
-
-    all/none: Hugging Face's group g(l) = int(l / (L/G)) ("none" is G = L);
-    attention: attention shared (group 0), FFN per layer under our own name;
-    ffn: FFN shared (group 0), attention per layer under our own name."""
-    shared = f"{ENC}albert_layer_groups.{cfg.group_of(l)}.albert_layers.{i}."
-    own = f"{ENC}unshared_layers.{l}."
-    if cfg.sharing == "attention":
-        return shared + "attention.", own
-    if cfg.sharing == "ffn":
-        return own + "attention.", shared
-    return shared + "attention.", shared
-
-
-# Which parameters each model holds, as Hugging Face's classes do: AlbertModel has a pooler;
-# the heads that read only the sequence output (masked LM, token classification, question
-# answering) build their AlbertModel without one (add_pooling_layer=False).
-HEADS = ("base", "pretraining", "masked_lm", "sequence_classification",
-         "token_classification", "question_answering", "multiple_choice")
-POOLED = ("base", "pretraining", "sequence_classification", "multiple_choice")
-
-
-def head_shapes(cfg, head):
-    """name -> shape of a head's own parameters."""
-    V, E, H, C = cfg.vocab_size, cfg.embedding_size, cfg.hidden_size, cfg.num_labels
-    mlm = {"predictions.bias": (V,), "predictions.dense.weight": (E, H),
-           "predictions.dense.bias": (E,), "predictions.LayerNorm.weight": (E,),
-           "predictions.LayerNorm.bias": (E,)}  # the decoder is the word table (tied)
-    if head == "pretraining":
-        return dict(mlm, **{"sop_classifier.classifier.weight": (C, H),
-                            "sop_classifier.classifier.bias": (C,)})
-    if head == "masked_lm":
-        return mlm
-    if head in ("sequence_classification", "token_classification"):
-        return {"classifier.weight": (C, H), "classifier.bias": (C,)}
-    if head == "question_answering":
-        return {"qa_outputs.weight": (C, H), "qa_outputs.bias": (C,)}
-    if head == "multiple_choice":
-        return {"classifier.weight": (1, H), "classifier.bias": (1,)}
-    if head == "base":
-        return {}
-    raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
-
-
-def parameter_shapes(cfg, head="pretraining"):
-    """name -> shape for every parameter of the model with the given head."""
-    V, E, H, I, P = (cfg.vocab_size, cfg.embedding_size, cfg.hidden_size,
-                     cfg.intermediate_size, cfg.max_position_embeddings)
-    heads = head_shapes(cfg, head)
-    s = {WORD: (V, E), EMB + "position_embeddings.weight": (P, E),
-         EMB + "token_type_embeddings.weight": (cfg.type_vocab_size, E),
-         EMB + "LayerNorm.weight": (E,), EMB + "LayerNorm.bias": (E,),
-         ENC + "embedding_hidden_mapping_in.weight": (H, E),
-         ENC + "embedding_hidden_mapping_in.bias": (H,)}
-    local = {"attention.query.weight": (H, H), "attention.key.weight": (H, H),
-             "attention.value.weight": (H, H), "attention.dense.weight": (H, H),
-             "ffn.weight": (I, H), "ffn.bias": (I,), "ffn_output.weight": (H, I)}
-    for l in range(cfg.num_hidden_layers):
-        for i in range(cfg.inner_group_num):
-            a, f = layer_prefixes(cfg, l, i)
-            for n in _ATTN:
-                s[a + n[len("attention."):]] = local.get(n, (H,))
-            for n in _FFN:
-                s[f + n] = local.get(n, (H,))
-    if head in POOLED:
-        s["albert.pooler.weight"] = (H, H)
-        s["albert.pooler.bias"] = (H,)
-    s.update(heads)
-    return s
-
-
-def count_parameters(cfg, head="base"):
-    """Parameters per component (each shared tensor counted once, as in the paper)."""
-    parts = {}
-    for name, shape in parameter_shapes(cfg, head).items():
-        if name.startswith(EMB):
-            part = "embeddings"
-        elif "embedding_hidden_mapping_in" in name:
-            part = "embedding projection E->H"
-        elif ".attention." in name:
-            part = "encoder attention"
-        elif name.startswith(ENC):
-            part = "encoder FFN"
-        elif name.startswith("albert.pooler"):
-            part = "pooler"
-        else:
-            part = "heads"
-        parts[part] = parts.get(part, 0) + int(np.prod(shape))
-    parts["total"] = sum(parts.values())
-    return parts
-
-
-def init_params(cfg, seed=0, dtype=np.float32, head="pretraining"):
-    """Hugging Face's initialisation: weights N(0, initializer_range), LayerNorm 1/0,
-    biases 0, and the word-embedding row pad_token_id zeroed."""
-    rng = np.random.default_rng(seed)
-    p = {}
-    for name, shape in parameter_shapes(cfg, head).items():
-        if "LayerNorm" in name or "layer_norm" in name:
-            p[name] = (np.ones if name.endswith("weight") else np.zeros)(shape, dtype)
-        elif name.endswith("bias"):
-            p[name] = np.zeros(shape, dtype)
-        else:
-            p[name] = (rng.standard_normal(shape) * cfg.initializer_range).astype(dtype)
-    p[WORD][cfg.pad_token_id] = 0
-    return p
-
+from .params import EMB, ENC, POOLER, WORD, body_shapes, init_weights, layer_prefixes
 
 # The Hugging Face folder format (hf.py) sits above the model on the import ladder: it
 # puts its reader and writer here when it is imported (the package's __init__ imports
@@ -151,11 +32,17 @@ def init_params(cfg, seed=0, dtype=np.float32, head="pretraining"):
 FOLDER_FORMAT = {}
 
 
-def zeros_like_params(params):
-    return {k: np.zeros_like(v) for k, v in params.items()}
-
-
 # ------------------------------------------------------------------------------ embeddings
+
+class EmbeddingsCache(NamedTuple):
+    ids: np.ndarray  # [n] word ids, token type ids and positions of the rows
+    tts: np.ndarray
+    pos: np.ndarray
+    ln: LayerNormCache
+    keep: np.ndarray  # the dropout mask, and its rate
+    p: float
+    x: np.ndarray  # [n, E] the embeddings after dropout: the projection's input
+
 
 def embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows=None):
     # input_ids, token_type_ids: [B, T] -> [n, E] -> (E->H) -> [n, H]; with ``rows`` (flat
@@ -177,7 +64,7 @@ def embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows=None):
     p = drop.p(cfg.hidden_dropout_prob)
     x, keep = dropout_forward(x, p, drop.key() if p > 0 else 0)
     h, _ = dense_forward(x, params, ENC + "embedding_hidden_mapping_in")
-    return h, (ids, tts, pos, ln, keep, p, x)
+    return h, EmbeddingsCache(ids, tts, pos, ln, keep, p, x)
 
 
 def embeddings_backward(dh, cache, params, grads, cfg):  # dh: [n, H]
@@ -193,6 +80,18 @@ def embeddings_backward(dh, cache, params, grads, cfg):  # dh: [n, H]
 
 # ------------------------------------------------------------------------------ encoder
 
+class LayerCache(NamedTuple):  # one layer application
+    attn_name: str  # where it read its attention and FFN weights (params.layer_prefixes)
+    ffn_name: str
+    attention: object  # layers.AttentionCache
+    ffn: object  # layers.FFNCache
+
+
+class EncoderCache(NamedTuple):
+    weights: Weights  # the forward's packed matrices, reused by the backward
+    layers: list  # a LayerCache per layer application, in order
+
+
 def encoder_forward(h, params, cfg, seqs, drop, weights=None):
     # h: [n, H] -> [n, H]; L steps, step l runs group g(l)'s inner_group_num layers.
     # seqs: layers.Sequences (padded with a mask bias, or packed without padding).
@@ -206,9 +105,9 @@ def encoder_forward(h, params, cfg, seqs, drop, weights=None):
             attn_name, ffn_name = layer_prefixes(cfg, l, i)
             a, ca = attention_block_forward(h, weights, attn_name, seqs, cfg, drop)
             h, cf = ffn_block_forward(a, weights, ffn_name, cfg)
-            caches.append((attn_name, ffn_name, ca, cf))
+            caches.append(LayerCache(attn_name, ffn_name, ca, cf))
             hidden_states.append(h)  # one per layer application, as Hugging Face returns
-    return h, hidden_states, (weights, caches)
+    return h, hidden_states, EncoderCache(weights, caches)
 
 
 def encoder_backward(dh, cache, grads, cfg):  # dh: [n, H] -> [n, H]
@@ -216,30 +115,63 @@ def encoder_backward(dh, cache, grads, cfg):  # dh: [n, H] -> [n, H]
     # the same for every application, so each application's backward ADDS its gradient
     # into the same grads[...] arrays: the gradient of a shared weight is the sum over
     # its L uses. (dense_backward and layernorm_bwd accumulate with +=.)
-    weights, caches = cache  # the forward's Weights: its packed matrices, reused here
-    for attn_name, ffn_name, ca, cf in reversed(caches):
+    weights = cache.weights  # the forward's packed matrices, reused here
+    for attn_name, ffn_name, ca, cf in reversed(cache.layers):
         da = ffn_block_backward(dh, cf, weights, grads, ffn_name, cfg)
         dh = attention_block_backward(da, ca, weights, grads, attn_name, cfg)
     return dh
 
 
+# ------------------------------------------------------------------------------ pooler
+
+def pooler_forward(first, params):  # first: [B, H] hidden state of [CLS] -> pooled [B, H]
+    z, _ = dense_forward(first, params, POOLER)
+    return tanh_forward(z.reshape(-1)).reshape(z.shape), first  # tanh(dense(first))
+
+
+def pooler_backward(dpooled, pooled, first, params, grads):  # -> dfirst: [B, H]
+    dz = tanh_backward(dpooled.reshape(-1), pooled.reshape(-1)).reshape(pooled.shape)
+    return dense_backward(dz, first, params, grads, POOLER)
+
+
 # ------------------------------------------------------------------------------ the model
+
+class ModelCache(NamedTuple):  # what AlbertModel.encode keeps for encode_backward
+    embeddings: EmbeddingsCache
+    encoder: EncoderCache
+    first: np.ndarray  # [B, H] the [CLS] rows the pooler read (None without a pooler)
+    pooled: np.ndarray  # [B, H] its output
+    B: int
+    T: int
+    seqs: Sequences
+    rows: np.ndarray  # flat indices of the real tokens when packed, else None
 
 class AlbertModel:
     """Embeddings, encoder, pooler. ``encode`` returns outputs and a cache;
     ``encode_backward(dseq, dpooled, cache, grads)`` adds into ``grads``.
 
-    Every model class names its ``head`` (model.HEADS); its parameters are exactly
-    ``parameter_shapes(config, head)``, the names Hugging Face's class of that head has."""
+    Every model class names its ``head`` and says whether it has a pooler; its parameters
+    are exactly ``parameter_shapes(config)``: the body's (params.py) and its head's own
+    (``head_shapes``), the names Hugging Face's class of that head has."""
 
     head = "base"
+    pooled = True  # Hugging Face's add_pooling_layer
+
+    @staticmethod
+    def head_shapes(cfg):
+        """name -> shape of the head's own parameters (AlbertModel has none)."""
+        return {}
+
+    @classmethod
+    def parameter_shapes(cls, cfg):
+        return dict(body_shapes(cfg, cls.pooled), **cls.head_shapes(cfg))
 
     def __init__(self, config, params=None, seed=0, dtype=np.float32):
         self.config = config if isinstance(config, AlbertConfig) else AlbertConfig(**config)
         if params is None:
-            params = init_params(self.config, seed, dtype, self.head)
+            params = init_weights(self.parameter_shapes(self.config), self.config, seed, dtype)
         else:
-            expected = parameter_shapes(self.config, self.head)
+            expected = self.parameter_shapes(self.config)
             missing = sorted(set(expected) - set(params))
             wrong = sorted(k for k in expected if k in params
                            and tuple(params[k].shape) != tuple(expected[k]))
@@ -318,28 +250,27 @@ class AlbertModel:
         drop = drop or Dropout()
         bias = mask_bias(attention_mask, self.dtype)  # [B, T]: 0 or finfo.min per key
         seqs, rows = self._sequences(attention_mask, bias, output_attentions)
-        h, ce = embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows)
+        h, emb = embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows)
         h, hidden_states, enc = encoder_forward(h, params, cfg, seqs, drop, self._frozen)
 
         def padded(a):  # [n, H] -> [B, T, H]
-            return _scatter_rows(a, rows, B, T, self.dtype).reshape(B, T, -1)
+            return scatter_rows(a, rows, B, T, self.dtype).reshape(B, T, -1)
 
         out = {"last_hidden_state": padded(h), "pooler_output": None,
                "hidden_states": [padded(s) for s in hidden_states]}
         first = pooled = None
-        if "albert.pooler.weight" in params:  # tanh(dense(hidden state of [CLS]))
+        if self.pooled:  # tanh(dense(hidden state of [CLS]))
             first = np.ascontiguousarray(h[seqs.starts] if seqs.packed else
                                          h.reshape(B, T, -1)[:, 0])  # [B, H]
-            z, _ = dense_forward(first, params, "albert.pooler")
-            pooled = tanh_forward(z.reshape(-1)).reshape(z.shape)
+            pooled, _ = pooler_forward(first, params)
             out["pooler_output"] = pooled
         if output_attentions:
-            out["attentions"] = [c[2][4] for c in enc[1]]
-        return out, (ce, enc, first, pooled, B, T, seqs, rows)
+            out["attentions"] = [c.attention.probs for c in enc.layers]
+        return out, ModelCache(emb, enc, first, pooled, B, T, seqs, rows)
 
     def encode_backward(self, dseq, dpooled, cache, grads):
         # dseq: [B*T, H] (or None), dpooled: [B, H] (or None) -> grads +=
-        ce, enc, first, pooled, B, T, seqs, rows = cache
+        B, T, seqs, rows = cache.B, cache.T, cache.seqs, cache.rows
         H = self.config.hidden_size
         n = B * T if rows is None else len(rows)
         if dseq is None:
@@ -349,14 +280,13 @@ class AlbertModel:
         else:  # padded positions are constants (zeros) when packed: their gradient drops
             dh = dseq.reshape(B * T, H)[rows]
         if dpooled is not None:
-            dz = tanh_backward(dpooled.reshape(-1), pooled.reshape(-1)).reshape(pooled.shape)
-            dfirst = dense_backward(dz, first, self.params, grads, "albert.pooler")
+            dfirst = pooler_backward(dpooled, cache.pooled, cache.first, self.params, grads)
             if seqs.packed:
                 dh[seqs.starts] += dfirst
             else:
                 dh.reshape(B, T, H)[:, 0] += dfirst
-        dh = encoder_backward(dh, enc, grads, self.config)
-        embeddings_backward(dh, ce, self.params, grads, self.config)
+        dh = encoder_backward(dh, cache.encoder, grads, self.config)
+        embeddings_backward(dh, cache.embeddings, self.params, grads, self.config)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
                 output_attentions=False, **_):
@@ -365,147 +295,11 @@ class AlbertModel:
         return self.encode(input_ids, token_type_ids, attention_mask, None, output_attentions)
 
 
-# ------------------------------------------------------------------------------ MLM head
-
-def mlm_head_forward(x, params, cfg):
-    # x: [r, H] -> dense H->E, activation, LayerNorm -> decoder E->V tied to the word
-    # table -> logits: [r, V]
-    act_f, _ = activation(cfg.hidden_act)
-    m, _ = dense_forward(x, params, "predictions.dense")  # [r, E]
-    g = act_f(m.reshape(-1)).reshape(m.shape)
-    e, ln = layernorm_fwd(g, params, "predictions.LayerNorm", cfg.layer_norm_eps)
-    logits = matmul_nt(e, params[WORD])  # [r, V] = e @ word_embeddings.T
-    bias_add(logits, params["predictions.bias"])
-    return logits, (x, m, e, ln)
-
-
-def mlm_head_backward(dlogits, cache, params, grads, cfg):  # dlogits: [r, V] -> dx: [r, H]
-    x, m, e, ln = cache
-    # The decoder is the word table: its gradient is the second of the two contributions
-    # the word embeddings receive (the first is the lookup's scatter-add).
-    bias_grad(dlogits, grads["predictions.bias"])
-    matmul_tn(dlogits, e, out=grads[WORD], accumulate=True)  # dWord += dlogits.T @ e
-    de = matmul_nn(dlogits, params[WORD])  # [r, E]
-    dg = layernorm_bwd(de, ln, params, grads, "predictions.LayerNorm")
-    _, act_b = activation(cfg.hidden_act)
-    dm = act_b(dg.reshape(-1), m.reshape(-1)).reshape(dg.shape)
-    return dense_backward(dm, x, params, grads, "predictions.dense")
-
-
-def _mlm_rows(seq, labels, mlm_path):
-    """The rows the MLM head predicts: all of [B*T] or only those with a label."""
-    B, T, H = seq.shape
-    x = seq.reshape(B * T, H)
-    flat = None if labels is None else np.asarray(labels).reshape(-1).astype(np.int64)
-    if mlm_path == "masked":
-        if flat is None:
-            raise ValueError("mlm_path='masked' needs labels (it predicts only there)")
-        rows = np.flatnonzero(flat != -100)
-        return np.ascontiguousarray(x[rows]), rows, flat
-    if mlm_path == "all":
-        return x, None, flat
-    raise ValueError(f"mlm_path must be 'all' or 'masked', got {mlm_path!r}")
-
-
-def _scatter_rows(dx, rows, B, T, dtype):
+def scatter_rows(x, rows, B, T, dtype):
+    """[len(rows), C] -> [B*T, C], row i to flat position rows[i], zeros elsewhere (x as it
+    is when rows is None)."""
     if rows is None:
-        return dx
-    dseq = np.zeros((B * T, dx.shape[1]), dtype)  # masked path: rows back into [n, H]
-    dseq[rows] = dx
-    return dseq
-
-
-class AlbertForMaskedLM(AlbertModel):
-    """AlbertModel (no pooler) + the MLM head; loss = mean cross-entropy over labels != -100.
-    ``mlm_path`` as in AlbertForPreTraining."""
-
-    head = "masked_lm"
-
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
-                train=False, seed=0, step=0, mlm_path="all", output_attentions=False):
-        drop = Dropout(train, seed, step)
-        out, enc = self.encode(input_ids, token_type_ids, attention_mask, drop, output_attentions)
-        x, rows, flat = _mlm_rows(out["last_hidden_state"], labels, mlm_path)
-        logits, mc = mlm_head_forward(x, self.params, self.config)
-        out.update(logits=logits, mlm_rows=rows)
-        cache = dict(enc=enc, mlm=mc, rows=rows, d=None)
-        if flat is not None:
-            out["loss"], cache["d"], _ = cross_entropy(logits, flat if rows is None else flat[rows])
-        return out, cache
-
-    def backward(self, cache, grads=None, dlogits=None, scale=1.0):
-        grads = zeros_like_params(self.params) if grads is None else grads
-        d = _upstream(cache["d"], dlogits, scale, self.dtype)
-        dx = mlm_head_backward(d, cache["mlm"], self.params, grads, self.config)
-        B, T = cache["enc"][4:6]
-        self.encode_backward(_scatter_rows(dx, cache["rows"], B, T, self.dtype), None,
-                             cache["enc"], grads)
-        return grads
-
-
-def _upstream(stored, given, scale, dtype):
-    """The gradient a head's backward starts from: the one given, or the loss's own
-    (stored by forward), times ``scale`` (1/k for k accumulated micro-batches)."""
-    d = stored if given is None else given
-    if d is None:
-        raise ValueError("backward needs a forward with labels (or an upstream gradient)")
-    return d * dtype.type(scale) if scale != 1.0 else d
-
-
-class AlbertForPreTraining(AlbertModel):
-    """AlbertModel + MLM head (decoder tied to the word embeddings) + SOP head.
-
-    loss = MLM cross-entropy (mean over labels != -100) + sop_weight * SOP cross-entropy.
-
-    ``mlm_path="all"`` computes logits at every position (Hugging Face's way);
-    ``mlm_path="masked"`` only at positions whose label is not -100 (the original TF
-    code's way: far cheaper, [n_masked, V] instead of [B*T, V]). Both give the same loss,
-    gradients and logits at the masked positions."""
-
-    head = "pretraining"
-
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
-                sentence_order_label=None, train=False, seed=0, step=0, mlm_path="all",
-                output_attentions=False):
-        cfg, params = self.config, self.params
-        drop = Dropout(train, seed, step)
-        out, enc_cache = self.encode(input_ids, token_type_ids, attention_mask, drop,
-                                     output_attentions)
-        seq = out["last_hidden_state"]
-        B, T, H = seq.shape
-        x, rows, flat_labels = _mlm_rows(seq, labels, mlm_path)
-        logits, mc = mlm_head_forward(x, params, cfg)
-        # SOP head: dropout, classifier on the pooled output
-        pooled = out["pooler_output"]
-        p = drop.p(cfg.classifier_dropout_prob)
-        pd, keep = dropout_forward(pooled, p, drop.key() if p > 0 else 0)
-        sop_logits, _ = dense_forward(pd, params, "sop_classifier.classifier")
-        out.update(prediction_logits=logits, sop_logits=sop_logits, mlm_rows=rows)
-        cache = dict(enc=enc_cache, mlm=mc, rows=rows, pd=pd, keep=keep, p=p, B=B, T=T,
-                     dlogits=None, dsop=None)
-        if flat_labels is not None and sentence_order_label is not None:
-            lab = flat_labels if rows is None else flat_labels[rows]
-            mlm_loss, dlogits, _ = cross_entropy(logits, lab)
-            sol = np.asarray(sentence_order_label).reshape(-1)
-            sop_loss, dsop, _ = cross_entropy(sop_logits, sol, scale=cfg.sop_weight)
-            out["mlm_loss"], out["sop_loss"] = mlm_loss, sop_loss
-            out["loss"] = self.dtype.type(mlm_loss + self.dtype.type(cfg.sop_weight) * sop_loss)
-            cache["dlogits"], cache["dsop"] = dlogits, dsop
-        return out, cache
-
-    def backward(self, cache, grads=None, dlogits=None, dsop_logits=None):
-        """Gradients of the loss (or of given upstream gradients) for every parameter."""
-        cfg, params = self.config, self.params
-        grads = zeros_like_params(params) if grads is None else grads
-        dlogits = cache["dlogits"] if dlogits is None else dlogits
-        dsop = cache["dsop"] if dsop_logits is None else dsop_logits
-        if dlogits is None or dsop is None:
-            raise ValueError("backward needs a forward with labels and sentence_order_label")
-        # SOP head
-        dpd = dense_backward(dsop, cache["pd"], params, grads, "sop_classifier.classifier")
-        dpooled = dropout_backward(dpd, cache["keep"], cache["p"])
-        # MLM head
-        dx = mlm_head_backward(dlogits, cache["mlm"], params, grads, cfg)
-        dseq = _scatter_rows(dx, cache["rows"], cache["B"], cache["T"], self.dtype)
-        self.encode_backward(dseq, dpooled, cache["enc"], grads)
-        return grads
+        return x
+    out = np.zeros((B * T, x.shape[1]), dtype)
+    out[rows] = x
+    return out

@@ -34,7 +34,7 @@ import sys
 import threading
 
 from .checkpoint import (CheckpointError, atomic_write_text, checkpoint_key, checkpoints,
-                         latest_name, prune, save_checkpoint)
+                         latest_name, load_checkpoint, prune, save_checkpoint)
 
 RUN_FILES = ("LATEST", "log.jsonl", "summary.json", "curves.png")
 
@@ -271,6 +271,17 @@ def resume_settings(cls, saved, given, may_change):
         run[k] = v
         changed[k] = [old, v]
     return cls(**run), changed
+
+
+def resume_run(out, cls, given, may_change, command):
+    """The latest checkpoint of the run in ``out`` and the settings to continue with ->
+    (settings, changed, config, params, state, optimizer arrays, checkpoint folder)."""
+    cfg, params, state, opt_arrays, ck = load_checkpoint(out)
+    if "run" not in state or "optimizer" not in state:
+        raise CheckpointError(f"{ck} was not written by minialbert {command} (no run "
+                              "settings or optimizer state): it cannot be resumed")
+    settings, changed = resume_settings(cls, state["run"], given, may_change)
+    return settings, changed, cfg, params, state, opt_arrays, ck
 
 
 def stopped_inside_a_step(out, step):

@@ -10,34 +10,30 @@ so a resumed run continues with exactly the losses the uninterrupted run would h
 most for any — see the README).
 """
 import dataclasses
-import json
 import math
 import os
 import pathlib
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import kernels
 from .memory import keep_freed_memory
-from .checkpoint import CheckpointError, check_tokenizer, load_checkpoint
-from .distributed import (FlatGradients, check_same, checksum, my_pieces, on_root,
-                          report_error, world)
-from .rundir import (FollowerRunDir, RunDir, StopRequests, given_settings, resume_settings,
-                     stopped_inside_a_step)
+from .checkpoint import CheckpointError, check_tokenizer, load_checkpoint, load_run_tokenizer
+from .distributed import FlatGradients, check_same, checksum, my_pieces, on_root, report_error, world
+from .loop import (TrainingError, interrupted_summary, micro_batch, model_inputs,  # noqa: F401
+                   run_loop, train_step)
+from .rundir import FollowerRunDir, RunDir, given_settings, resume_run
 from .config import AlbertConfig, parse_setting, preset
 from .corpus import load_corpus
 from .data import DataError, PretrainingData, tokenize_corpus
-from .model import AlbertForPreTraining
+from .heads import AlbertForPreTraining
 from .options import OptionError
-from .optim import clip_by_global_norm, learning_rate, make_optimizer, no_decay
+from .optim import learning_rate, make_optimizer, no_decay
 from .plots import plot_pretraining
-
-
-class TrainingError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -74,18 +70,7 @@ class PretrainConfig:
     extra: dict = field(default_factory=dict)  # model config overrides
 
 
-# ------------------------------------------------------------------------------ pieces
-
-def progress_bar(enabled, total, initial):
-    """A tqdm bar over steps (None when disabled or tqdm is missing)."""
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stdout)
-
+# ------------------------------------------------------------------------------ evaluation
 
 _MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "sentence_order_label")
 
@@ -180,8 +165,8 @@ def _calibrate(model, data, pc, eval_batches, t_start, say, w):
         b = data.batch(0, i, pc.batch_size)
         t0 = time.perf_counter()
         for j in my_pieces(w, pc.micro_batches):
-            mb = _piece(b, pc.micro_batches, j)
-            o, c = model.forward(**{k: mb[k] for k in _MODEL_KEYS}, mlm_path=pc.mlm_path)
+            mb = micro_batch(b, pc.micro_batches, j)
+            o, c = model.forward(**model_inputs(model, mb), mlm_path=pc.mlm_path)
             model.backward(c)
         per_step = min(per_step, time.perf_counter() - t0)
     per_step *= 1.1  # the optimizer step, logging
@@ -194,97 +179,20 @@ def _calibrate(model, data, pc, eval_batches, t_start, say, w):
     return total
 
 
-def _piece(batch, k, j):
-    """Micro-batch ``j`` of ``k``: rows [j·B/k, (j+1)·B/k) of the batch."""
-    m = batch["input_ids"].shape[0] // k
-    return {key: v[j * m:(j + 1) * m] for key, v in batch.items()}
-
-
-def _piece_step(model, grads, mb, pc, seed_step, inv):
-    """Forward and backward of one micro-batch, its gradient added into ``grads`` (its loss
-    scaled by ``inv`` = 1/k). -> ((loss, mlm, sop), [MLM right, MLM n, SOP right, SOP n]).
-    A non-finite loss skips the backward; the step reports it once every rank has said."""
-    o, c = model.forward(**{key: mb[key] for key in _MODEL_KEYS}, train=True,
-                         seed=pc.seed, step=seed_step, mlm_path=pc.mlm_path)
-    losses = (float(o["loss"]), float(o["mlm_loss"]), float(o["sop_loss"]))
-    if not math.isfinite(losses[0]):
-        return losses, np.zeros(4)
-    model.backward(c, grads, dlogits=c["dlogits"] * inv, dsop_logits=c["dsop"] * inv)
-    logits, lab = o["prediction_logits"], mb["labels"].reshape(-1)
-    if o["mlm_rows"] is not None:
-        lab = lab[o["mlm_rows"]]
-    else:
-        sel = lab != -100
-        logits, lab = logits[sel], lab[sel]
-    return losses, np.array([(logits.argmax(1) == lab).sum(), len(lab),
-                             (o["sop_logits"].argmax(1) == mb["sentence_order_label"]).sum(),
-                             len(mb["sentence_order_label"])], dtype=np.float64)
-
-
-def _train_step(model, grads, batch, pc, step, last_ck, w):
-    """One optimizer step's gradient over ``batch``: this rank's micro-batches, then the sum
-    over the ranks (distributed.py), clipped. -> (log record fields). ``grads`` is a
-    FlatGradients; with ``grads.rows`` (deterministic) each micro-batch has its own."""
-    k = pc.micro_batches
-    inv = np.float32(1.0 / k)
-    grads.flat.fill(0)
-    if grads.rows is not None:
-        grads.rows.fill(0)
-    records = []
-    for i, j in enumerate(my_pieces(w, k)):
-        g = grads.views if grads.rows is None else grads.row_views[i]
-        records.append(_piece_step(model, g, _piece(batch, k, j), pc, step * k + j, inv))
-    records = [r for rank in w.allgather(records) for r in rank]  # in micro-batch order
-    bad = next((l[0] for l, _ in records if not math.isfinite(l[0])), None)
-    if bad is not None:
-        e = TrainingError(
-            f"the loss is {bad} at step {step + 1}: training stopped. "
-            f"The last good checkpoint is {last_ck or 'not written yet'}; resume "
-            "from it with a lower --lr (minialbert pretrain --resume --lr ...)")
-        e.all_ranks = True
-        raise e
-    t0 = time.perf_counter()
-    if grads.rows is None:
-        w.allreduce_sum_(grads.flat)
-    else:  # every micro-batch's gradient, added in micro-batch order on every rank
-        rows = w.allgather_rows(grads.rows)
-        grads.flat[:] = rows[0]
-        for r in rows[1:]:
-            grads.flat += r
-    comm = time.perf_counter() - t0
-    norm = clip_by_global_norm(grads.views, pc.clip)
-    if not math.isfinite(norm):
-        e = TrainingError(f"the gradient norm is {norm} at step {step + 1}: training "
-                          f"stopped. The last good checkpoint is {last_ck}")
-        e.all_ranks = True
-        raise e
-    loss, mlm, sop = np.mean([l for l, _ in records], axis=0)
-    stats = sum((s for _, s in records), np.zeros(4))
-    rec = dict(loss=loss, mlm_loss=mlm, sop_loss=sop, mlm_acc=stats[0] / max(stats[1], 1),
-               sop_acc=stats[2] / stats[3], grad_norm=norm)
-    if w.size > 1:
-        rec["comm_s"] = comm
-    return rec
-
-
 def _resume_state(out, pc, given):
     """What a resumed run continues from -> (pc, changed, total, cfg, params, state,
     optimizer arrays, tokenizer), or None when there is nothing left to do."""
-    cfg, params, state, opt_arrays, ck = load_checkpoint(out)
-    if "run" not in state or "optimizer" not in state:
-        raise CheckpointError(f"{ck} was not written by minialbert pretrain (no run "
-                              "settings or optimizer state): it cannot be resumed")
+    pc, changed, cfg, params, state, opt_arrays, ck = resume_run(
+        out, PretrainConfig, given, RESUMABLE, "pretrain")
     if "time_budget" in given and "steps" not in given:
         raise CheckpointError("--time-budget cannot change when a run is resumed: give "
                               "--steps (the total to reach)")
-    pc, changed = resume_settings(PretrainConfig, state["run"], given, RESUMABLE)
     total = pc.steps if "steps" in changed else state["total_steps"]
     if total < state["step"]:
         raise CheckpointError(f"--steps {total}: the run is already at step {state['step']}")
     if total == state["step"] and not changed:
         return None, dict(step=total, checkpoint=str(ck))
-    from .checkpoint import load_tokenizer
-    tok = load_tokenizer(ck, cfg.vocab_size)
+    tok = load_run_tokenizer(ck, cfg.vocab_size)
     return (pc, changed, total, cfg, params, state, opt_arrays, tok), None
 
 
@@ -299,6 +207,115 @@ def _threads(pc, w):
     return max(1, min(cores // w.local_size, kernels.get_threads()))
 
 
+class _Position:
+    """Where in the data the run is: (epoch, index), advanced with every step."""
+
+    def __init__(self, data, batch_size, epoch=0, index=0):
+        self.data, self.B, self.epoch, self.index = data, batch_size, epoch, index
+
+    def next(self):  # -> (batch, advance): the loop advances once the step is counted
+        if self.index >= self.data.num_batches(self.B, self.epoch):
+            self.epoch, self.index = self.epoch + 1, 0
+        return self.data.batch(self.epoch, self.index, self.B), self.advance
+
+    def advance(self):
+        self.index += 1
+
+
+def _tokenizer_and_model(pc, r, train_c, say):
+    """A new run: the tokenizer (given, or trained on the training split) and the model;
+    a resumed one: the checkpoint's, the tokenizer checked against it."""
+    if r.state is not None:
+        check_tokenizer(r.tok, r.cfg.vocab_size, r.state.get("tokenizer_sha256"))
+        return r.tok, AlbertForPreTraining(r.cfg, params=r.params)
+    if pc.tokenizer:
+        from .tokenizer import AlbertTokenizer
+        tok = AlbertTokenizer(pc.tokenizer)
+    else:
+        t0 = time.time()
+        from .tokenizer import train_tokenizer
+        tok = train_tokenizer(train_c.sentences(), pc.vocab_size)
+        say(f"tokenizer: {tok.vocab_size} pieces trained in {time.time() - t0:.1f} s")
+    return tok, AlbertForPreTraining(_model_config(pc, tok.vocab_size), seed=pc.seed)
+
+
+def _eval_batches(held_tc, tok, pc, w, say):
+    """The held-out set every evaluation uses (the root's; empty when it is too small)."""
+    if not w.is_root:
+        return []
+    try:
+        return eval_set(held_tc, tok, pc.seq_len, pc.batch_size, pc.eval_batches, pc.seed + 1)
+    except DataError:
+        say("note: the held-out split is too small for one evaluation batch; no evaluation")
+        return []
+
+
+def _build(pc, r, w, say):
+    """Corpus, tokenizer, model, data and held-out set of a run (new or resumed) -> r."""
+    r.corpus = corpus = load_corpus(pc.corpus, pc.format)
+    check_same(w, "the corpus (its SHA-256)", corpus.checksum)
+    if r.state is not None and corpus.checksum != r.state["corpus_sha256"] and w.is_root:
+        print(f"warning: the corpus changed since the checkpoint was written (SHA-256 "
+              f"{r.state['corpus_sha256'][:12]}… then, {corpus.checksum[:12]}… now); "
+              "continuing on the new one", file=sys.stderr)
+    train_c, held_c = corpus.split(pc.heldout_fraction)
+    r.tok, r.model = _tokenizer_and_model(pc, r, train_c, say)
+    r.cfg = r.model.config
+    check_same(w, "the tokenizer (its SHA-256)", r.tok.checksum)
+    if w.size > 1:  # a CRC of every weight: only worth computing when there are ranks
+        check_same(w, "the initial weights", checksum(r.model.params))
+    r.model.unpad = True  # no work on padding (the same loss and gradients: chapter 10)
+    tc = tokenize_corpus(train_c, r.tok, r.out / "cache")
+    r.data = PretrainingData(tc, r.tok, pc.seq_len, seed=pc.seed)
+    if r.data.num_batches(pc.batch_size) < 1:
+        raise DataError(f"the training split has {len(r.data.instances(0))} instances, fewer "
+                        f"than one batch of {pc.batch_size}: give more text or a smaller "
+                        "--batch-size")
+    r.eval_batches = _eval_batches(tokenize_corpus(held_c, r.tok, r.out / "cache"), r.tok, pc,
+                                   w, say)
+    r.unigram = unigram_cross_entropy(tc.tokens, r.cfg.vocab_size, r.eval_batches) \
+        if r.eval_batches else None
+    r.opt = make_optimizer(pc.optimizer, weight_decay=pc.weight_decay, **(
+        {"exclude": no_decay} if pc.optimizer == "adamw" else {}))
+    if r.state is not None:
+        r.opt.load_state_dict(r.opt_arrays, r.state["optimizer"])
+    return r
+
+
+def _describe(pc, r, w):
+    cfg = r.cfg
+    n_params = sum(v.size for v in r.model.params.values())
+    return (f"model: {cfg.describe_layers()}, H {cfg.hidden_size}, E {cfg.embedding_size}, "
+            f"V {cfg.vocab_size}: {n_params:,} parameters; {pc.optimizer} lr {pc.lr}, "
+            f"batch {pc.batch_size} × {pc.seq_len}; corpus {r.corpus.info.get('source')} "
+            f"({r.corpus.info['sentences']} sentences, SHA-256 {r.corpus.checksum[:12]}…); "
+            f"{kernels.get_threads()} threads" + (
+                f" × {w.size} ranks ({pc.micro_batches // w.size} micro-batch(es) each, "
+                f"{'deterministic' if pc.deterministic else 'MPI'} sum)" if w.size > 1 else ""))
+
+
+def _open(pc, given, resume, overwrite, w):
+    """The run folder, threads and (resuming) the checkpoint's state -> (run, done): done is
+    the summary when there is nothing left to do."""
+    r = types.SimpleNamespace(out=pathlib.Path(pc.out), state=None, changed={}, pc=pc)
+    r.rd = on_root(w, lambda: RunDir(r.out, resume=resume, overwrite=overwrite)) or \
+        FollowerRunDir(r.out)
+    w.barrier()  # the root has made (or emptied) the folder
+    kernels.set_threads(_threads(pc, w))
+    keep_freed_memory()  # a step reuses the last step's pages (memory.py)
+    if resume:
+        resumed, done = _resume_state(r.out, pc, given)
+        if resumed is None:
+            if w.is_root:
+                print(f"{r.out}: the run is already at step {done['step']} of {done['step']}: "
+                      "nothing to do (give --steps to train further)")
+            return r, r.rd.read_summary() or done
+        (r.pc, r.changed, r.total, r.cfg, r.params, r.state, r.opt_arrays, r.tok) = resumed
+    check_settings(r.pc)
+    my_pieces(w, r.pc.micro_batches)  # a clear error now if the ranks cannot share a batch
+    return r, None
+
+
 def pretrain(pc=None, resume=False, overwrite=False, **overrides):
     """Pretrain AlbertForPreTraining. Returns a summary dict (also written to summary.json).
 
@@ -310,189 +327,101 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
     Started by an MPI launcher (or with ``distributed=True``), each rank runs this same
     function on its share of every batch (distributed.py); the root alone writes."""
     given = given_settings(PretrainConfig, pc, overrides)
-    pc = dataclasses.replace(pc or PretrainConfig(), **overrides)
-    out = pathlib.Path(pc.out)
     t_start = time.time()
+    pc = dataclasses.replace(pc or PretrainConfig(), **overrides)
     w = world(pc.distributed)
-    rd = on_root(w, lambda: RunDir(out, resume=resume, overwrite=overwrite)) or \
-        FollowerRunDir(out)
-    w.barrier()  # the root has made (or emptied) the folder
-    kernels.set_threads(_threads(pc, w))
-    keep_freed_memory()  # a step reuses the last step's pages (memory.py)
-    state, changed = None, {}
-    if resume:
-        resumed, done = _resume_state(out, pc, given)
-        if resumed is None:
-            if w.is_root:
-                print(f"{out}: the run is already at step {done['step']} of {done['step']}: "
-                      "nothing to do (give --steps to train further)")
-            return rd.read_summary() or done
-        pc, changed, total, cfg, params, state, opt_arrays, tok = resumed
-    say = print if w.is_root else (lambda *a, **k: None)
-    check_settings(pc)
-    my_pieces(w, pc.micro_batches)  # a clear error now if the ranks cannot share a batch
-
-    corpus = load_corpus(pc.corpus, pc.format)
-    check_same(w, "the corpus (its SHA-256)", corpus.checksum)
-    if state is not None and corpus.checksum != state["corpus_sha256"] and w.is_root:
-        print(f"warning: the corpus changed since the checkpoint was written (SHA-256 "
-              f"{state['corpus_sha256'][:12]}… then, {corpus.checksum[:12]}… now); "
-              "continuing on the new one", file=sys.stderr)
-    train_c, held_c = corpus.split(pc.heldout_fraction)
-    if state is None:
-        if pc.tokenizer:
-            from .tokenizer import AlbertTokenizer
-            tok = AlbertTokenizer(pc.tokenizer)
-        else:
-            t0 = time.time()
-            from .tokenizer import train_tokenizer
-            tok = train_tokenizer(train_c.sentences(), pc.vocab_size)
-            say(f"tokenizer: {tok.vocab_size} pieces trained in {time.time() - t0:.1f} s")
-        cfg = _model_config(pc, tok.vocab_size)
-        model = AlbertForPreTraining(cfg, seed=pc.seed)
-    else:
-        check_tokenizer(tok, cfg.vocab_size, state.get("tokenizer_sha256"))
-        model = AlbertForPreTraining(cfg, params=params)
-    check_same(w, "the tokenizer (its SHA-256)", tok.checksum)
-    if w.size > 1:  # a CRC of every weight: only worth computing when there are ranks
-        check_same(w, "the initial weights", checksum(model.params))
-    model.unpad = True  # no work on padding (the same loss and gradients: chapter 10)
-    tc = tokenize_corpus(train_c, tok, out / "cache")
-    held_tc = tokenize_corpus(held_c, tok, out / "cache")
-    data = PretrainingData(tc, tok, pc.seq_len, seed=pc.seed)
-    if data.num_batches(pc.batch_size) < 1:
-        raise DataError(f"the training split has {len(data.instances(0))} instances, fewer "
-                        f"than one batch of {pc.batch_size}: give more text or a smaller "
-                        "--batch-size")
-    eval_batches = []
-    if w.is_root:
-        try:
-            held = PretrainingData(held_tc, tok, pc.seq_len, seed=pc.seed + 1)
-            n_eval = min(pc.eval_batches, held.num_batches(pc.batch_size))
-            eval_batches = [held.batch(0, i, pc.batch_size) for i in range(n_eval)]
-        except DataError:
-            eval_batches = []
-        if not eval_batches:
-            say("note: the held-out split is too small for one evaluation batch; no evaluation")
-    unigram = unigram_cross_entropy(tc.tokens, cfg.vocab_size, eval_batches) if eval_batches else None
-    opt = make_optimizer(pc.optimizer, weight_decay=pc.weight_decay, **(
-        {"exclude": no_decay} if pc.optimizer == "adamw" else {}))
-    if state is not None:
-        opt.load_state_dict(opt_arrays, state["optimizer"])
-        step, epoch, index = state["step"], state["epoch"], state["index"]
-    else:
-        step = epoch = index = 0
-        total = pc.steps if pc.steps is not None else \
-            _calibrate(model, data, pc, eval_batches, t_start, say, w)
-    warmup = int(pc.warmup * total)
-    run = {k: v for k, v in dataclasses.asdict(pc).items()}
-    n_params = sum(v.size for v in model.params.values())
-    say(f"model: {cfg.describe_layers()}, H {cfg.hidden_size}, E {cfg.embedding_size}, "
-        f"V {cfg.vocab_size}: {n_params:,} parameters; {pc.optimizer} lr {pc.lr}, "
-        f"batch {pc.batch_size} × {pc.seq_len}; corpus {corpus.info.get('source')} "
-        f"({corpus.info['sentences']} sentences, SHA-256 {corpus.checksum[:12]}…); "
-        f"{kernels.get_threads()} threads" + (
-            f" × {w.size} ranks ({pc.micro_batches // w.size} micro-batch(es) each, "
-            f"{'deterministic' if pc.deterministic else 'MPI'} sum)" if w.size > 1 else ""))
-    kept = on_root(w, lambda: rd.start_log(resume_step=step if state is not None else None))
-    ev, ev_step = next(((r, r["step"]) for r in reversed(kept or []) if r.get("eval")),
-                       (None, None))
-    if changed:
-        rd.log(resumed=True, step=step, changed=changed)
+    r, done = _open(pc, given, resume, overwrite, w)
+    if done is not None:
+        return done
+    pc, say = r.pc, (print if w.is_root else (lambda *a, **k: None))
+    _build(pc, r, w, say)
+    st = r.state or {}
+    pos = _Position(r.data, pc.batch_size, st.get("epoch", 0), st.get("index", 0))
+    step = st.get("step", 0)
+    if r.state is None:
+        r.total = pc.steps if pc.steps is not None else \
+            _calibrate(r.model, r.data, pc, r.eval_batches, t_start, say, w)
+    say(_describe(pc, r, w))
+    kept = on_root(w, lambda: r.rd.start_log(resume_step=step if r.state is not None else None))
+    r.ev, r.ev_step = next(((e, e["step"]) for e in reversed(kept or []) if e.get("eval")),
+                           (None, None))
+    if r.changed:
+        r.rd.log(resumed=True, step=step, changed=r.changed)
         say(f"resumed at step {step} with changed settings: " +
-            ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
-    grads = FlatGradients(model.params,
+            ", ".join(f"{k} {a} -> {b}" for k, (a, b) in r.changed.items()))
+    grads = FlatGradients(r.model.params,
                           rows=len(my_pieces(w, pc.micro_batches)) if pc.deterministic else 0)
-    check_every = pc.eval_every or 50
-    last_ck = None
+    r.tokens_seen, t_loop = 0, time.time()
+    end = run_loop(
+        r.model, r.opt, grads, w, step=step, total=r.total, next_batch=pos.next,
+        do_step=lambda b, s, ck: train_step(
+            r.model, grads, b, micro_batches=pc.micro_batches, seed=pc.seed, step=s,
+            clip=pc.clip, w=w, last_ck=ck, forward_kw=dict(mlm_path=pc.mlm_path)),
+        lr_at=lambda s: learning_rate(s, pc.lr, r.total, int(pc.warmup * r.total), pc.schedule),
+        log=lambda s, rec, b, dt: _log_step(r, s, rec, b, dt, pos, t_start),
+        checkpoint=lambda s: _checkpoint(r, s, pos, w), evaluate=lambda s: _evaluate(r, s),
+        save_every=pc.save_every, stop_after=pc.stop_after, progress=pc.progress,
+        check_every=pc.eval_every or 50, out=r.out)
+    if end.interrupted:
+        return interrupted_summary(end, w)
+    return _finish(r, end, w, t_start, t_loop, say)
 
-    def checkpoint():
-        st = dict(epoch=epoch, index=index, total_steps=total, run=run,
-                  corpus_sha256=corpus.checksum, corpus_info=corpus.info,
-                  python=corpus.info.get("python"), threads=kernels.get_threads(),
-                  ranks=w.size)
-        return on_root(w, lambda: rd.save(step, model.params, cfg, st, opt, tok))
 
-    def run_eval():
-        if not eval_batches:
-            return None
-        e = evaluate_batches(model, eval_batches, pc.mlm_path)
-        rd.log(eval=True, step=step, unigram=unigram, **e)
-        return e
+def _log_step(r, step, rec, batch, dt, pos, t_start):
+    ntok = int(batch["attention_mask"].sum())
+    r.tokens_seen += ntok
+    r.rd.log(step=step, **rec, tokens_per_s=ntok / dt, epoch=pos.epoch,
+             elapsed=time.time() - t_start)
 
-    bar = progress_bar(pc.progress and w.is_root, total, step)
-    tokens_seen = 0
-    t_loop = time.time()
-    interrupted = updating = hard = False
-    with StopRequests() as stop:
-        try:
-            while step < total and not w.any(stop.requested):
-                if index >= data.num_batches(pc.batch_size, epoch):
-                    epoch, index = epoch + 1, 0
-                batch = data.batch(epoch, index, pc.batch_size)
-                t0 = time.perf_counter()
-                rec = _train_step(model, grads, batch, pc, step, last_ck, w)
-                lr = learning_rate(step, pc.lr, total, warmup, pc.schedule)
-                updating = True  # params are half-updated until the step is counted
-                opt.step(model.params, grads.views, lr)
-                step += 1
-                index += 1
-                updating = False
-                dt = time.perf_counter() - t0
-                ntok = int(batch["attention_mask"].sum())
-                tokens_seen += ntok
-                rd.log(step=step, **rec, lr=lr, tokens_per_s=ntok / dt, epoch=epoch,
-                       elapsed=time.time() - t_start)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", mlm_acc=f"{rec['mlm_acc']:.3f}",
-                                    sop_acc=f"{rec['sop_acc']:.2f}", tok_s=f"{ntok / dt:.0f}")
-                    bar.update(1)
-                if w.size > 1 and step % check_every == 0:
-                    check_same(w, f"the weights after step {step}", checksum(model.params))
-                if pc.eval_every and step % pc.eval_every == 0:
-                    ev, ev_step = run_eval(), step
-                    if bar is not None and ev:
-                        bar.write(f"step {step}: held-out MLM loss {ev['mlm_loss']:.3f} (unigram "
-                                  f"{unigram:.3f}), MLM acc {ev['mlm_acc']:.3f}, SOP acc "
-                                  f"{ev['sop_acc']:.3f}")
-                if pc.save_every and step % pc.save_every == 0:
-                    last_ck = checkpoint()
-                if pc.stop_after is not None and step >= pc.stop_after:
-                    interrupted = True
-                    break
-        except KeyboardInterrupt:  # a second Ctrl-C: stop at once
-            if bar is not None:
-                bar.close()
-            if updating:
-                return stopped_inside_a_step(out, step)
-            interrupted = hard = True
-        if bar is not None:
-            bar.close()
-        interrupted = interrupted or (stop.requested and step < total)
-        interrupted = w.any(interrupted)
-        last_ck = checkpoint()
-    if interrupted:
-        code = stop.exit_code if stop.requested else 130 if hard else 0
-        say(f"interrupted at step {step}: checkpoint {last_ck} (continue with --resume)")
-        return dict(interrupted=True, step=step, checkpoint=str(last_ck), exit_code=code)
-    if ev_step != step:  # not evaluated at this step yet
-        ev = run_eval()
-    wall = time.time() - t_start
-    summary = dict(step=step, checkpoint=str(last_ck), wall_seconds=wall,
-                   train_seconds=time.time() - t_loop,
-                   tokens_per_s=tokens_seen / max(time.time() - t_loop, 1e-9),
-                   unigram_cross_entropy=unigram, heldout=ev, python=corpus.info.get("python"),
-                   corpus_sha256=corpus.checksum, threads=kernels.get_threads(), ranks=w.size,
-                   optimizer=pc.optimizer, lr=pc.lr)
+
+def _checkpoint(r, step, pos, w):
+    st = dict(epoch=pos.epoch, index=pos.index, total_steps=r.total,
+              run=dataclasses.asdict(r.pc), corpus_sha256=r.corpus.checksum,
+              corpus_info=r.corpus.info, python=r.corpus.info.get("python"),
+              threads=kernels.get_threads(), ranks=w.size)
+    return on_root(w, lambda: r.rd.save(step, r.model.params, r.cfg, st, r.opt, r.tok))
+
+
+def _evaluate(r, step):
+    """Every eval_every steps: the held-out metrics, logged -> a line for the progress bar."""
+    if not (r.pc.eval_every and step % r.pc.eval_every == 0):
+        return None
+    r.ev, r.ev_step = _run_eval(r, step), step
+    if not r.ev or not r.pc.progress:
+        return None
+    return (f"step {step}: held-out MLM loss {r.ev['mlm_loss']:.3f} (unigram "
+            f"{r.unigram:.3f}), MLM acc {r.ev['mlm_acc']:.3f}, SOP acc {r.ev['sop_acc']:.3f}")
+
+
+def _run_eval(r, step):
+    if not r.eval_batches:
+        return None
+    e = evaluate_batches(r.model, r.eval_batches, r.pc.mlm_path)
+    r.rd.log(eval=True, step=step, unigram=r.unigram, **e)
+    return e
+
+
+def _finish(r, end, w, t_start, t_loop, say):
+    """The end of a run that reached its total: a last evaluation, summary.json, curves."""
+    step, ev = end.step, r.ev
+    if r.ev_step != step:  # not evaluated at this step yet
+        ev = _run_eval(r, step)
+    wall, train_s = time.time() - t_start, time.time() - t_loop
+    summary = dict(step=step, checkpoint=str(end.checkpoint), wall_seconds=wall,
+                   train_seconds=train_s, tokens_per_s=r.tokens_seen / max(train_s, 1e-9),
+                   unigram_cross_entropy=r.unigram, heldout=ev,
+                   python=r.corpus.info.get("python"), corpus_sha256=r.corpus.checksum,
+                   threads=kernels.get_threads(), ranks=w.size, optimizer=r.pc.optimizer,
+                   lr=r.pc.lr)
     if not w.is_root:
         return summary
-    rd.write_summary(summary)
-    png = plot_pretraining(out / "log.jsonl", out / "curves.png")
+    r.rd.write_summary(summary)
+    png = plot_pretraining(r.out / "log.jsonl", r.out / "curves.png")
     say(f"done: {step} steps in {wall / 60:.1f} min ({summary['tokens_per_s']:.0f} tokens/s)")
     if ev:
-        say(f"held-out: MLM loss {ev['mlm_loss']:.3f} vs unigram {unigram:.3f}, MLM accuracy "
-            f"{ev['mlm_acc']:.3f}, SOP accuracy {ev['sop_acc']:.3f}")
-    say(f"checkpoint: {last_ck}; log: {out / 'log.jsonl'}; " +
+        say(f"held-out: MLM loss {ev['mlm_loss']:.3f} vs unigram {r.unigram:.3f}, MLM "
+            f"accuracy {ev['mlm_acc']:.3f}, SOP accuracy {ev['sop_acc']:.3f}")
+    say(f"checkpoint: {end.checkpoint}; log: {r.out / 'log.jsonl'}; " +
         (f"curves: {png}" if png else "no plot (pip install matplotlib, or -e '.[plot]')"))
     return summary
 
@@ -501,7 +430,7 @@ def pretrain(pc=None, resume=False, overwrite=False, **overrides):
 
 def load_pretrained(path):
     """-> (AlbertForPreTraining, AlbertTokenizer, state) from a run or checkpoint folder."""
-    from .checkpoint import check_finite, load_tokenizer
+    from .checkpoint import check_finite, load_run_tokenizer
 
     cfg, params, state, _, ck = load_checkpoint(path)
     head = state.get("head", "pretraining")
@@ -509,7 +438,7 @@ def load_pretrained(path):
         raise CheckpointError(f"{ck} holds a fine-tuned model (head {head!r}); this needs a "
                               "pretraining checkpoint (minialbert pretrain's run folder)")
     check_finite(params, ck)
-    tok = load_tokenizer(ck, cfg.vocab_size)
+    tok = load_run_tokenizer(ck, cfg.vocab_size)
     check_tokenizer(tok, cfg.vocab_size, state.get("tokenizer_sha256"))
     return AlbertForPreTraining(cfg, params=params), tok, state
 
@@ -527,7 +456,7 @@ def eval_set(tcorpus, tok, seq_len, batch_size, batches, seed):
 
 def _load_hf_for_evaluation(path):
     from .checkpoint import check_finite
-    from .hf import from_pretrained, load_tokenizer as load_folder_tokenizer
+    from .hf import from_pretrained, load_folder_tokenizer
 
     model = from_pretrained(path, verbose=False)
     if model.head not in ("pretraining", "masked_lm"):

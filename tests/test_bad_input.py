@@ -11,7 +11,7 @@ from minialbert.checkpoint import save_checkpoint
 from minialbert.cli import main
 from minialbert.config import preset
 from minialbert.corpus import default_corpus
-from minialbert.model import AlbertForPreTraining
+from minialbert.heads import AlbertForPreTraining
 from minialbert.tokenizer import train_tokenizer
 
 SMALL = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,

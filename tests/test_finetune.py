@@ -10,7 +10,7 @@ from minialbert.config import AlbertConfig
 from minialbert.corpus import default_corpus
 from minialbert.finetune import FinetuneConfig, finetune, layerwise_lr_scales
 from minialbert.inference import Predictor, load_model
-from minialbert.model import AlbertForPreTraining
+from minialbert.heads import AlbertForPreTraining
 from minialbert.optim import AdamW
 from minialbert.tasks import (AREAS, QAExample, TaskError, default_task, qa_decode, qa_features,
                               read_tsv, squad_scores, tsv_task)

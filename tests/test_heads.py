@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from minialbert.gradcheck import gradcheck
 from minialbert.heads import MODEL_CLASSES, AlbertForMultipleChoice, AlbertForQuestionAnswering
-from minialbert.model import WORD, parameter_shapes
+from minialbert.heads import parameter_shapes
+from minialbert.params import WORD
 from reference import assert_close, assert_grads_match, hf_from_params, n, require
 from test_model import tiny
 

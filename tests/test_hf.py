@@ -20,7 +20,8 @@ from minialbert.checkpoint import load_checkpoint, save_checkpoint
 from minialbert.config import AlbertConfig, preset
 from minialbert.corpus import default_corpus
 from minialbert.heads import MODEL_CLASSES
-from minialbert.model import WORD, AlbertForPreTraining
+from minialbert.heads import AlbertForPreTraining
+from minialbert.params import WORD
 from minialbert.tokenizer import TokenizerError, train_tokenizer
 from reference import assert_close, n, require
 from test_heads import CASES
@@ -79,7 +80,7 @@ def test_full_size_albert_base_both_ways(spiece, tmp_path):
     # theirs -> ours: the same tokenization and the same outputs
     model, report = hf.from_pretrained(src, output_loading_info=True)
     assert isinstance(model, AlbertForPreTraining) and report.clean, str(report)
-    ours_tok = hf.load_tokenizer(src)
+    ours_tok = hf.load_folder_tokenizer(src)
     their_tok = transformers.AlbertTokenizer.from_pretrained(src)
     enc = ours_tok.batch_encode(TEXTS)
     ref = their_tok(TEXTS, padding=True, return_tensors="np", return_token_type_ids=True)
@@ -283,13 +284,13 @@ def test_tokenizer_json_only_folder(spiece, tmp_path, monkeypatch):
     tok, tok_dir = spiece
     transformers.AlbertTokenizer.from_pretrained(tok_dir).save_pretrained(tmp_path)
     assert not (tmp_path / "spiece.model").exists()
-    jt = hf.load_tokenizer(tmp_path)
+    jt = hf.load_folder_tokenizer(tmp_path)
     for t in TEXTS:
         assert jt(t)["input_ids"] == tok(t)["input_ids"], t
     assert jt.decode(jt.encode(TEXTS[0])) == tok.decode(tok.encode(TEXTS[0]))
     monkeypatch.setitem(sys.modules, "tokenizers", None)
     with pytest.raises(TokenizerError, match="spiece.model"):
-        hf.load_tokenizer(tmp_path)
+        hf.load_folder_tokenizer(tmp_path)
 
 
 def test_convert_both_ways_with_the_cli(spiece, tmp_path):
@@ -332,7 +333,7 @@ def test_real_albert_base_v2_matches_transformers():
                                     allow_pickle=not os.path.exists(
                                         os.path.join(path, "model.safetensors")))
     assert not rep.missing, str(rep)
-    tok = hf.load_tokenizer(path)
+    tok = hf.load_folder_tokenizer(path)
     theirs = transformers.AlbertForMaskedLM.from_pretrained(path, attn_implementation="eager")
     enc = tok.batch_encode(TEXTS)
     out, _ = model.forward(**enc)

@@ -10,15 +10,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "minialbert"
 LADDER = [
     ("settings and tools that import nothing of minialbert",
      {"config", "options", "normalize", "memory", "gradcheck", "optim"}),
+    ("the parameters: names, shapes, initialisation, counts", {"params"}),
     ("kernels", {"kernels"}),
     ("layers", {"layers"}),
-    ("model: embeddings, encoder, pooler, the pretraining and masked-LM heads", {"model"}),
-    ("heads for fine-tuning", {"heads"}),
+    ("model: embeddings, encoder, pooler (AlbertModel)", {"model"}),
+    ("heads: pretraining, masked LM, fine-tuning; the registry of model classes", {"heads"}),
     ("file formats and data: checkpoints, the run folder, Hugging Face folders, tokenizer, "
      "corpus, data",
      {"checkpoint", "rundir", "hf", "tokenizer", "corpus", "data", "tasks"}),
-    ("running: data parallelism, training, fine-tuning, inference, tools",
-     {"distributed", "train", "finetune", "inference", "demo", "profiler", "book",
+    ("running: data parallelism, the training step and loop, training, fine-tuning, inference, tools",
+     {"distributed", "loop", "train", "finetune", "inference", "demo", "profiler", "book",
       "lookinside", "plots"}),
     ("the command line", {"cli"}),
 ]

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from minialbert.config import AlbertConfig, preset
 from minialbert.gradcheck import gradcheck
-from minialbert.model import (WORD, AlbertForPreTraining, count_parameters, init_params,
-                              layer_prefixes, zeros_like_params)
+from minialbert.heads import AlbertForPreTraining, count_parameters, init_params
+from minialbert.params import WORD, layer_prefixes, zeros_like_params
 from reference import assert_close, assert_grads_match, hf_from_params, n, require
 
 CONFIGS = {
@@ -314,7 +314,7 @@ def test_padding_removed_gives_the_same_loss_and_gradients(lens, extra, seed, ml
     m.unpad = True
     out_u, cache_u = m.forward(**b, mlm_path=mlm_path)
     g_u = m.backward(cache_u)
-    assert (cache_u["enc"][7] is not None) == (min(lens) < T)  # packed iff there is padding
+    assert (cache_u.enc.rows is not None) == (min(lens) < T)  # packed iff there is padding
     assert_close(out_u["loss"], out["loss"], rtol=1e-12, atol=1e-13)
     real = b["attention_mask"].astype(bool)
     assert_close(out_u["last_hidden_state"][real], out["last_hidden_state"][real], rtol=1e-10,
@@ -337,7 +337,7 @@ def test_padding_removed_matches_transformers_float32(rng):
     o = hf(**{k: torch.from_numpy(np.asarray(v)) for k, v in b.items()})
     o.loss.backward()
     out, cache = m.forward(**b)
-    assert cache["enc"][7] is not None
+    assert cache.enc.rows is not None
     assert_close(out["loss"], n(o.loss), rtol=1e-4, atol=1e-4, what="loss")
     grads = m.backward(cache)
     assert_grads_match(grads, {k: n(p.grad) for k, p in hf.named_parameters()}, np.float32)
@@ -351,14 +351,14 @@ def test_padding_kept_where_removing_it_would_change_the_result(rng):
     m = AlbertForPreTraining(tiny(), seed=0, dtype=np.float64)
     m.unpad = True
     b = _ragged_batch(rng, [5, 3], 5)
-    assert m.forward(**b, output_attentions=True)[1]["enc"][7] is None
+    assert m.forward(**b, output_attentions=True)[1].enc.rows is None
     left = dict(b, attention_mask=b["attention_mask"][:, ::-1].copy())
-    assert m.forward(**left)[1]["enc"][7] is None
+    assert m.forward(**left)[1].enc.rows is None
     empty = dict(b, attention_mask=np.array([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]]))
-    assert m.forward(**empty)[1]["enc"][7] is None
+    assert m.forward(**empty)[1].enc.rows is None
     qa = AlbertForQuestionAnswering(tiny(num_labels=2), seed=0, dtype=np.float64)
     qa.unpad = True
-    assert qa.forward(b["input_ids"], attention_mask=b["attention_mask"])[1]["enc"][7] is None
+    assert qa.forward(b["input_ids"], attention_mask=b["attention_mask"])[1].enc.rows is None
 
 
 def test_frozen_model_packs_once_and_gives_the_same_bits(rng):

@@ -201,9 +201,9 @@ def test_evaluate_on_a_transformers_folder_agrees_with_transformers(head, tok, t
     text.write_text("\n".join(list(default_corpus().sentences())[:400]))
     ev = evaluate_checkpoint(folder, [str(text)], batches=3, batch_size=4, seq_len=32)
     from minialbert.corpus import load_corpus
-    from minialbert.hf import load_tokenizer
-    batches = eval_set(tokenize_corpus(load_corpus([str(text)]), load_tokenizer(folder)),
-                       load_tokenizer(folder), 32, 4, 3, seed=1)
+    from minialbert.hf import load_folder_tokenizer
+    batches = eval_set(tokenize_corpus(load_corpus([str(text)]), load_folder_tokenizer(folder)),
+                       load_folder_tokenizer(folder), 32, 4, 3, seed=1)
     assert ev["set"].startswith("3 batches of 4 × 32 from all of")
     ref = getattr(transformers, model_class(head).__name__).from_pretrained(folder).eval()
     nll = ok = n = sop_ok = pairs = 0.0

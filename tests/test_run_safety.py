@@ -264,7 +264,7 @@ def test_finetune_from_a_hugging_face_folder(tmp_path):
     from minialbert.config import preset
     from minialbert.finetune import finetune
     from minialbert.hf import from_pretrained, save_pretrained
-    from minialbert.model import AlbertForPreTraining
+    from minialbert.heads import AlbertForPreTraining
     from minialbert.corpus import default_corpus
     from minialbert.tokenizer import train_tokenizer
     tok = train_tokenizer(default_corpus().sentences(), 1000)

@@ -21,7 +21,8 @@ above the rounding and below that one-line error. No dropout on either side
 import numpy as np
 import pytest
 
-from minialbert.model import AlbertForPreTraining, zeros_like_params
+from minialbert.heads import AlbertForPreTraining
+from minialbert.params import zeros_like_params
 from minialbert.optim import AdamW, clip_by_global_norm, no_decay
 from reference import assert_close, hf_from_params, n, require
 from test_model import batch, tiny

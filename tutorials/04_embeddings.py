@@ -18,7 +18,8 @@ from _common import QUICK, write_table  # noqa: E402
 from minialbert.config import AlbertConfig  # noqa: E402
 from minialbert.gradcheck import gradcheck  # noqa: E402
 from minialbert.kernels import embedding_backward, embedding_forward  # noqa: E402
-from minialbert.model import WORD, AlbertForPreTraining  # noqa: E402
+from minialbert.heads import AlbertForPreTraining  # noqa: E402
+from minialbert.params import WORD  # noqa: E402
 
 # %% [markdown]
 # ## Counting
@@ -74,7 +75,7 @@ ids = np.array([[2, 0, 5, 5, 9, 3]])  # a pad id 0 in the input
 labels = np.array([[-100, -100, 5, -100, 9, -100]])
 out, cache = m.forward(ids, labels=labels, sentence_order_label=np.array([0]))
 g = m.backward(cache)
-dlogits, e = cache["dlogits"], cache["mlm"][2]  # mlm cache: (x, m, e, ln)
+dlogits, e = cache.dlogits, cache.mlm.e  # heads.MLMCache: x, m, e, ln
 decoder_part = dlogits.T @ e  # [V, E]
 lookup_part = g[WORD] - decoder_part
 print("lookup gradient of row 0 (the pad id):", np.abs(lookup_part[0]).max())

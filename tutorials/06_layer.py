@@ -21,7 +21,8 @@ from minialbert.gradcheck import gradcheck  # noqa: E402
 from minialbert.kernels import activation, mask_bias  # noqa: E402
 from minialbert.layers import (Dropout, Sequences, attention_block_backward,  # noqa: E402
                                attention_block_forward, ffn_block_backward, ffn_block_forward)
-from minialbert.model import init_params, layer_prefixes, zeros_like_params  # noqa: E402
+from minialbert.heads import init_params  # noqa: E402
+from minialbert.params import layer_prefixes, zeros_like_params  # noqa: E402
 
 # %% [markdown]
 # ## gelu_new against exact gelu

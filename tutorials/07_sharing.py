@@ -17,8 +17,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import write_table  # noqa: E402
 
 from minialbert.config import AlbertConfig, preset  # noqa: E402
-from minialbert.model import (AlbertForPreTraining, count_parameters,  # noqa: E402
-                              layer_prefixes)
+from minialbert.heads import AlbertForPreTraining, count_parameters  # noqa: E402
+from minialbert.params import layer_prefixes  # noqa: E402
 
 # %% [markdown]
 # ## Table 3 of the paper: ALBERT-base, all-shared and not-shared, per E

@@ -19,7 +19,8 @@ from _common import OUT, QUICK, write_table  # noqa: E402
 
 from minialbert.config import AlbertConfig, preset  # noqa: E402
 from minialbert.gradcheck import gradcheck  # noqa: E402
-from minialbert.model import WORD, AlbertForPreTraining  # noqa: E402
+from minialbert.heads import AlbertForPreTraining  # noqa: E402
+from minialbert.params import WORD  # noqa: E402
 
 # %% [markdown]
 # ## The heads

@@ -17,7 +17,8 @@ from _common import QUICK, plt, savefig, write_table  # noqa: E402
 from minialbert.config import AlbertConfig  # noqa: E402
 from minialbert.corpus import default_corpus  # noqa: E402
 from minialbert.data import PretrainingData, tokenize_corpus  # noqa: E402
-from minialbert.model import AlbertForPreTraining, zeros_like_params  # noqa: E402
+from minialbert.heads import AlbertForPreTraining  # noqa: E402
+from minialbert.params import zeros_like_params  # noqa: E402
 from minialbert.optim import (AdamW, AdamWeightDecay, Lamb, clip_by_global_norm,  # noqa: E402
                               learning_rate, no_decay)
 from minialbert.tokenizer import train_tokenizer  # noqa: E402

@@ -101,7 +101,7 @@ from minialbert.corpus import default_corpus  # noqa: E402
 from minialbert.data import PretrainingData, tokenize_corpus  # noqa: E402
 from minialbert.demo import cpu_name  # noqa: E402
 from minialbert.kernels.matmul import ISA  # noqa: E402
-from minialbert.model import zeros_like_params  # noqa: E402
+from minialbert.params import zeros_like_params  # noqa: E402
 from minialbert.optim import make_optimizer  # noqa: E402
 from minialbert.profiler import KernelProfile  # noqa: E402
 import time  # noqa: E402

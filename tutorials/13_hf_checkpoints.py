@@ -46,7 +46,7 @@ print(sorted(p.name for p in (work / "hf").iterdir()))
 # %%
 model, report = hf.from_pretrained(work / "hf", output_loading_info=True)
 print(report)
-ours_tok = hf.load_tokenizer(work / "hf")
+ours_tok = hf.load_folder_tokenizer(work / "hf")
 their_tok = transformers.AlbertTokenizer.from_pretrained(work / "hf")
 texts = ["ALBERT shares one layer's weights across all twelve layers.",
          "Return a new sorted list from the items in iterable (3.14 is not 1,000)."]

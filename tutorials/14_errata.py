@@ -15,7 +15,7 @@ from _common import write_table  # noqa: E402
 
 from minialbert.config import preset  # noqa: E402
 from minialbert.kernels import mask_bias, softmax_forward  # noqa: E402
-from minialbert.model import count_parameters  # noqa: E402
+from minialbert.heads import count_parameters  # noqa: E402
 from minialbert.optim import learning_rate  # noqa: E402
 
 # %% [markdown]

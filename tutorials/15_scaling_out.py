@@ -20,7 +20,7 @@ from _common import OUT, QUICK, plt, savefig, write_table  # noqa: E402
 from minialbert.config import preset  # noqa: E402
 from minialbert.demo import blas_info, cpu_name, data_parallel_runs, mpiexec_path  # noqa: E402
 from minialbert.kernels.matmul import ISA  # noqa: E402
-from minialbert.model import AlbertForPreTraining, count_parameters  # noqa: E402
+from minialbert.heads import AlbertForPreTraining, count_parameters  # noqa: E402
 
 machine = f"{cpu_name()}, {ISA}, BLAS {blas_info()}"
 print("machine:", machine)
@@ -51,7 +51,7 @@ batch = dict(input_ids=ids, token_type_ids=np.zeros((B, T), np.int64),
 def grads_of(rows, scale):
     mb = {key: v[rows] for key, v in batch.items()}
     o, c = m.forward(**mb, mlm_path="masked")
-    g = m.backward(c, dlogits=c["dlogits"] * scale, dsop_logits=c["dsop"] * scale)
+    g = m.backward(c, scale=scale)
     return float(o["loss"]), np.concatenate([g[n].ravel() for n in sorted(g)])
 
 

@@ -43,38 +43,79 @@ from .matmul import (PackedWeight, bias_add, bias_grad, matmul_nn, matmul_nt, ma
 from .norm import layernorm_backward, layernorm_forward
 from .softmax import mask_bias, softmax_backward, softmax_forward
 
+import numpy as np  # noqa: E402
 
-def warmup():
+
+def _warm_matmul(dt, a):
+    matmul_nt(a, a)
+    matmul_nn(a, a.T.copy())
+    matmul_tn(a, a)
+    bias_add(a.copy(), a[0])
+    bias_grad(a, np.zeros(6, dt))
+
+
+def _warm_matmul_steps(dt, a):
+    matmul_nt_naive(a, a)
+    matmul_nt_4x4(a, a)
+
+
+def _warm_rows(dt, a):
+    sm = softmax_forward(a, mask_bias(np.ones((1, 6)), dt))
+    softmax_backward(a, sm)
+    cross_entropy(a, np.array([0, 1, -100, 2, 3], dtype=np.int64))
+    y, keep = dropout_forward(a, 0.5, dropout_key(0, 0, 0))
+    dropout_backward(a, keep, 0.5)
+
+
+def _warm_layernorm(dt, a):
+    y, m, r = layernorm_forward(a, a[0], a[0], 1e-12)
+    layernorm_backward(a, a, m, r, a[0], np.zeros(6, dt), np.zeros(6, dt))
+
+
+def _warm_elementwise(dt, a):
+    for f, b in (activation("gelu_new"), activation("gelu"), activation("relu")):
+        b(a.ravel(), a.ravel())
+        f(a.ravel())
+    ids = np.array([0, 1, 1], dtype=np.int64)
+    embedding_backward(ids, embedding_forward(ids, a), np.zeros_like(a), 0)
+    embedding_backward_naive(ids, a[:3], np.zeros_like(a), 0)
+
+
+def _warm_attention(dt, a, rows=False):
+    q = np.ones((1, 3, 4), dtype=dt)
+    mb = mask_bias(np.ones((1, 3)), dt)
+    fwd, bwd = ((attention.attention_forward_rows, attention.attention_backward_rows) if rows
+                else (attention.attention_forward, attention.attention_backward))
+    for p in (0.0, 0.5):
+        ctx, probs = fwd(q, q, q, mb, 2, p, np.uint64(1))
+        bwd(q, q, q, q, probs, 2, p, np.uint64(1))
+
+
+# the kernel groups, the slowest to compile first (about 160 s in all, cold, on one core)
+_WARMUP = (_warm_attention, _warm_matmul, lambda dt, a: _warm_attention(dt, a, rows=True),
+           _warm_rows, _warm_elementwise, _warm_layernorm, _warm_matmul_steps)
+
+
+def warmup(processes=1, part=None):
     """Compile (or load from Numba's cache) every kernel for float32 and float64, so
-    that the first real call is not the one that pays for compilation."""
-    import numpy as np
+    that the first real call is not the one that pays for compilation.
 
-    for dt in (np.float32, np.float64):
-        a = np.ones((5, 6), dtype=dt)
-        matmul_nt(a, a)
-        matmul_nn(a, a.T.copy())
-        matmul_tn(a, a)
-        matmul_nt_naive(a, a)
-        matmul_nt_4x4(a, a)
-        bias_add(a.copy(), a[0])
-        bias_grad(a, np.zeros(6, dt))
-        sm = softmax_forward(a, mask_bias(np.ones((1, 6)), dt))
-        softmax_backward(a, sm)
-        y, m, r = layernorm_forward(a, a[0], a[0], 1e-12)
-        layernorm_backward(a, a, m, r, a[0], np.zeros(6, dt), np.zeros(6, dt))
-        for f, b in (activation("gelu_new"), activation("gelu"), activation("relu")):
-            b(a.ravel(), a.ravel())
-            f(a.ravel())
-        ids = np.array([0, 1, 1], dtype=np.int64)
-        embedding_backward(ids, embedding_forward(ids, a), np.zeros_like(a), 0)
-        embedding_backward_naive(ids, a[:3], np.zeros_like(a), 0)
-        cross_entropy(a, np.array([0, 1, -100, 2, 3], dtype=np.int64))
-        y, keep = dropout_forward(a, 0.5, dropout_key(0, 0, 0))
-        dropout_backward(a, keep, 0.5)
-        q = np.ones((1, 3, 4), dtype=dt)
-        mb = mask_bias(np.ones((1, 3)), dt)
-        for p in (0.0, 0.5):
-            ctx, probs = attention.attention_forward(q, q, q, mb, 2, p, np.uint64(1))
-            attention.attention_backward(q, q, q, q, probs, 2, p, np.uint64(1))
-            ctx, probs = attention.attention_forward_rows(q, q, q, mb, 2, p, np.uint64(1))
-            attention.attention_backward_rows(q, q, q, q, probs, 2, p, np.uint64(1))
+    ``processes > 1`` compiles cold kernels that many at a time: each child process
+    compiles its share into Numba's cache (``part`` = (i, n): the i-th of n shares), then
+    this process loads them all from it (about 1 s when the cache is warm)."""
+    jobs = [(f, dt) for f in _WARMUP for dt in (np.float32, np.float64)]
+    if part is not None:  # dealt out in a snake (0 1 1 0 0 1 ...): the shares take as long
+        i, n = part
+        jobs = [j for k, j in enumerate(jobs)
+                if (k % n if (k // n) % 2 == 0 else n - 1 - k % n) == i]
+    elif processes > 1:
+        import subprocess
+        import sys
+        code = "import sys; from minialbert.kernels import warmup; " \
+               "warmup(part=(int(sys.argv[1]), int(sys.argv[2])))"
+        children = [subprocess.Popen([sys.executable, "-c", code, str(i), str(processes)])
+                    for i in range(processes)]
+        for c in children:  # a child that failed leaves its kernels to this process
+            c.wait()
+    for f, dt in jobs:
+        f(dt, np.ones((5, 6), dtype=dt))
