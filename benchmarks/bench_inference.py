@@ -19,11 +19,11 @@ import time
 
 import numpy as np
 
-CONFIGS = {
-    "tiny": dict(vocab_size=8000, embedding_size=128, hidden_size=256, num_hidden_layers=4,
-                 num_attention_heads=4, intermediate_size=1024),
-    "base": dict(vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12,
-                 num_attention_heads=12, intermediate_size=3072),
+from minialbert.config import preset, shape_of  # noqa: E402
+
+CONFIGS = {  # the model's sizes, from config.preset
+    "tiny": shape_of(preset("tiny")),
+    "base": shape_of(preset("albert-base-v2", vocab_size=30000)),
 }
 SHAPES = [("a sentence", 1, 32), ("a long sentence", 1, 128), ("a batch", 32, 128)]
 

@@ -27,11 +27,12 @@ import time
 
 import numpy as np
 
+from minialbert.config import preset, shape_of  # noqa: E402
+
+# (the model's sizes, from config.preset; batch; sequence length)
 CONFIGS = {
-    "tiny": (dict(vocab_size=8000, embedding_size=128, hidden_size=256, num_hidden_layers=4,
-                  num_attention_heads=4, intermediate_size=1024), 32, 128),
-    "base": (dict(vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12,
-                  num_attention_heads=12, intermediate_size=3072), 8, 128),
+    "tiny": (shape_of(preset("tiny")), 32, 128),
+    "base": (shape_of(preset("albert-base-v2", vocab_size=30000)), 8, 128),
 }
 
 

@@ -126,10 +126,58 @@ def _readme_start():
     return "# Start here\n\n" + head.strip() + "\n"
 
 
-def stage(dst):
-    """Copy and generate every page of the site into ``dst`` (a fresh folder)."""
+def _modules():
+    """{dotted module name: path under minialbert/} of every module of the package."""
+    modules = {}
+    for py in sorted((ROOT / "minialbert").rglob("*.py")):
+        rel = py.relative_to(ROOT / "minialbert")
+        name = ".".join(rel.with_suffix("").parts)
+        if name.endswith("__init__"):
+            name = name[:-len(".__init__")] or "__init__"
+        modules[name] = rel
+    return modules
+
+
+def _tutorial_pages(book, tuts, dst):
+    """A page and a notebook per tutorial, the page linking the notebook and its chapter."""
     import jupytext
 
+    pages = []
+    for py in tuts:
+        jupytext.write(jupytext.read(py), dst / "tutorials" / f"{py.stem}.ipynb")
+        body = tutorial_page(py)
+        body = body.replace("\n", f"\n\n*Run it: `python tutorials/{py.name}` (full) or "
+                            f"`MINIALBERT_QUICK=1 python tutorials/{py.name}` (seconds); "
+                            f"as a notebook: {{download}}`{py.stem}.ipynb`. The chapter: "
+                            f"[{py.stem}](../{py.stem}.md).*\n\n", 1) \
+            if (book / f"{py.stem}.md").exists() else body
+        (dst / "tutorials" / f"{py.stem}.md").write_text(body, encoding="utf-8")
+        pages.append(f"tutorials/{py.stem}")
+    return pages
+
+
+def _code_pages(modules, dst):
+    """A page per module showing its source (copied into the site)."""
+    pages = []
+    (dst / "code" / "src").mkdir()
+    for name, rel in modules.items():
+        src = dst / "code" / "src" / rel
+        src.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / "minialbert" / rel, src)
+        (dst / "code" / f"{name}.md").write_text(
+            f"# `minialbert/{rel.as_posix()}`\n\n```{{literalinclude}} src/{rel.as_posix()}\n"
+            ":language: python\n:linenos:\n```\n", encoding="utf-8")
+        pages.append(f"code/{name}")
+    return pages
+
+
+def _toc(caption, pages):
+    return (f"```{{toctree}}\n:caption: {caption}\n:maxdepth: 1\n\n" + "\n".join(pages)
+            + "\n```\n")
+
+
+def stage(dst):
+    """Copy and generate every page of the site into ``dst`` (a fresh folder)."""
     book, chapters, tuts = _sources()
     check_includes(book, chapters)
     if dst.exists():
@@ -140,53 +188,22 @@ def stage(dst):
     (dst / "extra" / "figures").mkdir(parents=True)
     for page in (book / "figures").glob("*.html"):  # served as they are, beside the chapters
         shutil.copy2(page, dst / "extra" / "figures" / page.name)
-    modules = {}
-    for py in sorted((ROOT / "minialbert").rglob("*.py")):
-        rel = py.relative_to(ROOT / "minialbert")
-        name = ".".join(rel.with_suffix("").parts)
-        if name.endswith("__init__"):
-            name = name[:-len(".__init__")] or "__init__"
-        modules[name] = rel
+    modules = _modules()
     tut_names = {p.stem for p in tuts}
     chapter_pages = []
     for md in chapters:
         text = _link_sources(md.read_text(encoding="utf-8"), tut_names, modules)
         (dst / md.name).write_text(text, encoding="utf-8")
         chapter_pages.append(md.stem)
-    tut_pages = []
-    for py in tuts:
-        nb = jupytext.read(py)
-        jupytext.write(nb, dst / "tutorials" / f"{py.stem}.ipynb")
-        body = tutorial_page(py)
-        body = body.replace("\n", f"\n\n*Run it: `python tutorials/{py.name}` (full) or "
-                            f"`MINIALBERT_QUICK=1 python tutorials/{py.name}` (seconds); "
-                            f"as a notebook: {{download}}`{py.stem}.ipynb`. The chapter: "
-                            f"[{py.stem}](../{py.stem}.md).*\n\n", 1) \
-            if (book / f"{py.stem}.md").exists() else body
-        (dst / "tutorials" / f"{py.stem}.md").write_text(body, encoding="utf-8")
-        tut_pages.append(f"tutorials/{py.stem}")
-    code_pages = []
-    (dst / "code" / "src").mkdir()
-    for name, rel in modules.items():
-        src = dst / "code" / "src" / rel
-        src.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / "minialbert" / rel, src)
-        (dst / "code" / f"{name}.md").write_text(
-            f"# `minialbert/{rel.as_posix()}`\n\n```{{literalinclude}} src/{rel.as_posix()}\n"
-            ":language: python\n:linenos:\n```\n", encoding="utf-8")
-        code_pages.append(f"code/{name}")
+    tut_pages = _tutorial_pages(book, tuts, dst)
+    code_pages = _code_pages(modules, dst)
     (dst / "start.md").write_text(_readme_start(), encoding="utf-8")
-
-    def toc(caption, pages):
-        return (f"```{{toctree}}\n:caption: {caption}\n:maxdepth: 1\n\n" + "\n".join(pages)
-                + "\n```\n")
-
     index = ["# minialbert: ALBERT from scratch, in NumPy and Numba\n",
              "Every forward and backward pass written by hand, every kernel a Numba function, "
              "every gradient checked. Read the chapters in order; each runs as a tutorial "
              "whose numbers and figures are the ones shown.\n",
-             toc("Start", ["start"]), toc("Chapters", chapter_pages),
-             toc("Tutorials", tut_pages), toc("The code", code_pages)]
+             _toc("Start", ["start"]), _toc("Chapters", chapter_pages),
+             _toc("Tutorials", tut_pages), _toc("The code", code_pages)]
     (dst / "index.md").write_text("\n".join(index), encoding="utf-8")
     (dst / "conf.py").write_text(CONF, encoding="utf-8")
     return dict(chapters=len(chapter_pages), tutorials=len(tut_pages), code=len(code_pages))

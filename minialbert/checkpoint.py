@@ -117,6 +117,33 @@ def latest_name(run_dir):
         return None
 
 
+def _write_files(tmp, step, params, config, state, optimizer, tokenizer, _crash_after):
+    """The files of a checkpoint, into the temporary folder ``tmp``, flushed to disk."""
+    _write_tensors(tmp / "model.safetensors", params)
+    _stage("model", _crash_after)
+    state = {k: v for k, v in state.items()  # checksums describe the files written here
+             if k not in ("optimizer", "optimizer_sha256", "tokenizer_sha256", "model_sha256")}
+    state["step"] = step
+    if optimizer is not None:
+        arrays, meta = optimizer.state_dict()
+        _write_tensors(tmp / "optimizer.safetensors", arrays)
+        state["optimizer"] = meta
+        state["optimizer_sha256"] = _sha(tmp / "optimizer.safetensors")
+    _stage("optimizer", _crash_after)
+    config.save(tmp / "config.json", hf=False)
+    if tokenizer is not None:
+        tokenizer.save(tmp)
+        state["tokenizer_sha256"] = tokenizer.checksum
+    _stage("tokenizer", _crash_after)
+    state["model_sha256"] = _sha(tmp / "model.safetensors")
+    with open(tmp / "state.json", "w") as f:
+        f.write(json.dumps(state, indent=2, sort_keys=True))
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    _stage("state", _crash_after)
+
+
 def save_checkpoint(run_dir, step, params, config, state, optimizer=None, tokenizer=None,
                     keep=None, _crash_after=None):
     """Write a checkpoint of ``step`` and point LATEST at it. Returns its folder.
@@ -142,29 +169,7 @@ def save_checkpoint(run_dir, step, params, config, state, optimizer=None, tokeni
             shutil.rmtree(tmp)
         tmp.mkdir()
         _stage("folder", _crash_after)
-        _write_tensors(tmp / "model.safetensors", params)
-        _stage("model", _crash_after)
-        state = {k: v for k, v in state.items()  # checksums describe the files written here
-                 if k not in ("optimizer", "optimizer_sha256", "tokenizer_sha256", "model_sha256")}
-        state["step"] = step
-        if optimizer is not None:
-            arrays, meta = optimizer.state_dict()
-            _write_tensors(tmp / "optimizer.safetensors", arrays)
-            state["optimizer"] = meta
-            state["optimizer_sha256"] = _sha(tmp / "optimizer.safetensors")
-        _stage("optimizer", _crash_after)
-        config.save(tmp / "config.json", hf=False)
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-            state["tokenizer_sha256"] = tokenizer.checksum
-        _stage("tokenizer", _crash_after)
-        state["model_sha256"] = _sha(tmp / "model.safetensors")
-        with open(tmp / "state.json", "w") as f:
-            f.write(json.dumps(state, indent=2, sort_keys=True))
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(tmp)
-        _stage("state", _crash_after)
+        _write_files(tmp, step, params, config, state, optimizer, tokenizer, _crash_after)
         final = run_dir / name
         os.replace(tmp, final)
         _fsync_dir(run_dir)

@@ -197,6 +197,15 @@ PRESETS = {
 }
 
 
+SHAPE = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
+         "num_attention_heads", "intermediate_size")
+
+
+def shape_of(cfg):
+    """The sizes of a config as keyword arguments (what a benchmark gives both sides)."""
+    return {k: getattr(cfg, k) for k in SHAPE}
+
+
 def preset(name, **overrides):
     try:
         kw = dict(PRESETS[name])

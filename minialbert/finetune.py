@@ -36,7 +36,8 @@ from .distributed import FlatGradients, world
 from .heads import model_class
 from .loop import TrainingError, interrupted_summary, model_inputs, run_loop, train_step
 from .rundir import RunDir, given_settings, resume_run
-from .optim import learning_rate, make_optimizer, no_decay
+from .optim import OPTIMIZERS, learning_rate, make_optimizer, no_decay
+from .options import positive_float, positive_int, setting, shared, unit_interval
 from .plots import confusion, plot_run
 from .tasks import (TaskError, classification_scores, default_task, qa_decode, qa_features,
                     regression_scores, squad_scores, squad_task, tsv_task)
@@ -44,36 +45,45 @@ from .tasks import (TaskError, classification_scores, default_task, qa_decode, q
 
 @dataclass
 class FinetuneConfig:
-    out: str = "runs/finetune"
-    task: str = "default"  # default | tsv | squad
-    train: str = None  # the training file (tsv / squad)
-    dev: str = None  # the evaluation file
-    regression: bool = False  # tsv: the label is a number
-    text_column: str = None
-    pair_column: str = None
-    label_column: str = None
-    init: str = "runs/pretrain"  # minialbert run/checkpoint or Hugging Face folder
-    from_scratch: bool = False  # random weights of init's shape (and its tokenizer)
-    seq_len: int = 128
-    batch_size: int = 32
-    micro_batches: int = 1
-    epochs: float = 3.0
-    lr: float = 1e-3  # measured for the small pretrained preset (chapter 11); albert-base: 1e-5..5e-5
-    warmup: float = 0.1
-    schedule: str = "hf"
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    clip: float = 1.0
-    layerwise_lr_decay: float = 1.0  # 1: off
-    seed: int = 0
-    threads: int = None
-    eval_every: int = None  # None: at the end of each epoch
-    save_every: int = 100
-    doc_stride: int = 48
-    max_query_length: int = 32
+    """The settings of a fine-tuning run; each with help is an option of ``minialbert
+    finetune`` (options.add_settings)."""
+    out: str = setting("runs/finetune", "the run folder")
+    task: str = setting("default", "default: the embedded task", choices=["default", "tsv",
+                                                                          "squad"])
+    train: str = setting(None, "training file (TSV or SQuAD JSON)")
+    dev: str = setting(None, "evaluation file (TSV or SQuAD JSON)")
+    regression: bool = setting(False, "TSV labels are numbers (one output, MSE)")
+    text_column: str = setting(None, "TSV column of the text")
+    pair_column: str = setting(None, "TSV column of the second text of a pair")
+    label_column: str = setting(None, "TSV column of the label")
+    init: str = setting("runs/pretrain", "pretrained weights: a minialbert run/checkpoint or a "
+                        "Hugging Face folder")
+    from_scratch: bool = setting(False, "random weights of --init's shape, with its tokenizer")
+    seq_len: int = shared("seq_len", 128, "tokens per example")
+    batch_size: int = shared("batch_size", 32, "examples per step")
+    micro_batches: int = shared("micro_batches", 1, "split each batch (gradient accumulation)")
+    epochs: float = setting(3.0, "passes over the training set", positive_float)
+    # measured for the small pretrained preset (chapter 11); albert-base: 1e-5..5e-5
+    lr: float = shared("lr", 1e-3)
+    warmup: float = shared("warmup", 0.1)
+    schedule: str = setting("hf", "albert: polynomial decay; hf: linear",
+                            choices=["albert", "hf"])
+    optimizer: str = setting("adamw", "the optimizer", choices=sorted(OPTIMIZERS))
+    weight_decay: float = shared("weight_decay", 0.01)
+    clip: float = shared("clip", 1.0)
+    layerwise_lr_decay: float = setting(1.0, "learning rate x decay^(depth from the top) "
+                                        "(1: off)", unit_interval)
+    seed: int = shared("seed", 0, "seeds the head, the data order and dropout")
+    threads: int = shared("threads", None)
+    eval_every: int = setting(None, "evaluate every N steps (none: each epoch's end)",
+                              positive_int)
+    save_every: int = shared("save_every", 100)
+    doc_stride: int = setting(48, "SQuAD: tokens between windows of a long context",
+                              positive_int)
+    max_query_length: int = setting(32, "SQuAD: tokens kept of a question", positive_int)
     max_answer_length: int = 30
     heldout_fraction: float = 0.1  # the default task's dev split (pretraining's, by default)
-    progress: bool = True
+    progress: bool = True  # --no-progress
     stop_after: int = None  # stop (and save) after this many steps: an interruption, for tests
 
 
@@ -399,8 +409,7 @@ def _cmd_finetune(args):
 
 
 def add_commands(sub):
-    from .options import (Help, nonneg_int, optimization_options, positive_float, positive_int,
-                          settings_option, unit_interval)
+    from .options import Help, add_settings
 
     d = FinetuneConfig()
     p = sub.add_parser(
@@ -412,37 +421,6 @@ def add_commands(sub):
         "  minialbert finetune --init runs/pretrain\n"
         "  minialbert finetune --task tsv --train train.tsv --dev dev.tsv --init "
         "path/to/albert-base-v2 --lr 3e-5")
-    p.add_argument("--out", default=d.out, help="the run folder")
-    opt = lambda *a, **k: settings_option(p, d, *a, **k)  # noqa: E731
-    opt("task", choices=["default", "tsv", "squad"], help="default: the embedded task")
-    opt("train", help="training file (TSV or SQuAD JSON)")
-    opt("dev", help="evaluation file (TSV or SQuAD JSON)")
-    p.add_argument("--regression", action="store_true", default=None,
-                   help="TSV labels are numbers (one output, MSE)")
-    opt("text-column", help="TSV column of the text")
-    opt("pair-column", help="TSV column of the second text of a pair")
-    opt("label-column", help="TSV column of the label")
-    opt("init", help="pretrained weights: a minialbert run/checkpoint or a Hugging Face folder")
-    p.add_argument("--from-scratch", action="store_true", default=None,
-                   help="random weights of --init's shape, with its tokenizer")
-    opt("seq-len", positive_int, help="tokens per example")
-    opt("batch-size", positive_int, help="examples per step")
-    opt("micro-batches", positive_int, help="split each batch (gradient accumulation)")
-    opt("epochs", positive_float, help="passes over the training set")
-    optimization_options(opt)
-    opt("layerwise-lr-decay", unit_interval, help="learning rate x decay^(depth from the "
-        "top) (1: off)")
-    opt("seed", nonneg_int, help="seeds the head, the data order and dropout")
-    opt("eval-every", positive_int, help="evaluate every N steps (none: each epoch's end)")
-    opt("doc-stride", positive_int, help="SQuAD: tokens between windows of a long context")
-    opt("max-query-length", positive_int, help="SQuAD: tokens kept of a question")
-    opt("optimizer", choices=["adamw", "lamb", "adam_weight_decay"], help="the optimizer")
-    opt("schedule", choices=["albert", "hf"], help="albert: polynomial decay; hf: linear")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (the "
-                   "options --epochs, --lr, --warmup, --schedule, --clip, --weight-decay, "
-                   "--eval-every, --save-every, --micro-batches, --layerwise-lr-decay may "
-                   "change; the log records it)")
-    p.add_argument("--overwrite", action="store_true", help="start over in an --out that "
-                   "holds a run (its checkpoints and log are removed)")
+    add_settings(p, FinetuneConfig, resumable=RESUMABLE)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_finetune)

@@ -3,6 +3,7 @@ option (``argument --steps: must be a positive integer, got '-5'``), exit status
 anything runs. Used by every command's parser; imports nothing of minialbert.
 """
 import argparse
+import dataclasses
 import math
 
 
@@ -45,21 +46,60 @@ class Help(argparse.RawDescriptionHelpFormatter):
         return h
 
 
-def settings_option(p, d, name, type=None, help="", **kw):
-    """``--name`` for field ``name`` of the settings dataclass ``d``: default None (so the
-    command knows what was given — a resumed run applies only those), the dataclass's own
-    default shown in the help."""
-    default = getattr(d, name.replace("-", "_"))
-    shown = "none" if default is None else default
-    p.add_argument(f"--{name}", type=type, default=None, help=f"{help} (default: {shown})", **kw)
+def setting(default, help, type=None, choices=None, cli=True):
+    """A field of a run's settings dataclass (train.PretrainConfig, finetune.FinetuneConfig)
+    that is also its command's option ``--field-name``: the help text, the parser of its
+    value and its choices live beside the default, and ``add_settings`` makes the option.
+    A bool is a switch (``--from-scratch``); a list takes several values."""
+    kind = list if isinstance(default, list) else None
+    factory = (lambda: list(default)) if kind else None
+    meta = dict(help=help, type=type, choices=choices, cli=cli)
+    if factory:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
-def optimization_options(opt):
-    """The options pretraining and fine-tuning share, with the same meaning and help.
-    ``opt(name, type, help=...)`` adds one (settings_option bound to a parser)."""
-    opt("lr", positive_float, help="peak learning rate")
-    opt("warmup", fraction, help="fraction of the steps spent warming up")
-    opt("weight-decay", nonneg_float, help="decoupled weight decay")
-    opt("clip", positive_float, help="clip the gradients' global norm to this")
-    opt("threads", positive_int, help="Numba threads (none: all cores)")
-    opt("save-every", nonneg_int, help="checkpoint every N steps (0: at the end only)")
+# the settings pretraining and fine-tuning share, with the same meaning and help
+SHARED = {
+    "lr": (positive_float, "peak learning rate"),
+    "warmup": (fraction, "fraction of the steps spent warming up"),
+    "weight_decay": (nonneg_float, "decoupled weight decay"),
+    "clip": (positive_float, "clip the gradients' global norm to this"),
+    "threads": (positive_int, "Numba threads (none: all cores)"),
+    "save_every": (nonneg_int, "checkpoint every N steps (0: at the end only)"),
+    "seq_len": (positive_int, None),
+    "batch_size": (positive_int, None),
+    "micro_batches": (positive_int, None),
+    "seed": (nonneg_int, None),
+}
+
+
+def shared(name, default, help=None):
+    """A setting of SHARED: its parser and (unless given) its help."""
+    kind, text = SHARED[name]
+    return setting(default, help or text, kind)
+
+
+def add_settings(p, cls, resumable=()):
+    """An option for every field of ``cls`` that has a ``setting``'s help, in the order of
+    the fields. Each defaults to None, so that the command knows which were given (a
+    resumed run applies only those); the help shows the dataclass's own default."""
+    for f in dataclasses.fields(cls):
+        m = f.metadata
+        if not m.get("cli"):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        name = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool) or f.type in (bool, "bool"):
+            p.add_argument(name, action="store_true", default=None, help=m["help"])
+            continue
+        shown = "none" if default is None else default
+        kw = dict(nargs="*") if isinstance(default, list) or f.type in (list, "list") else {}
+        p.add_argument(name, type=m["type"], choices=m["choices"], default=None,
+                       help=f"{m['help']} (default: {shown})", **kw)
+    if resumable:
+        p.add_argument("--resume", action="store_true", help="continue the run in --out (the "
+                       "options " + ", ".join("--" + r.replace("_", "-") for r in resumable)
+                       + " may change; the log records it)")
+    p.add_argument("--overwrite", action="store_true", help="start over in an --out that "
+                   "holds a run (its checkpoints and log are removed)")

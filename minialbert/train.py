@@ -27,47 +27,66 @@ from .distributed import FlatGradients, check_same, checksum, my_pieces, on_root
 from .loop import (TrainingError, interrupted_summary, micro_batch, model_inputs,  # noqa: F401
                    run_loop, train_step)
 from .rundir import FollowerRunDir, RunDir, given_settings, resume_run
-from .config import AlbertConfig, parse_setting, preset
+from .config import PRESETS, AlbertConfig, parse_setting, preset
 from .corpus import load_corpus
 from .data import DataError, PretrainingData, tokenize_corpus
 from .heads import AlbertForPreTraining
-from .options import OptionError
-from .optim import learning_rate, make_optimizer, no_decay
+from .options import (OptionError, fraction, nonneg_int, positive_float, positive_int, setting,
+                      shared)
+from .optim import OPTIMIZERS, learning_rate, make_optimizer, no_decay
 from .plots import plot_pretraining
 
 
 @dataclass
 class PretrainConfig:
-    out: str = "runs/pretrain"
-    corpus: list = None  # None: the embedded Python docs
-    format: str = "auto"
-    preset: str = "small"
-    config: str = None  # a config.json instead of the preset
-    tokenizer: str = None  # a folder with spiece.model; None: train one on the corpus
-    vocab_size: int = 4000
-    seq_len: int = 64
-    batch_size: int = 64
-    micro_batches: int = 1
-    steps: int = None  # None: as many as fit in time_budget
-    time_budget: float = 600.0  # seconds, used when steps is None
-    lr: float = 5e-3
-    warmup: float = 0.05  # fraction of the steps
-    schedule: str = "albert"
-    optimizer: str = "lamb"
-    weight_decay: float = 0.01
-    clip: float = 1.0
-    seed: int = 0
-    threads: int = None
-    eval_every: int = 50
-    eval_batches: int = 16
-    save_every: int = 100
-    mlm_path: str = "masked"
-    heldout_fraction: float = 0.1
-    progress: bool = True
+    """The settings of a pretraining run; each with help is an option of ``minialbert
+    pretrain`` (options.add_settings)."""
+    out: str = setting("runs/pretrain", "the run folder: checkpoints, log.jsonl, "
+                       "summary.json, curves.png")
+    corpus: list = setting(None, "text files or folders of .txt files (none: the embedded "
+                           "Python docs)")
+    format: str = setting("auto", "lines: a sentence per line, blank line between "
+                          "documents; text: wrapped prose, a paragraph per document",
+                          choices=["auto", "lines", "text"])
+    preset: str = setting("small", "the model's sizes", choices=sorted(PRESETS))
+    config: str = setting(None, "a model config.json instead of the preset")
+    tokenizer: str = setting(None, "a folder with spiece.model (none: train one on the corpus)")
+    vocab_size: int = setting(4000, "pieces of the tokenizer trained on the corpus",
+                              positive_int)
+    seq_len: int = shared("seq_len", 64, "tokens per instance, [CLS] and [SEP]s included")
+    batch_size: int = shared("batch_size", 64, "instances per step")
+    micro_batches: int = shared("micro_batches", 1, "split each batch into this many "
+                                "(gradient accumulation); must divide --batch-size")
+    steps: int = setting(None, "steps to train (none: as many as fit in --time-budget)",
+                         positive_int)
+    time_budget: float = setting(600.0, "seconds, when --steps is not given", positive_float)
+    lr: float = shared("lr", 5e-3)
+    warmup: float = shared("warmup", 0.05)
+    schedule: str = setting("albert", "albert: polynomial decay; hf: linear",
+                            choices=["albert", "hf"])
+    optimizer: str = setting("lamb", "the optimizer", choices=sorted(OPTIMIZERS))
+    weight_decay: float = shared("weight_decay", 0.01)
+    clip: float = shared("clip", 1.0)
+    seed: int = shared("seed", 0, "seeds the weights, the data order, masking and dropout")
+    threads: int = shared("threads", None)
+    eval_every: int = setting(50, "evaluate on the held-out split every N steps (0: at the "
+                              "end only)", nonneg_int)
+    eval_batches: int = setting(16, "held-out batches per evaluation", positive_int)
+    save_every: int = shared("save_every", 100)
+    mlm_path: str = setting("masked", "masked: the MLM head on the masked positions only; "
+                            "all: at every position (as Hugging Face computes it)",
+                            choices=["masked", "all"])
+    heldout_fraction: float = setting(0.1, "fraction of documents held out for evaluation",
+                                      fraction)
+    progress: bool = True  # --no-progress
     stop_after: int = None  # stop (and save) after this many steps: an interruption, for tests
-    distributed: bool = None  # None: data parallel when started by an MPI launcher
-    deterministic: bool = False  # sum the micro-batches' gradients in a fixed order
-    extra: dict = field(default_factory=dict)  # model config overrides
+    distributed: bool = setting(None, "data parallel over MPI even if no launcher is detected "
+                                "(it is detected under mpiexec: mpiexec -n 2 minialbert "
+                                "pretrain ...; needs pip install -e '.[mpi]')")
+    deterministic: bool = setting(False, "add the micro-batches' gradients in a fixed order "
+                                  "(1 rank and N ranks give the same bits; N times the "
+                                  "traffic)")
+    extra: dict = field(default_factory=dict)  # model config overrides (--set, --hidden-size)
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -558,11 +577,8 @@ MODEL_OPTIONS = (("embedding-size", "E, the factorized embedding size"),
 
 
 def add_commands(sub):
-    from .config import PRESETS
-    from .options import (Help, fraction, nonneg_int, optimization_options, positive_float,
-                          positive_int, settings_option)
+    from .options import Help, add_settings, positive_int
 
-    d = PretrainConfig()
     p = sub.add_parser(
         "pretrain", formatter_class=Help,
         help="pretrain a small ALBERT (default: ~10 min on the embedded Python docs)",
@@ -572,53 +588,15 @@ def add_commands(sub):
         "embedded Python docs, ~10 min\n  minialbert pretrain --corpus my_texts/ --steps 2000 "
         "--out runs/mine\n  minialbert pretrain --out runs/mine --resume --steps 4000   # "
         "continue further")
-    p.add_argument("--out", default=d.out, help="the run folder: checkpoints, log.jsonl, "
-                   "summary.json, curves.png")
-    p.add_argument("--corpus", nargs="*", default=None, help="text files or folders of .txt "
-                   "files (default: the embedded Python docs)")
-    opt = lambda *a, **k: settings_option(p, d, *a, **k)  # noqa: E731
-    opt("format", choices=["auto", "lines", "text"], help="lines: a sentence per line, blank "
-        "line between documents; text: wrapped prose, a paragraph per document")
-    opt("preset", choices=sorted(PRESETS), help="the model's sizes")
-    opt("config", help="a model config.json instead of the preset")
-    opt("tokenizer", help="a folder with spiece.model (none: train one on the corpus)")
-    opt("vocab-size", positive_int, help="pieces of the tokenizer trained on the corpus")
+    add_settings(p, PretrainConfig, resumable=RESUMABLE)
     for name, what in MODEL_OPTIONS:
         p.add_argument(f"--{name}", type=positive_int, default=None,
                        help=f"override the preset's {name.replace('-', '_')} ({what})")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any model "
                    "setting (an AlbertConfig field, as in a Hugging Face config.json), "
                    "repeatable: --set sharing=none --set hidden_act=gelu")
-    opt("seq-len", positive_int, help="tokens per instance, [CLS] and [SEP]s included")
-    opt("batch-size", positive_int, help="instances per step")
-    opt("micro-batches", positive_int, help="split each batch into this many (gradient "
-        "accumulation); must divide --batch-size")
-    opt("steps", positive_int, help="steps to train (none: as many as fit in --time-budget)")
-    opt("time-budget", positive_float, help="seconds, when --steps is not given")
-    optimization_options(opt)
-    opt("schedule", choices=["albert", "hf"], help="albert: polynomial decay; hf: linear")
-    opt("optimizer", choices=["lamb", "adamw", "adam_weight_decay"], help="the optimizer")
-    opt("seed", nonneg_int, help="seeds the weights, the data order, masking and dropout")
-    opt("eval-every", nonneg_int, help="evaluate on the held-out split every N steps (0: at "
-        "the end only)")
-    opt("eval-batches", positive_int, help="held-out batches per evaluation")
-    opt("heldout-fraction", fraction, help="fraction of documents held out for evaluation")
-    opt("mlm-path", choices=["masked", "all"], help="masked: the MLM head on the masked "
-        "positions only; all: at every position (as Hugging Face computes it)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (the "
-                   "options --steps, --lr, --warmup, --schedule, --clip, --weight-decay, "
-                   "--eval-every, --eval-batches, --save-every, --micro-batches, --mlm-path "
-                   "may change; the log records it)")
-    p.add_argument("--overwrite", action="store_true", help="start over in an --out that "
-                   "holds a run (its checkpoints and log are removed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary "
                    "is still printed)")
-    p.add_argument("--distributed", action="store_true", default=None, help="data parallel "
-                   "over MPI even if no launcher is detected (it is detected under mpiexec: "
-                   "mpiexec -n 2 minialbert pretrain ...; needs pip install -e '.[mpi]')")
-    p.add_argument("--deterministic", action="store_true", default=None, help="add the "
-                   "micro-batches' gradients in a fixed order (1 rank and N ranks give the "
-                   "same bits; N times the traffic)")
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("evaluate", formatter_class=Help,

@@ -1,5 +1,6 @@
-"""Attention through the GEMM micro-kernel against its readable twin (one query row at a
-time, plain loops) and against torch autograd.
+"""Attention through the GEMM micro-kernel against its two readable twins — the naive one
+(plain Python over (b, h), each step another kernel: matmul, softmax, dropout_mask) and
+the row-at-a-time one (plain loops) — and against torch autograd.
 
 Tolerances: float64 1e-12 (the same sums in another order); float32 1e-5 relative +
 1e-6 absolute (probabilities and products of O(1) values, sums of up to T*D terms).
@@ -88,3 +89,46 @@ def test_packed_bitwise_across_threads(rng):
         numba.set_num_threads(prev)
     for a, b in zip(*res):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_fused_matches_naive_with_masks_and_dropout(dt, p, threads, rng):
+    """The fused kernels against the naive twin built from the softmax, matmul and dropout
+    kernels: padding, a fully masked sequence (uniform rows, as Hugging Face), dropout
+    with the same key (the same flat index hashed), 1 and all threads."""
+    q, k, v, do, mb = _case(rng, 3, 29, 2, 9, dt)
+    key = dropout_key(3, 4, 5)
+    c1, p1 = at.attention_forward(q, k, v, mb, 2, p, key)
+    c0, p0 = at.attention_forward_naive(q, k, v, mb, 2, p, key)
+    assert c0.dtype == dt and p0.dtype == dt
+    assert_close(p1, p0, **_tol(dt), what="probs")
+    assert_close(c1, c0, **_tol(dt), what="ctx")
+    assert np.allclose(p0[-1], 1 / 29)  # the fully masked sequence
+    for a, b, name in zip(at.attention_backward(do, q, k, v, p1, 2, p, key),
+                          at.attention_backward_naive(do, q, k, v, p0, 2, p, key), "qkv"):
+        assert_close(a, b, **_tol(dt), what="d" + name)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_naive_against_torch_with_the_same_dropout(dt, rng):
+    """The naive twin against torch autograd, torch's dropout replaced by our keep mask
+    (the same key), so that the two compute the same function."""
+    torch = require("torch")
+    from minialbert.kernels import dropout_mask
+    B, T, N, D, p = 2, 13, 2, 5, 0.25
+    q, k, v, do, mb = _case(rng, B, T, N, D, dt, masked_rows=False)
+    key = dropout_key(1, 2, 3)
+    keep = dropout_mask(B * N * T * T, p, key).reshape(B, N, T, T).astype(dt) / dt(1 - p)
+    tq, tk, tv = t(q, True), t(k, True), t(v, True)
+    split = lambda x: x.reshape(B, T, N, D).transpose(1, 2)  # noqa: E731 [B,N,T,D]
+    s = split(tq) @ split(tk).transpose(-1, -2) / np.sqrt(D) + t(mb)[:, None, None, :]
+    pr = torch.softmax(s, -1)
+    ctx = ((pr * t(keep)) @ split(tv)).transpose(1, 2).reshape(B, T, N * D)
+    ctx.backward(t(do))
+    c, pn = at.attention_forward_naive(q, k, v, mb, N, p, key)
+    assert_close(c, n(ctx), **_tol(dt), what="ctx")
+    assert_close(pn, n(pr), **_tol(dt), what="probs")
+    for a, b, name in zip(at.attention_backward_naive(do, q, k, v, pn, N, p, key),
+                          (tq.grad, tk.grad, tv.grad), "qkv"):
+        assert_close(a, n(b), **_tol(dt), what="d" + name)

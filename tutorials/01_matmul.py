@@ -176,7 +176,10 @@ final = [k for k in results if "matmul_nt" in k and k.startswith("6")][0]
 speedup = results[final] / results["1 triple loop"]
 ratio = results[final] / results["NumPy BLAS (A @ B.T)"]
 print(f"triple loop -> our kernel: {speedup:.0f}x faster; ours / BLAS = {ratio:.2f}")
-assert speedup > 3, speedup  # the steps matter (a speed margin is not asserted: it is machine-dependent)
+# No speed is asserted: every step's product is checked above (correctness holds on any
+# machine), but how fast each runs depends on the CPU and on what else it is running (in
+# the test suite another test process shares the cores, and a parallel kernel can then be
+# slower than the triple loop). The table is this machine's, measured now.
 
 p = plt()
 if p is not None:

@@ -16,7 +16,11 @@ backward, for each (b, h):
 Every write lands in the (b, h) slice its task owns: no races, and results that do not
 depend on the number of threads.
 
-Two versions, the same arithmetic:
+Three versions, the same arithmetic:
+  * ``attention_forward_naive`` / ``attention_backward_naive``: plain Python over (b, h),
+    each step one call of another kernel — matmul_nt / matmul_nn / matmul_tn for the
+    products, softmax_forward / softmax_backward, dropout_mask — the formulas above line
+    by line (the one to step through first; slow);
   * ``attention_forward_rows`` / ``attention_backward_rows``: one query row at a time, every
     product a plain loop (the readable reference: read these first);
   * ``attention_forward`` / ``attention_backward`` (what the model calls): each of the
@@ -32,7 +36,61 @@ from numba import njit, prange
 from ._base import FASTMATH, cast_like, exp_float32
 from .dropout import _hash_uniform
 from .reduce import vdot, vmax, vsum
-from .matmul import _gemm_block, blocking, packing_buffers
+from .dropout import dropout_mask
+from .matmul import _gemm_block, blocking, matmul_nn, matmul_nt, matmul_tn, packing_buffers
+from .softmax import softmax_backward, softmax_forward
+
+
+def _keep(B, n_heads, T, p_drop, key, dtype):
+    # the dropout of the probabilities as a [B, N, T, T] array of 0 and 1/(1-p): the
+    # fused kernels hash the same flat index ((b*N + h)*T + i)*T + j with the same key
+    if p_drop <= 0.0:
+        return None
+    keep = dropout_mask(B * n_heads * T * T, p_drop, key).reshape(B, n_heads, T, T)
+    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - p_drop))
+
+
+def attention_forward_naive(q, k, v, mask_bias, n_heads, p_drop, key):
+    # q, k, v: [B,T,H]; mask_bias: [B,T] -> ctx: [B,T,H], probs: [B,N,T,T]
+    B, T, H = q.shape
+    D = H // n_heads
+    scale = q.dtype.type(1.0 / math.sqrt(D))
+    keep = _keep(B, n_heads, T, p_drop, key, q.dtype)
+    ctx = np.zeros_like(q)
+    probs = np.empty((B, n_heads, T, T), dtype=q.dtype)
+    for b in range(B):
+        for h in range(n_heads):
+            cols = slice(h * D, (h + 1) * D)
+            Q, K, V = (np.ascontiguousarray(x[b, :, cols]) for x in (q, k, v))  # [T, D]
+            S = matmul_nt(Q, K) * scale  # [T, T] = Q K^T / sqrt(D)
+            P = softmax_forward(S, mask_bias[b][None])  # + mask bias on every row
+            probs[b, h] = P
+            Pd = P if keep is None else P * keep[b, h]  # dropout
+            ctx[b, :, cols] = matmul_nn(Pd, V)  # O = Pd V
+    return ctx, probs
+
+
+def attention_backward_naive(dctx, q, k, v, probs, n_heads, p_drop, key):
+    # dctx: [B,T,H]; q, k, v: [B,T,H]; probs: [B,N,T,T] -> dq, dk, dv: [B,T,H]
+    B, T, H = q.shape
+    D = H // n_heads
+    scale = q.dtype.type(1.0 / math.sqrt(D))
+    keep = _keep(B, n_heads, T, p_drop, key, q.dtype)
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    for b in range(B):
+        for h in range(n_heads):
+            cols = slice(h * D, (h + 1) * D)
+            Q, K, V, dO = (np.ascontiguousarray(x[b, :, cols]) for x in (q, k, v, dctx))
+            P = probs[b, h]
+            Pd = P if keep is None else P * keep[b, h]
+            dv[b, :, cols] = matmul_tn(Pd, dO)  # dV = Pd^T dO
+            dP = matmul_nt(dO, V)  # dPd = dO V^T
+            if keep is not None:
+                dP *= keep[b, h]  # back through dropout
+            dS = softmax_backward(dP, P) * scale  # P * (dP - rowsum(dP * P)), then 1/sqrt(D)
+            dq[b, :, cols] = matmul_nn(dS, K)  # dQ = dS K
+            dk[b, :, cols] = matmul_tn(dS, Q)  # dK = dS^T Q
+    return dq, dk, dv
 
 
 @njit(fastmath=FASTMATH, inline="always")
