@@ -16,6 +16,7 @@ there (``tutorials/05_attention.py`` and ``minialbert/x.py`` become links to the
 so the sources under ``book/`` stay what a code host shows. A chapter that includes a
 table or figure that does not exist stops the build, naming both.
 """
+import json
 import pathlib
 import re
 import shutil
@@ -76,29 +77,50 @@ def _title(md_text, fallback):
     return m.group(1).strip() if m else fallback
 
 
-def tutorial_page(py):
+def tutorial_page(py, outputs=None):
     """A percent-format tutorial -> MyST Markdown: ``# %% [markdown]`` cells as text, the
-    other cells as Python code blocks."""
-    cells, kind, lines = [], None, []
-    for line in py.read_text(encoding="utf-8").splitlines():
+    other cells as Python code blocks, each followed by what it printed when the tutorial
+    ran (``outputs``: its _output.jsonl, records of the line that printed and the text)."""
+    cells, kind, lines, first, no = [], None, [], 1, 0
+    for no, line in enumerate(py.read_text(encoding="utf-8").splitlines(), 1):
         if line.startswith("# %%"):
             if kind is not None:
-                cells.append((kind, lines))
-            kind, lines = ("md" if "[markdown]" in line else "code"), []
+                cells.append((kind, lines, first, no))
+            kind, lines, first = ("md" if "[markdown]" in line else "code"), [], no
             continue
         lines.append(line)
     if kind is not None:
-        cells.append((kind, lines))
+        cells.append((kind, lines, first, no + 1))
     out = []
-    for kind, lines in cells:
+    for kind, lines, start, end in cells:
         if kind == "md":
             out.append("\n".join(l[2:] if l.startswith("# ") else l.lstrip("#")
                                  for l in lines).strip())
-        else:
-            code = "\n".join(lines).strip("\n")
-            if code.strip():
-                out.append("```python\n" + code + "\n```")
+            continue
+        code = "\n".join(lines).strip("\n")
+        if code.strip():
+            out.append("```python\n" + code + "\n```")
+        printed = "".join(r["text"] for r in outputs or () if start <= r["line"] < end)
+        if printed.strip():
+            out.append(_output_block(printed))
     return "\n\n".join(out) + "\n"
+
+
+def _output_block(text, most=40):
+    """What a cell printed, as a text block (the first and last lines of a long one)."""
+    rows = text.rstrip("\n").splitlines()
+    if len(rows) > most:
+        rows = rows[:most // 2] + [f"... ({len(rows) - most} more lines)"] + rows[-most // 2:]
+    fence = "````" if any(r.lstrip().startswith("```") for r in rows) else "```"
+    return fence + "text\n" + "\n".join(rows) + "\n" + fence
+
+
+def read_outputs(path):
+    """A tutorial's recorded output (tutorials/_common.py), or None if it has not run."""
+    try:
+        return [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l]
+    except (OSError, ValueError):
+        return None
 
 
 def _link_sources(text, tut_names, modules):
@@ -145,7 +167,11 @@ def _tutorial_pages(book, tuts, dst):
     pages = []
     for py in tuts:
         jupytext.write(jupytext.read(py), dst / "tutorials" / f"{py.stem}.ipynb")
-        body = tutorial_page(py)
+        outputs = read_outputs(book / "figures" / f"{py.stem}_output.jsonl")
+        body = tutorial_page(py, outputs)
+        if outputs is None:
+            body += ("\n*(The outputs of this tutorial's last full run are not recorded yet: "
+                     f"`python tutorials/{py.name}` writes them.)*\n")
         body = body.replace("\n", f"\n\n*Run it: `python tutorials/{py.name}` (full) or "
                             f"`MINIALBERT_QUICK=1 python tutorials/{py.name}` (seconds); "
                             f"as a notebook: {{download}}`{py.stem}.ipynb`. The chapter: "

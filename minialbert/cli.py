@@ -162,8 +162,10 @@ def build_parser():
     d.add_argument("--epoch", type=nonneg_int, default=0, help="which epoch's instances")
     d.set_defaults(func=cmd_data_show)
 
-    from . import book, finetune, hf, inference, lookinside, plots, train  # beside their code
+    from . import (book, evaluation, finetune, hf, inference, lookinside, plots,  # beside
+                   train)  # their code
     train.add_commands(sub)
+    evaluation.add_commands(sub)
     finetune.add_commands(sub)
     inference.add_commands(sub)
     hf.add_commands(sub)

@@ -25,7 +25,6 @@ import re
 import sys
 import time
 import types
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,55 +35,11 @@ from .distributed import FlatGradients, world
 from .heads import model_class
 from .loop import TrainingError, interrupted_summary, model_inputs, run_loop, train_step
 from .rundir import RunDir, given_settings, resume_run
-from .optim import OPTIMIZERS, learning_rate, make_optimizer, no_decay
-from .options import positive_float, positive_int, setting, shared, unit_interval
+from .optim import learning_rate, make_optimizer, no_decay
+from .settings import FINETUNE_RESUMABLE as RESUMABLE, FinetuneConfig
 from .plots import confusion, plot_run
 from .tasks import (TaskError, classification_scores, default_task, qa_decode, qa_features,
                     regression_scores, squad_scores, squad_task, tsv_task)
-
-
-@dataclass
-class FinetuneConfig:
-    """The settings of a fine-tuning run; each with help is an option of ``minialbert
-    finetune`` (options.add_settings)."""
-    out: str = setting("runs/finetune", "the run folder")
-    task: str = setting("default", "default: the embedded task", choices=["default", "tsv",
-                                                                          "squad"])
-    train: str = setting(None, "training file (TSV or SQuAD JSON)")
-    dev: str = setting(None, "evaluation file (TSV or SQuAD JSON)")
-    regression: bool = setting(False, "TSV labels are numbers (one output, MSE)")
-    text_column: str = setting(None, "TSV column of the text")
-    pair_column: str = setting(None, "TSV column of the second text of a pair")
-    label_column: str = setting(None, "TSV column of the label")
-    init: str = setting("runs/pretrain", "pretrained weights: a minialbert run/checkpoint or a "
-                        "Hugging Face folder")
-    from_scratch: bool = setting(False, "random weights of --init's shape, with its tokenizer")
-    seq_len: int = shared("seq_len", 128, "tokens per example")
-    batch_size: int = shared("batch_size", 32, "examples per step")
-    micro_batches: int = shared("micro_batches", 1, "split each batch (gradient accumulation)")
-    epochs: float = setting(3.0, "passes over the training set", positive_float)
-    # measured for the small pretrained preset (chapter 11); albert-base: 1e-5..5e-5
-    lr: float = shared("lr", 1e-3)
-    warmup: float = shared("warmup", 0.1)
-    schedule: str = setting("hf", "albert: polynomial decay; hf: linear",
-                            choices=["albert", "hf"])
-    optimizer: str = setting("adamw", "the optimizer", choices=sorted(OPTIMIZERS))
-    weight_decay: float = shared("weight_decay", 0.01)
-    clip: float = shared("clip", 1.0)
-    layerwise_lr_decay: float = setting(1.0, "learning rate x decay^(depth from the top) "
-                                        "(1: off)", unit_interval)
-    seed: int = shared("seed", 0, "seeds the head, the data order and dropout")
-    threads: int = shared("threads", None)
-    eval_every: int = setting(None, "evaluate every N steps (none: each epoch's end)",
-                              positive_int)
-    save_every: int = shared("save_every", 100)
-    doc_stride: int = setting(48, "SQuAD: tokens between windows of a long context",
-                              positive_int)
-    max_query_length: int = setting(32, "SQuAD: tokens kept of a question", positive_int)
-    max_answer_length: int = 30
-    heldout_fraction: float = 0.1  # the default task's dev split (pretraining's, by default)
-    progress: bool = True  # --no-progress
-    stop_after: int = None  # stop (and save) after this many steps: an interruption, for tests
 
 
 # ------------------------------------------------------------------------------ LR decay
@@ -233,10 +188,6 @@ def initial_model(fc, task):
 
 
 # ------------------------------------------------------------------------------ the loop
-
-RESUMABLE = ("epochs", "lr", "warmup", "schedule", "clip", "weight_decay", "eval_every",
-             "save_every", "micro_batches", "layerwise_lr_decay")
-
 
 def _open(fc, given, resume, overwrite):
     """The run folder, threads, and (resuming) the checkpoint -> a namespace of the run."""

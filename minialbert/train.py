@@ -1,5 +1,6 @@
-"""Pretraining: the loop, evaluation, checkpoints and exact resume; `minialbert pretrain`
-and `evaluate` (fill-mask is in inference.py).
+"""Pretraining: `minialbert pretrain` — a composition of the shared step and loop
+(loop.py), the run folder (rundir.py), the data (data.py) and evaluation (evaluation.py;
+fill-mask is in inference.py).
 
 One step: a batch (a pure function of seed, epoch and index: data.py), forward and
 backward in micro-batches (their gradients add up), a NaN check, global-norm clipping,
@@ -16,121 +17,24 @@ import pathlib
 import sys
 import time
 import types
-from dataclasses import dataclass, field
-
-import numpy as np
 
 from . import kernels
 from .memory import keep_freed_memory
-from .checkpoint import CheckpointError, check_tokenizer, load_checkpoint, load_run_tokenizer
+from .checkpoint import CheckpointError, check_tokenizer, load_run_tokenizer
 from .distributed import FlatGradients, check_same, checksum, my_pieces, on_root, report_error, world
 from .loop import (TrainingError, interrupted_summary, micro_batch, model_inputs,  # noqa: F401
                    run_loop, train_step)
 from .rundir import FollowerRunDir, RunDir, given_settings, resume_run
-from .config import PRESETS, AlbertConfig, parse_setting, preset
+from .config import AlbertConfig, parse_setting, preset
 from .corpus import load_corpus
 from .data import DataError, PretrainingData, tokenize_corpus
+from .evaluation import (evaluate_batches, evaluate_checkpoint, eval_set,  # noqa: F401
+                         load_pretrained, unigram_cross_entropy)
 from .heads import AlbertForPreTraining
-from .options import (OptionError, fraction, nonneg_int, positive_float, positive_int, setting,
-                      shared)
-from .optim import OPTIMIZERS, learning_rate, make_optimizer, no_decay
+from .options import OptionError
+from .optim import learning_rate, make_optimizer, no_decay
+from .settings import PRETRAIN_RESUMABLE as RESUMABLE, PretrainConfig
 from .plots import plot_pretraining
-
-
-@dataclass
-class PretrainConfig:
-    """The settings of a pretraining run; each with help is an option of ``minialbert
-    pretrain`` (options.add_settings)."""
-    out: str = setting("runs/pretrain", "the run folder: checkpoints, log.jsonl, "
-                       "summary.json, curves.png")
-    corpus: list = setting(None, "text files or folders of .txt files (none: the embedded "
-                           "Python docs)")
-    format: str = setting("auto", "lines: a sentence per line, blank line between "
-                          "documents; text: wrapped prose, a paragraph per document",
-                          choices=["auto", "lines", "text"])
-    preset: str = setting("small", "the model's sizes", choices=sorted(PRESETS))
-    config: str = setting(None, "a model config.json instead of the preset")
-    tokenizer: str = setting(None, "a folder with spiece.model (none: train one on the corpus)")
-    vocab_size: int = setting(4000, "pieces of the tokenizer trained on the corpus",
-                              positive_int)
-    seq_len: int = shared("seq_len", 64, "tokens per instance, [CLS] and [SEP]s included")
-    batch_size: int = shared("batch_size", 64, "instances per step")
-    micro_batches: int = shared("micro_batches", 1, "split each batch into this many "
-                                "(gradient accumulation); must divide --batch-size")
-    steps: int = setting(None, "steps to train (none: as many as fit in --time-budget)",
-                         positive_int)
-    time_budget: float = setting(600.0, "seconds, when --steps is not given", positive_float)
-    lr: float = shared("lr", 5e-3)
-    warmup: float = shared("warmup", 0.05)
-    schedule: str = setting("albert", "albert: polynomial decay; hf: linear",
-                            choices=["albert", "hf"])
-    optimizer: str = setting("lamb", "the optimizer", choices=sorted(OPTIMIZERS))
-    weight_decay: float = shared("weight_decay", 0.01)
-    clip: float = shared("clip", 1.0)
-    seed: int = shared("seed", 0, "seeds the weights, the data order, masking and dropout")
-    threads: int = shared("threads", None)
-    eval_every: int = setting(50, "evaluate on the held-out split every N steps (0: at the "
-                              "end only)", nonneg_int)
-    eval_batches: int = setting(16, "held-out batches per evaluation", positive_int)
-    save_every: int = shared("save_every", 100)
-    mlm_path: str = setting("masked", "masked: the MLM head on the masked positions only; "
-                            "all: at every position (as Hugging Face computes it)",
-                            choices=["masked", "all"])
-    heldout_fraction: float = setting(0.1, "fraction of documents held out for evaluation",
-                                      fraction)
-    progress: bool = True  # --no-progress
-    stop_after: int = None  # stop (and save) after this many steps: an interruption, for tests
-    distributed: bool = setting(None, "data parallel over MPI even if no launcher is detected "
-                                "(it is detected under mpiexec: mpiexec -n 2 minialbert "
-                                "pretrain ...; needs pip install -e '.[mpi]')")
-    deterministic: bool = setting(False, "add the micro-batches' gradients in a fixed order "
-                                  "(1 rank and N ranks give the same bits; N times the "
-                                  "traffic)")
-    extra: dict = field(default_factory=dict)  # model config overrides (--set, --hidden-size)
-
-
-# ------------------------------------------------------------------------------ evaluation
-
-_MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "sentence_order_label")
-
-
-def evaluate_batches(model, batches, mlm_path="masked"):
-    """Held-out MLM loss/accuracy and (AlbertForPreTraining only) SOP loss/accuracy,
-    weighted by counts. An AlbertForMaskedLM has no SOP head: its SOP entries are None."""
-    sop = model.head == "pretraining"
-    keys = _MODEL_KEYS if sop else _MODEL_KEYS[:4]
-    mlm_nll = mlm_ok = mlm_n = sop_nll = sop_ok = sop_n = 0.0
-    for b in batches:
-        out, cache = model.forward(**{k: b[k] for k in keys}, mlm_path=mlm_path)
-        lab = b["labels"].reshape(-1)
-        rows = out["mlm_rows"] if out["mlm_rows"] is not None else np.flatnonzero(lab != -100)
-        logits = out["prediction_logits" if sop else "logits"]
-        if out["mlm_rows"] is None:
-            logits = logits[rows]
-        lab = lab[rows]
-        n = len(lab)
-        mlm_nll += float(out["mlm_loss" if sop else "loss"]) * n
-        mlm_ok += float((logits.argmax(1) == lab).sum())
-        mlm_n += n
-        if sop:
-            s = b["sentence_order_label"]
-            sop_nll += float(out["sop_loss"]) * len(s)
-            sop_ok += float((out["sop_logits"].argmax(1) == s).sum())
-            sop_n += len(s)
-    mlm_loss = mlm_nll / max(mlm_n, 1)
-    return dict(mlm_loss=mlm_loss, mlm_acc=mlm_ok / max(mlm_n, 1), perplexity=math.exp(mlm_loss),
-                sop_loss=sop_nll / sop_n if sop_n else None,
-                sop_acc=sop_ok / sop_n if sop_n else None,
-                predictions=int(mlm_n), pairs=int(sop_n))
-
-
-def unigram_cross_entropy(train_tokens, vocab_size, batches):
-    """The baseline a model that ignores context reaches: -mean log p_unigram(label) of the
-    held-out masked tokens, with p estimated from the training tokens (add-one)."""
-    counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size).astype(np.float64) + 1
-    logp = np.log(counts / counts.sum())
-    labels = np.concatenate([b["labels"][b["labels"] != -100] for b in batches])
-    return float(-logp[labels].mean())
 
 
 # ------------------------------------------------------------------------------ pretrain
@@ -168,11 +72,6 @@ def _model_config(pc, vocab_size):
         raise DataError(f"seq_len {pc.seq_len} is longer than max_position_embeddings="
                         f"{cfg.max_position_embeddings}")
     return cfg
-
-
-# what a resumed run may change (say so in the log); the rest would make it another run
-RESUMABLE = ("steps", "lr", "warmup", "schedule", "clip", "weight_decay", "eval_every",
-             "eval_batches", "save_every", "micro_batches", "mlm_path")
 
 
 def _calibrate(model, data, pc, eval_batches, t_start, say, w):
@@ -445,92 +344,6 @@ def _finish(r, end, w, t_start, t_loop, say):
     return summary
 
 
-# ------------------------------------------------------------------------------ using a checkpoint
-
-def load_pretrained(path):
-    """-> (AlbertForPreTraining, AlbertTokenizer, state) from a run or checkpoint folder."""
-    from .checkpoint import check_finite, load_run_tokenizer
-
-    cfg, params, state, _, ck = load_checkpoint(path)
-    head = state.get("head", "pretraining")
-    if head != "pretraining":
-        raise CheckpointError(f"{ck} holds a fine-tuned model (head {head!r}); this needs a "
-                              "pretraining checkpoint (minialbert pretrain's run folder)")
-    check_finite(params, ck)
-    tok = load_run_tokenizer(ck, cfg.vocab_size)
-    check_tokenizer(tok, cfg.vocab_size, state.get("tokenizer_sha256"))
-    return AlbertForPreTraining(cfg, params=params), tok, state
-
-
-def eval_set(tcorpus, tok, seq_len, batch_size, batches, seed):
-    """The first ``batches`` batches of pretraining instances (masks and sentence order
-    drawn with ``seed``) from a tokenized corpus: the held-out set evaluations use."""
-    held = PretrainingData(tcorpus, tok, seq_len, seed=seed)
-    n = min(batches, held.num_batches(batch_size))
-    if n < 1:
-        raise DataError(f"the evaluation text has fewer instances than one batch of "
-                        f"{batch_size} (try a smaller --batch-size)")
-    return [held.batch(0, i, batch_size) for i in range(n)]
-
-
-def _load_hf_for_evaluation(path):
-    from .checkpoint import check_finite
-    from .hf import from_pretrained, load_folder_tokenizer
-
-    model = from_pretrained(path, verbose=False)
-    if model.head not in ("pretraining", "masked_lm"):
-        raise CheckpointError(f"{path} holds {type(model).__name__} (head {model.head!r}); "
-                              "evaluate needs AlbertForPreTraining or AlbertForMaskedLM")
-    check_finite(model.params, path)
-    tok = load_folder_tokenizer(path)
-    check_tokenizer(tok, model.config.vocab_size)
-    return model, tok
-
-
-def evaluate_checkpoint(path, corpus=None, fmt="auto", batches=None, batch_size=None,
-                        seq_len=None):
-    """Held-out metrics of a pretraining checkpoint, by default on the very set its run
-    evaluated on (the run's corpus, held-out fraction, sequence length, seed, batch size
-    and number of batches): the numbers agree with the run's own log. A Hugging Face
-    folder (AlbertForPreTraining or AlbertForMaskedLM) has no run: it is evaluated on all
-    of ``corpus`` with pretrain's default settings. The dict says which set it used
-    (``set``); the unigram baseline is None where there is no training text to count."""
-    from .hf import is_hf_folder
-
-    defaults = dataclasses.asdict(PretrainConfig())
-    if is_hf_folder(path):
-        if corpus is None:
-            raise DataError(f"{path} is a Hugging Face folder: it holds no run and no corpus; "
-                            "give --corpus with text to evaluate on")
-        model, tok = _load_hf_for_evaluation(path)
-        run, state = defaults, {}
-    else:
-        model, tok, state = load_pretrained(path)
-        run = dict(defaults, **state.get("run", {}))
-    c = load_corpus(corpus if corpus is not None else run["corpus"], fmt if corpus else run["format"])
-    if corpus is None and c.checksum != state.get("corpus_sha256", c.checksum):
-        print("warning: the corpus differs from the one the checkpoint was trained on",
-              file=sys.stderr)
-    P = model.config.max_position_embeddings
-    seq, bs = seq_len or min(run["seq_len"], P), batch_size or run["batch_size"]
-    if seq > P:
-        raise DataError(f"seq_len {seq} is longer than the model's {P} positions "
-                        "(max_position_embeddings)")
-    n = run["eval_batches"] if batches is None else batches
-    if state:
-        train_c, held_c = c.split(run["heldout_fraction"])
-        what = f"the held-out {run['heldout_fraction']:g} of"
-    else:
-        train_c, held_c, what = None, c, "all of"
-    ev_batches = eval_set(tokenize_corpus(held_c, tok), tok, seq, bs, n, run["seed"] + 1)
-    ev = evaluate_batches(model, ev_batches, run["mlm_path"])
-    ev["unigram_cross_entropy"] = None if train_c is None else unigram_cross_entropy(
-        tokenize_corpus(train_c, tok).tokens, model.config.vocab_size, ev_batches)
-    ev["set"] = (f"{len(ev_batches)} batches of {bs} × {seq} from {what} "
-                 f"{c.info.get('source')} (seed {run['seed'] + 1})")
-    return ev
-
-
 # ------------------------------------------------------------------------------ CLI
 
 def _cmd_pretrain(args):
@@ -555,20 +368,6 @@ def _cmd_pretrain(args):
     except TrainingError as e:
         return report_error(e, 3)
     return s.get("exit_code", 0) if s and s.get("interrupted") else 0
-
-
-def _cmd_evaluate(args):
-    ev = evaluate_checkpoint(args.checkpoint, args.corpus, args.format, args.batches,
-                             args.batch_size, args.seq_len)
-    print(f"evaluated on {ev['set']}")
-    uni = ev["unigram_cross_entropy"]
-    print(f"held-out: MLM loss {ev['mlm_loss']:.3f}" +
-          (f" (unigram baseline {uni:.3f})" if uni is not None else "") +
-          f", perplexity {ev['perplexity']:.1f}, MLM accuracy {ev['mlm_acc']:.3f} over "
-          f"{ev['predictions']} predictions; " +
-          (f"SOP accuracy {ev['sop_acc']:.3f} over {ev['pairs']} pairs" if ev["pairs"]
-           else "no SOP head"))
-    return 0
 
 
 MODEL_OPTIONS = (("embedding-size", "E, the factorized embedding size"),
@@ -598,20 +397,3 @@ def add_commands(sub):
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the summary "
                    "is still printed)")
     p.set_defaults(func=_cmd_pretrain)
-
-    p = sub.add_parser("evaluate", formatter_class=Help,
-                       help="held-out MLM (and SOP) metrics of a pretraining checkpoint or a "
-                       "Hugging Face masked-LM folder")
-    p.add_argument("--checkpoint", required=True, help="a pretraining run or checkpoint "
-                   "folder, or a Hugging Face AlbertForPreTraining/AlbertForMaskedLM folder")
-    p.add_argument("--corpus", nargs="*", default=None, help="evaluate on these files "
-                   "(default: the run's own held-out split; needed for a Hugging Face folder)")
-    p.add_argument("--format", default="auto", choices=["auto", "lines", "text"],
-                   help="the format of --corpus")
-    p.add_argument("--batches", type=positive_int, default=None, help="held-out batches "
-                   "(default: the run's --eval-batches)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="instances per "
-                   "batch (default: the run's)")
-    p.add_argument("--seq-len", type=positive_int, default=None, help="tokens per instance "
-                   "(default: the run's, at most the model's positions)")
-    p.set_defaults(func=_cmd_evaluate)

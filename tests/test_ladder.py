@@ -10,6 +10,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "minialbert"
 LADDER = [
     ("settings and tools that import nothing of minialbert",
      {"config", "options", "normalize", "memory", "gradcheck", "optim"}),
+    ("the settings of a run (from the model config, the options and the optimizers)",
+     {"settings"}),
     ("the parameters: names, shapes, initialisation, counts", {"params"}),
     ("kernels", {"kernels"}),
     ("layers", {"layers"}),
@@ -19,7 +21,7 @@ LADDER = [
      "corpus, data",
      {"checkpoint", "rundir", "hf", "tokenizer", "corpus", "data", "tasks"}),
     ("running: data parallelism, the training step and loop, training, fine-tuning, inference, tools",
-     {"distributed", "loop", "train", "finetune", "inference", "demo", "profiler", "book",
+     {"distributed", "loop", "evaluation", "train", "finetune", "inference", "demo", "profiler", "book",
       "lookinside", "plots"}),
     ("the command line", {"cli"}),
 ]

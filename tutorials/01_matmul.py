@@ -32,9 +32,11 @@ rng = np.random.default_rng(0)
 A = rng.standard_normal((n, n)).astype(np.float32)
 B = rng.standard_normal((n, n)).astype(np.float32)
 reference = A @ B.T
-print(f"n = {n}; CPU {cpu_name()}; vector ISA {mm.ISA} (micro-kernel tile "
-      f"{mm.blocking(np.float32, n, n)['MR']}x{mm.blocking(np.float32, n, n)['NR']}); "
-      f"{numba.get_num_threads()} threads; BLAS {blas_info()}")
+machine = (f"CPU {cpu_name()}; vector ISA {mm.ISA} (micro-kernel tile "
+           f"{mm.blocking(np.float32, n, n)['MR']}x{mm.blocking(np.float32, n, n)['NR']}); "
+           f"{numba.get_num_threads()} threads; BLAS {blas_info()}")
+print(f"n = {n}; {machine}")
+(OUT / "01_machine.md").write_text(f"*Measured on: {machine}; n = {n}.*\n")
 
 
 # %% [markdown]

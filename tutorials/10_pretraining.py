@@ -150,3 +150,80 @@ write_table("10_profile.md", [f"ms per step (share): {pc.batch_size} x {pc.seq_l
     f"Measured on: {cpu_name()}, vector ISA {ISA}, {kernels.get_threads()} threads; "
     f"{'quick mode' if QUICK else 'the ten-minute run'}'s model, optimizer {pc.optimizer}.\n")
 assert all(profiles[u][0].calls["GEMM (dense layers, MLM decoder)"] > 0 for u in (False, True))
+
+# %% [markdown]
+# ## A longer run: when the predictions start to use context
+# The ten-minute model fills nearly every `[MASK]` with "the": it sits close to the
+# unigram plateau, where the best a model can do is to predict each masked piece from its
+# frequency alone, and "the" is the most frequent piece of this corpus. A run several
+# times as long, with the same settings otherwise, shows when that changes. It is a new
+# run (its learning rate schedule spans its own length), not the ten-minute one resumed.
+# Its length: `MINIALBERT_LONG_MINUTES` (default 60).
+
+# %%
+import dataclasses  # noqa: E402
+import os  # noqa: E402
+
+from minialbert.corpus import load_corpus  # noqa: E402
+from minialbert.train import eval_set  # noqa: E402
+
+long_min = float(os.environ.get("MINIALBERT_LONG_MINUTES", "60"))
+long_run = (OUT / "10_long_run") if QUICK else run.parent / "tutorial10_long"
+if long_run.exists():
+    shutil.rmtree(long_run)
+if QUICK:
+    pc_long = dataclasses.replace(pc, out=str(long_run), steps=3 * pc.steps)
+else:
+    pc_long = PretrainConfig(out=str(long_run), time_budget=long_min * 60)
+summary_long = pretrain(pc_long)
+long_model, long_tok, _ = load_pretrained(long_run)
+short_model, _, _ = load_pretrained(run)
+held_text = load_corpus(pc.corpus, pc.format).split(pc.heldout_fraction)[1]
+
+
+def prediction_stats(m, t):
+    """On the run's held-out set (the batches its evaluations used): accuracy, how often
+    the top prediction is the most frequent masked piece, how many distinct pieces are
+    predicted."""
+    held = eval_set(tokenize_corpus(held_text, t), t, pc.seq_len, pc.batch_size,
+                    pc.eval_batches, pc.seed + 1)
+    preds, labels = [], []
+    for hb in held:
+        out, _ = m.forward(**{k: hb[k] for k in ("input_ids", "token_type_ids",
+                                                  "attention_mask", "labels",
+                                                  "sentence_order_label")},
+                           mlm_path="masked")
+        lab = hb["labels"].reshape(-1)
+        preds.append(out["prediction_logits"].argmax(1))
+        labels.append(lab[out["mlm_rows"]])
+    preds, labels = np.concatenate(preds), np.concatenate(labels)
+    top = np.bincount(labels).argmax()  # the most frequent masked piece
+    return dict(acc=float((preds == labels).mean()), top=float((preds == top).mean()),
+                distinct=len(np.unique(preds)), n=len(labels), piece=t.id_to_piece(top))
+
+
+s_short, s_long = prediction_stats(short_model, tok), prediction_stats(long_model, long_tok)
+ev_long = summary_long["heldout"]
+rows = [("wall time", f"{summary['wall_seconds'] / 60:.1f} min",
+         f"{summary_long['wall_seconds'] / 60:.1f} min"),
+        ("steps", summary["step"], summary_long["step"]),
+        ("held-out MLM cross-entropy (unigram "
+         f"{summary['unigram_cross_entropy']:.3f})", f"{ev['mlm_loss']:.3f}",
+         f"{ev_long['mlm_loss']:.3f}"),
+        ("held-out MLM accuracy", f"{s_short['acc']:.3f}", f"{s_long['acc']:.3f}"),
+        (f"top prediction = the most frequent piece ({s_short['piece']!r})",
+         f"{s_short['top']:.0%}", f"{s_long['top']:.0%}"),
+        ("distinct pieces predicted", f"{s_short['distinct']} of {s_short['n']}",
+         f"{s_long['distinct']} of {s_long['n']}"),
+        ("held-out SOP accuracy", f"{ev['sop_acc']:.3f}", f"{ev_long['sop_acc']:.3f}")]
+write_table("10_long_run.md", ["", "the ten-minute run", f"the {long_min:g}-minute run"
+                               if not QUICK else "the longer run"], rows)
+rows = []
+for t in texts:
+    a = fill_mask(short_model, tok, t, top_k=3)[0]
+    b = fill_mask(long_model, long_tok, t, top_k=3)[0]
+    rows.append((t, ", ".join(f"{w} ({p:.2f})" for w, p in a),
+                 ", ".join(f"{w} ({p:.2f})" for w, p in b)))
+write_table("10_long_fill_mask.md", ["text", "ten minutes: top 3", "longer: top 3"], rows)
+# what holds on any machine: both runs are finite and the longer one did more steps
+assert np.isfinite(ev_long["mlm_loss"]) and summary_long["step"] > summary["step"]
