@@ -33,7 +33,7 @@ from .params import WORD, count_by_part, init_weights, zeros_like_params
 class HeadCache(NamedTuple):  # what a fine-tuning head keeps for its backward
     enc: ModelCache
     head: tuple  # the head layer's own cache
-    d: np.ndarray  # the loss's gradient by the head's output (None without labels)
+    dout: np.ndarray  # the loss's gradient by the head's output (None without labels)
 
 
 def _upstream(stored, given, scale, dtype):
@@ -154,7 +154,7 @@ class MLMHeadCache(NamedTuple):
     enc: ModelCache
     mlm: MLMCache
     rows: np.ndarray  # the predicted rows of [B*T] (None: every row)
-    d: np.ndarray  # the loss's gradient by the logits (None without labels)
+    dout: np.ndarray  # the loss's gradient by the logits (None without labels)
 
 
 class AlbertForMaskedLM(_Head):
@@ -179,7 +179,7 @@ class AlbertForMaskedLM(_Head):
 
     def backward(self, cache, grads=None, dlogits=None, scale=1.0):
         grads = zeros_like_params(self.params) if grads is None else grads
-        d = _upstream(cache.d, dlogits, scale, self.dtype)
+        d = _upstream(cache.dout, dlogits, scale, self.dtype)
         dx = mlm_head_backward(d, cache.mlm, self.params, grads, self.config)
         dseq = scatter_rows(dx, cache.rows, cache.enc.B, cache.enc.T, self.dtype)
         return self._finish(cache, dseq, None, grads)
@@ -191,7 +191,7 @@ class AlbertForMaskedLM(_Head):
 # ------------------------------------------------------------------------------ pretraining
 
 class SOPCache(NamedTuple):
-    pd: np.ndarray  # [B, H] the pooled output after dropout: the classifier's input
+    dropped: np.ndarray  # [B, H] the pooled output after dropout: the classifier's input
     keep: np.ndarray  # the dropout mask, and its rate
     p: float
 
@@ -199,14 +199,15 @@ class SOPCache(NamedTuple):
 def sop_head_forward(pooled, params, cfg, drop):
     # pooled: [B, H] -> dropout(classifier_dropout_prob) -> dense H->2: sentence-order logits
     p = drop.p(cfg.classifier_dropout_prob)
-    pd, keep = dropout_forward(pooled, p, drop.key() if p > 0 else 0)
-    logits, _ = dense_forward(pd, params, "sop_classifier.classifier")
-    return logits, SOPCache(pd, keep, p)
+    dropped, keep = dropout_forward(pooled, p, drop.key() if p > 0 else 0)
+    logits, _ = dense_forward(dropped, params, "sop_classifier.classifier")
+    return logits, SOPCache(dropped, keep, p)
 
 
 def sop_head_backward(dlogits, cache, params, grads):  # dlogits: [B, 2] -> dpooled: [B, H]
-    dpd = dense_backward(dlogits, cache.pd, params, grads, "sop_classifier.classifier")
-    return dropout_backward(dpd, cache.keep, cache.p)
+    ddropped = dense_backward(dlogits, cache.dropped, params, grads,
+                              "sop_classifier.classifier")
+    return dropout_backward(ddropped, cache.keep, cache.p)
 
 
 class PretrainingCache(NamedTuple):
@@ -326,7 +327,7 @@ class AlbertForSequenceClassification(_Head):
 
     def backward(self, cache, grads=None, dlogits=None, scale=1.0):
         grads = zeros_like_params(self.params) if grads is None else grads
-        d = _upstream(cache.d, dlogits, scale, self.dtype)
+        d = _upstream(cache.dout, dlogits, scale, self.dtype)
         dpooled = _drop_dense_backward(d, cache.head, self.params, grads, "classifier")
         return self._finish(cache, None, dpooled, grads)
 
@@ -354,7 +355,7 @@ class AlbertForTokenClassification(_Head):
 
     def backward(self, cache, grads=None, dlogits=None, scale=1.0):
         grads = zeros_like_params(self.params) if grads is None else grads
-        d = _upstream(cache.d, None if dlogits is None else
+        d = _upstream(cache.dout, None if dlogits is None else
                       dlogits.reshape(-1, dlogits.shape[-1]), scale, self.dtype)
         dseq = _drop_dense_backward(d, cache.head, self.params, grads, "classifier")
         return self._finish(cache, dseq, None, grads)
@@ -402,7 +403,7 @@ class AlbertForQuestionAnswering(_Head):
             z = np.zeros_like(dstart if dstart is not None else dend)
             given = np.stack([(dstart if dstart is not None else z).reshape(-1),
                               (dend if dend is not None else z).reshape(-1)], axis=1)
-        d = _upstream(cache.d, given, scale, self.dtype)
+        d = _upstream(cache.dout, given, scale, self.dtype)
         dseq = dense_backward(np.ascontiguousarray(d), cache.head, self.params, grads,
                               "qa_outputs")
         return self._finish(cache, dseq, None, grads)
@@ -438,7 +439,7 @@ class AlbertForMultipleChoice(_Head):
 
     def backward(self, cache, grads=None, dlogits=None, scale=1.0):
         grads = zeros_like_params(self.params) if grads is None else grads
-        d = _upstream(cache.d, None if dlogits is None else dlogits.reshape(-1, 1), scale,
+        d = _upstream(cache.dout, None if dlogits is None else dlogits.reshape(-1, 1), scale,
                       self.dtype)
         dpooled = _drop_dense_backward(d, cache.head, self.params, grads, "classifier")
         return self._finish(cache, None, dpooled, grads)

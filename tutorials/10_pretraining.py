@@ -158,7 +158,7 @@ assert all(profiles[u][0].calls["GEMM (dense layers, MLM decoder)"] > 0 for u in
 # frequency alone, and "the" is the most frequent piece of this corpus. A run several
 # times as long, with the same settings otherwise, shows when that changes. It is a new
 # run (its learning rate schedule spans its own length), not the ten-minute one resumed.
-# Its length: `MINIALBERT_LONG_MINUTES` (default 60).
+# Its length: `MINIALBERT_LONG_MINUTES` (default 40: four times the first).
 
 # %%
 import dataclasses  # noqa: E402
@@ -167,7 +167,7 @@ import os  # noqa: E402
 from minialbert.corpus import load_corpus  # noqa: E402
 from minialbert.train import eval_set  # noqa: E402
 
-long_min = float(os.environ.get("MINIALBERT_LONG_MINUTES", "60"))
+long_min = float(os.environ.get("MINIALBERT_LONG_MINUTES", "40"))
 long_run = (OUT / "10_long_run") if QUICK else run.parent / "tutorial10_long"
 if long_run.exists():
     shutil.rmtree(long_run)
