@@ -116,7 +116,8 @@ def evaluate_checkpoint(path, corpus=None, fmt="auto", batches=None, batch_size=
     else:
         model, tok, state = load_pretrained(path)
         run = dict(defaults, **state.get("run", {}))
-    c = load_corpus(corpus if corpus is not None else run["corpus"], fmt if corpus else run["format"])
+    c = load_corpus(corpus if corpus is not None else run["corpus"],
+                    fmt if corpus else run["format"])
     if corpus is None and c.checksum != state.get("corpus_sha256", c.checksum):
         print("warning: the corpus differs from the one the checkpoint was trained on",
               file=sys.stderr)

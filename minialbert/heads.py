@@ -1,12 +1,14 @@
 """Every head, each Hugging Face's AlbertFor* with a hand-written backward.
 
-    head                       reads            layer                          loss
-    pretraining                sequence, pooled MLM (below) + dropout, dense H->2  MLM CE + SOP CE
-    masked_lm                  sequence [r,H]   dense H->E, act, LN, E->V tied  CE over labels
-    sequence_classification    pooled [B,H]     dropout, dense H->C            CE / MSE (C=1) / BCE
-    token_classification       sequence [n,H]   dropout, dense H->C            CE over labels != -100
-    question_answering         sequence [n,H]   dense H->2                     (CE(start)+CE(end)) / 2
-    multiple_choice            pooled [B*K,H]   dropout, dense H->1            CE over the K choices
+    head                     reads           layer                        loss
+    pretraining              sequence,       MLM (below); SOP: dropout,   MLM CE + SOP CE
+                             pooled [B,H]    dense H->2
+    masked_lm                sequence [r,H]  dense H->E, act, LN, E->V    CE over labels
+                                             (the word table, tied)
+    sequence_classification  pooled [B,H]    dropout, dense H->C          CE / MSE (C=1) / BCE
+    token_classification     sequence [n,H]  dropout, dense H->C          CE over labels
+    question_answering       sequence [n,H]  dense H->2                   (CE(start)+CE(end))/2
+    multiple_choice          pooled [B*K,H]  dropout, dense H->1          CE over the K choices
 
 Each class declares its head's parameters (``head_shapes``) and whether it reads the
 pooler (``pooled``); the registry ``MODEL_CLASSES`` is built from the classes. Every class
