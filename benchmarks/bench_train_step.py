@@ -11,7 +11,9 @@ Hugging Face computes) and only at the masked positions (the original TF code's 
 the padding removed (model.unpad, as the trainers run it). Two batches per config: a full
 one and one with --pad of it padding (default 0.5). Each
 side runs in its own subprocess, pinned to the same number of threads, so that its peak
-memory (max RSS) is its own. Prints tokens/s (padding included, as a batch's size) and the
+memory (max RSS) is its own; all of them stay alive, and the timed steps are taken in
+rounds (every side a few steps in turn, each round), so that the host's slow moments fall on
+every side alike. Prints tokens/s (padding included, as a batch's size) and the
 ratio against the fastest HF row (> 1 means we are faster). HF runs with eager and with
 sdpa attention, each also with "+keep": glibc told to keep freed memory for the next step,
 as our trainers do (minialbert/memory.py), so that setting is not counted as our gain.
@@ -60,10 +62,10 @@ def make_batch(cfg, B, T, seed=0, pad=0.0):
                 labels=labels, sentence_order_label=r.integers(0, 2, B))
 
 
-def worker(side, name, path, threads, steps, weights, optimizer=True, head="pretraining",
-           pad=0.0):
+def build(side, name, path, threads, weights, optimizer=True, head="pretraining", pad=0.0):
+    """One side's model, batch and optimizer, ready to step: returns (step, batch), where
+    step() does forward + backward (+ optimizer) once and returns the loss."""
     cfg_kw, B, T = CONFIGS[name]
-    label = path
     batch = make_batch(cfg_kw, B, T, pad=pad)
     if head == "classification":  # a fine-tuning step: 7 classes on the pooled [CLS]
         cfg_kw = dict(cfg_kw, num_labels=7)
@@ -71,27 +73,23 @@ def worker(side, name, path, threads, steps, weights, optimizer=True, head="pret
         batch["input_ids"] = np.where(batch["input_ids"] == 4, 9, batch["input_ids"])
         batch["labels"] = np.random.default_rng(1).integers(0, 7, B)
     params = dict(np.load(weights))
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
     if side == "ours":
         from minialbert import kernels
         from minialbert.config import AlbertConfig
-        from minialbert.heads import AlbertForSequenceClassification
-        from minialbert.heads import AlbertForPreTraining
+        from minialbert.heads import AlbertForPreTraining, AlbertForSequenceClassification
+        from minialbert.memory import keep_freed_memory
+        from minialbert.optim import AdamW
         from minialbert.params import zeros_like_params
 
         kernels.set_threads(threads)
-        from minialbert.optim import AdamW
-
         cls = AlbertForSequenceClassification if head == "classification" else AlbertForPreTraining
         m = cls(AlbertConfig(**cfg_kw), params=params)
         m.unpad = True  # as the trainers run it: no work on padding
-        from minialbert.memory import keep_freed_memory
         keep_freed_memory()  # as the trainers run it: freed pages kept for the next step
         grads = zeros_like_params(m.params)
         opt = AdamW()
-        for i in range(steps + 2):
-            t0 = time.perf_counter()
+
+        def step():
             for g in grads.values():
                 g.fill(0)
             out, cache = (m.forward(**batch) if head == "classification"
@@ -99,44 +97,66 @@ def worker(side, name, path, threads, steps, weights, optimizer=True, head="pret
             m.backward(cache, grads)
             if optimizer:
                 opt.step(m.params, grads, 1e-5)
-            times.append(time.perf_counter() - t0)
-        loss = float(out["loss"])
-    else:
-        import torch
-        import transformers
+            return float(out["loss"])
+        return step, batch
 
-        torch.set_num_threads(threads)
-        if path.endswith("+keep"):  # HF with the allocator setting our trainers use
-            from minialbert.memory import keep_freed_memory
-            keep_freed_memory()
-            path = path[:-len("+keep")]
-        hcfg = transformers.AlbertConfig(**cfg_kw, hidden_dropout_prob=0.0,
-                                         attention_probs_dropout_prob=0.0,
-                                         classifier_dropout_prob=0.0)
-        hcfg._attn_implementation = "eager" if path == "eager" else "sdpa"
-        hf = (transformers.AlbertForSequenceClassification if head == "classification"
-              else transformers.AlbertForPreTraining)(hcfg).train()
-        sd = {k: torch.from_numpy(v) for k, v in params.items()}
-        if head != "classification":
-            sd["predictions.decoder.weight"] = sd["albert.embeddings.word_embeddings.weight"]
-            sd["predictions.decoder.bias"] = sd["predictions.bias"]
-        hf.load_state_dict(sd, strict=False)
-        tb = {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
-        topt = torch.optim.AdamW(hf.parameters(), lr=1e-5, foreach=True)
-        for i in range(steps + 2):
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    if path.endswith("+keep"):  # HF with the allocator setting our trainers use
+        from minialbert.memory import keep_freed_memory
+        keep_freed_memory()
+        path = path[:-len("+keep")]
+    hcfg = transformers.AlbertConfig(**cfg_kw, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0,
+                                     classifier_dropout_prob=0.0)
+    hcfg._attn_implementation = "eager" if path == "eager" else "sdpa"
+    hf = (transformers.AlbertForSequenceClassification if head == "classification"
+          else transformers.AlbertForPreTraining)(hcfg).train()
+    sd = {k: torch.from_numpy(v) for k, v in params.items()}
+    if head != "classification":
+        sd["predictions.decoder.weight"] = sd["albert.embeddings.word_embeddings.weight"]
+        sd["predictions.decoder.bias"] = sd["predictions.bias"]
+    hf.load_state_dict(sd, strict=False)
+    tb = {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
+    topt = torch.optim.AdamW(hf.parameters(), lr=1e-5, foreach=True)
+
+    def step():
+        hf.zero_grad(set_to_none=False)
+        o = hf(**tb)
+        o.loss.backward()
+        if optimizer:
+            topt.step()
+        return float(o.loss.detach())
+    return step, batch
+
+
+def serve(side, name, path, threads, weights, optimizer, head, pad):
+    """A worker: builds its side, takes two warm-up steps, says "ready", then for each line
+    "run N" on stdin takes N timed steps and prints their times (JSON); on "done" prints
+    its summary: the loss, its peak memory (max RSS, its own process's) and what the steps
+    added to it."""
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step, batch = build(side, name, path, threads, weights, optimizer, head, pad)
+    loss = step()
+    step()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] != "run":
+            break
+        times = []
+        for _ in range(int(cmd[1])):
             t0 = time.perf_counter()
-            hf.zero_grad(set_to_none=False)
-            o = hf(**tb)
-            o.loss.backward()
-            if optimizer:
-                topt.step()
+            loss = step()
             times.append(time.perf_counter() - t0)
-        loss = float(o.loss)
-    t = float(np.median(times[2:]))
+        print(json.dumps(times), flush=True)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return dict(side=side, path=label, seconds=t, tokens_per_s=B * T / t, loss=loss, pad=pad,
-                real_tokens_per_s=int(batch["attention_mask"].sum()) / t,
-                peak_mb=rss / 1024, step_mb=(rss - rss0) / 1024)
+    B, T = batch["input_ids"].shape
+    print(json.dumps(dict(side=side, path=path, loss=loss, pad=pad, tokens=B * T,
+                          real_tokens=int(batch["attention_mask"].sum()),
+                          peak_mb=rss / 1024, step_mb=(rss - rss0) / 1024)), flush=True)
 
 
 def main():
@@ -144,7 +164,9 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--worker", nargs=4, metavar=("SIDE", "CONFIG", "PATH", "WEIGHTS"))
-    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per side per round")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds: every side takes its steps in turn, once a round")
     ap.add_argument("--no-optimizer", action="store_true")
     ap.add_argument("--head", default="pretraining", choices=["pretraining", "classification"])
     ap.add_argument("--pad", type=float, default=0.5,
@@ -152,8 +174,7 @@ def main():
     a = ap.parse_args()
     if a.worker:
         side, name, path, weights = a.worker
-        print(json.dumps(worker(side, name, path, a.threads, a.steps, weights,
-                                not a.no_optimizer, a.head, a.pad)))
+        serve(side, name, path, a.threads, weights, not a.no_optimizer, a.head, a.pad)
         return
 
     from minialbert.demo import blas_info, cpu_name
@@ -168,12 +189,18 @@ def main():
     names = ["tiny"] if a.quick else ["tiny", "base"]
     for name in names:
         cfg_kw, B, T = CONFIGS[name]
-        steps = a.steps or (3 if a.quick or name == "base" else 8)
+        steps = a.steps or (2 if a.quick or name == "base" else 3)
+        rounds = a.rounds or (2 if a.quick else 3)
         for pad in [0.0] + ([a.pad] if a.pad > 0 else []):
-            run_config(a, name, cfg_kw, B, T, steps, pad)
+            run_config(a, name, cfg_kw, B, T, steps, rounds, pad)
 
 
-def run_config(a, name, cfg_kw, B, T, steps, pad):
+def run_config(a, name, cfg_kw, B, T, steps, rounds, pad, rest=0.3):
+    """Every side in its own process, all of them alive at once; in each round every side
+    takes `steps` timed steps in turn, after `rest` seconds of quiet (so that the worker
+    threads of the side before have stopped spinning). A side's time is its best round's
+    median: a slow moment of a noisy host then costs every side alike, not the one that
+    happened to run in it."""
     from minialbert.config import AlbertConfig
     from minialbert.heads import init_params
 
@@ -182,30 +209,47 @@ def run_config(a, name, cfg_kw, B, T, steps, pad):
         cls = a.head == "classification"
         np.savez(w, **init_params(AlbertConfig(**cfg_kw, num_labels=7 if cls else 2), seed=0,
                                   head="sequence_classification" if cls else "pretraining"))
-        rows = []
         sides = [("hf", "eager"), ("hf", "sdpa"), ("hf", "eager+keep"), ("hf", "sdpa+keep")] + (
             [("ours", "classifier")] if cls else [("ours", "all"), ("ours", "masked")])
-        for side, path in sides:
-            r = subprocess.run([sys.executable, __file__, "--threads", str(a.threads),
-                                "--steps", str(steps), "--head", a.head, "--pad", str(pad),
-                                "--worker", side, name, path, w]
-                               + (["--no-optimizer"] if a.no_optimizer else []),
-                               capture_output=True, text=True)
-            if r.returncode:
-                sys.exit(r.stderr)
-            rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    real = make_batch(cfg_kw, B, T, pad=pad)["attention_mask"].mean()
+        procs = []
+        for side, path in sides:  # started one after another: each warms up alone
+            p = subprocess.Popen([sys.executable, __file__, "--threads", str(a.threads),
+                                  "--head", a.head, "--pad", str(pad), "--worker", side, name,
+                                  path, w] + (["--no-optimizer"] if a.no_optimizer else []),
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            if p.stdout.readline().strip() != "ready":
+                sys.exit(f"the {side} {path} worker failed")
+            procs.append(p)
+        best = [float("inf")] * len(procs)
+        every = [[] for _ in procs]
+        for _ in range(rounds):
+            for i, p in enumerate(procs):
+                time.sleep(rest)
+                p.stdin.write(f"run {steps}\n")
+                p.stdin.flush()
+                times = json.loads(p.stdout.readline())
+                best[i] = min(best[i], float(np.median(times)))
+                every[i] += times
+        rows = []
+        for i, p in enumerate(procs):
+            out, _ = p.communicate("done\n")
+            r = json.loads(out.strip().splitlines()[-1])
+            r.update(seconds=best[i], median_all=float(np.median(every[i])), path=sides[i][1])
+            rows.append(r)
     best_hf = min(r["seconds"] for r in rows if r["side"] == "hf")
+    real = rows[0]["real_tokens"] / rows[0]["tokens"]
     print(f"\n{name} ({a.head}): {cfg_kw}, B={B}, T={T}, "
-          f"{'full batch' if pad == 0 else f'{1 - real:.0%} padding'}, {steps} timed steps "
-          f"(median), forward + backward{'' if a.no_optimizer else ' + AdamW step'}, float32")
-    print(f"{'':<24}{'ms/step':>9}{'tokens/s':>10}{'vs faster HF':>13}{'loss':>9}"
+          f"{'full batch' if pad == 0 else f'{1 - real:.0%} padding'}, {rounds} rounds x "
+          f"{steps} timed steps, forward + backward{'' if a.no_optimizer else ' + AdamW step'}, "
+          "float32")
+    print(f"{'':<24}{'ms/step':>9}{'(all)':>7}{'tokens/s':>10}{'vs faster HF':>13}{'loss':>9}"
           f"{'peak MB':>9}{'step MB':>9}")
     for r in rows:
         label = f"{'HF' if r['side'] == 'hf' else 'minialbert'} ({r['path']})"
-        print(f"{label:<24}{r['seconds'] * 1e3:>9.0f}{r['tokens_per_s']:>10.0f}"
-              f"{best_hf / r['seconds']:>12.2f}x{r['loss']:>9.4f}"
-              f"{r['peak_mb']:>9.0f}{r['step_mb']:>9.0f}")
+        print(f"{label:<24}{r['seconds'] * 1e3:>9.0f}{r['median_all'] * 1e3:>7.0f}"
+              f"{r['tokens'] / r['seconds']:>10.0f}{best_hf / r['seconds']:>12.2f}x"
+              f"{r['loss']:>9.4f}{r['peak_mb']:>9.0f}{r['step_mb']:>9.0f}")
+    print("ms/step: the best round's median; (all): the median of every timed step")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,20 @@ def best_time(f, min_total=0.25, max_reps=50):
     return best
 
 
+def best_times(fs, rounds=2, min_total=0.15, rest=0.1):
+    """Best wall time of each of fs, timed in blocks taken in turn for a few rounds
+    (f0's block, f1's block, f0's, f1's, ...), so that a slow moment of a noisy host is
+    not charged to one side only. Between blocks the process rests `rest` seconds: a
+    BLAS's (and our) worker threads spin for a while after their last call, and without
+    the rest they would steal the cores from the next block's threads."""
+    best = [float("inf")] * len(fs)
+    for _ in range(rounds):
+        for i, f in enumerate(fs):
+            time.sleep(rest)
+            best[i] = min(best[i], best_time(f, min_total=min_total))
+    return best
+
+
 def matmul_forms(M, K, N, rng, dtype=np.float32):
     """The three products of a dense layer x[M,K] -> y[M,N] with W[N,K], as
     (name, ours(), blas()) triples; each does 2*M*K*N flops."""
@@ -74,8 +88,7 @@ def matmul_table(shapes, out=print):
     for label, (M, K, N) in shapes:
         for form, ours, blas in matmul_forms(M, K, N, rng):
             flops = 2.0 * M * K * N
-            t_o = best_time(ours)
-            t_b = best_time(blas)
+            t_o, t_b = best_times([ours, blas])
             r = dict(shape=label, M=M, K=K, N=N, form=form.split()[0],
                      ours=flops / t_o / 1e9, blas=flops / t_b / 1e9, ratio=t_b / t_o)
             rows.append(r)
