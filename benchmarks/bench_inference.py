@@ -6,19 +6,18 @@
 Embedding a sentence (B1 x T32, B1 x T128) and a batch (B32 x T128): one forward pass of
 the encoder and pooler (AlbertModel; HF under torch.inference_mode, eval, its faster of
 eager and sdpa attention), float32, the same random weights. Each side runs in its own
-subprocess with the same thread count. Prints the median latency of each and the ratio
+subprocess with the same thread count, all alive at once and timed in rounds, the sides in
+turn (benchmarks/_sides.py). Prints each one's latency and the ratio
 (HF time / ours: > 1 means we are faster), and the CPU, ISA and threads it ran on.
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
+from _sides import rounds, serve
 from minialbert.config import preset, shape_of  # noqa: E402
 
 CONFIGS = {  # the model's sizes, from config.preset
@@ -28,18 +27,8 @@ CONFIGS = {  # the model's sizes, from config.preset
 SHAPES = [("a sentence", 1, 32), ("a long sentence", 1, 128), ("a batch", 32, 128)]
 
 
-def timed(f, min_seconds=1.0, max_reps=200):
-    f()
-    f()  # warm-up: compilation/cache load, allocator
-    times = []
-    while (sum(times) < min_seconds or len(times) < 5) and len(times) < max_reps:
-        t0 = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def worker(side, name, path, weights, threads):
+def jobs(side, name, path, weights, threads):
+    """The three jobs (one forward pass each) of one side."""
     cfg_kw = CONFIGS[name]
     params = dict(np.load(weights))
     rng = np.random.default_rng(0)
@@ -51,26 +40,26 @@ def worker(side, name, path, weights, threads):
 
         kernels.set_threads(threads)
         m = AlbertModel(AlbertConfig(**cfg_kw), params=params).freeze()  # as Predictor does
-        for label, B, T in SHAPES:
+        for i, (label, B, T) in enumerate(SHAPES):
             ids = rng.integers(5, cfg_kw["vocab_size"], (B, T))
-            out[label] = timed(lambda: m.forward(ids))
-    else:
-        import torch
-        import transformers
+            out[str(i)] = lambda ids=ids: m.forward(ids)
+        return out
+    import torch
+    import transformers
 
-        torch.set_num_threads(threads)
-        hcfg = transformers.AlbertConfig(**cfg_kw)
-        hcfg._attn_implementation = path
-        hf = transformers.AlbertModel(hcfg).eval()
-        hf.load_state_dict({k[len("albert."):]: torch.from_numpy(v) for k, v in params.items()
-                            if k.startswith("albert.")}, strict=True)
-        for label, B, T in SHAPES:
-            ids = torch.from_numpy(rng.integers(5, cfg_kw["vocab_size"], (B, T)))
+    torch.set_num_threads(threads)
+    hcfg = transformers.AlbertConfig(**cfg_kw)
+    hcfg._attn_implementation = path
+    hf = transformers.AlbertModel(hcfg).eval()
+    hf.load_state_dict({k[len("albert."):]: torch.from_numpy(v) for k, v in params.items()
+                        if k.startswith("albert.")}, strict=True)
+    for i, (label, B, T) in enumerate(SHAPES):
+        ids = torch.from_numpy(rng.integers(5, cfg_kw["vocab_size"], (B, T)))
 
-            def run():
-                with torch.inference_mode():
-                    hf(input_ids=ids)
-            out[label] = timed(run)
+        def run(ids=ids):
+            with torch.inference_mode():
+                hf(input_ids=ids)
+        out[str(i)] = run
     return out
 
 
@@ -78,11 +67,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--worker", nargs=4, metavar=("SIDE", "CONFIG", "PATH", "WEIGHTS"))
     a = ap.parse_args()
     if a.worker:
         side, name, path, weights = a.worker
-        print(json.dumps(worker(side, name, path, weights, a.threads)))
+        serve(jobs(side, name, path, weights, a.threads))
         return
     from minialbert.config import AlbertConfig
     from minialbert.demo import cpu_name
@@ -90,23 +80,20 @@ def main():
     from minialbert.heads import init_params
 
     print(f"CPU: {cpu_name()}; vector ISA {ISA}; threads per side: {a.threads}")
+    sides = [("hf", "eager"), ("hf", "sdpa"), ("ours", "-")]
     for name in (["tiny"] if a.quick else ["tiny", "base"]):
         with tempfile.TemporaryDirectory() as d:
             w = os.path.join(d, "w.npz")
             np.savez(w, **init_params(AlbertConfig(**CONFIGS[name]), seed=0, head="base"))
-            res = {}
-            for side, path in [("hf", "eager"), ("hf", "sdpa"), ("ours", "-")]:
-                r = subprocess.run([sys.executable, __file__, "--threads", str(a.threads),
-                                    "--worker", side, name, path, w],
-                                   capture_output=True, text=True)
-                if r.returncode:
-                    sys.exit(r.stderr)
-                res[(side, path)] = json.loads(r.stdout.strip().splitlines()[-1])
-        print(f"\n{name}: {CONFIGS[name]}, AlbertModel forward, float32, median latency")
+            cmds = [[sys.executable, __file__, "--threads", str(a.threads), "--worker", side,
+                     name, path, w] for side, path in sides]
+            steps = 3 if name == "base" else 10
+            best, _, _ = rounds(cmds, [str(i) for i in range(len(SHAPES))], steps, a.rounds)
+        print(f"\n{name}: {CONFIGS[name]}, AlbertModel forward, float32, latency (the median "
+              f"of the best of {a.rounds} rounds of {steps} calls, the sides in turn)")
         print(f"{'':<24}{'HF eager ms':>12}{'HF sdpa ms':>11}{'ours ms':>9}{'vs faster HF':>14}")
-        for label, B, T in SHAPES:
-            e, s, o = (res[k][label] * 1e3 for k in (("hf", "eager"), ("hf", "sdpa"),
-                                                     ("ours", "-")))
+        for i, (label, B, T) in enumerate(SHAPES):
+            e, s, o = (best[k][str(i)] * 1e3 for k in range(3))
             print(f"{f'{label} (B{B} x T{T})':<24}{e:>12.2f}{s:>11.2f}{o:>9.2f}"
                   f"{min(e, s) / o:>13.2f}x")
 

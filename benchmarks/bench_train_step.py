@@ -19,16 +19,14 @@ sdpa attention, each also with "+keep": glibc told to keep freed memory for the 
 as our trainers do (minialbert/memory.py), so that setting is not counted as our gain.
 """
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
+from _sides import rounds, serve
 from minialbert.config import preset, shape_of  # noqa: E402
 
 # (the model's sizes, from config.preset; batch; sequence length)
@@ -132,31 +130,23 @@ def build(side, name, path, threads, weights, optimizer=True, head="pretraining"
     return step, batch
 
 
-def serve(side, name, path, threads, weights, optimizer, head, pad):
-    """A worker: builds its side, takes two warm-up steps, says "ready", then for each line
-    "run N" on stdin takes N timed steps and prints their times (JSON); on "done" prints
-    its summary: the loss, its peak memory (max RSS, its own process's) and what the steps
-    added to it."""
+def jobs(side, name, path, threads, weights, optimizer, head, pad):
+    """A worker's one job, "step", and its summary: the loss, its peak memory (max RSS, its
+    own process's) and what building and stepping added to it."""
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step, batch = build(side, name, path, threads, weights, optimizer, head, pad)
-    loss = step()
-    step()
-    print("ready", flush=True)
-    for line in sys.stdin:
-        cmd = line.split()
-        if cmd[0] != "run":
-            break
-        times = []
-        for _ in range(int(cmd[1])):
-            t0 = time.perf_counter()
-            loss = step()
-            times.append(time.perf_counter() - t0)
-        print(json.dumps(times), flush=True)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    B, T = batch["input_ids"].shape
-    print(json.dumps(dict(side=side, path=path, loss=loss, pad=pad, tokens=B * T,
-                          real_tokens=int(batch["attention_mask"].sum()),
-                          peak_mb=rss / 1024, step_mb=(rss - rss0) / 1024)), flush=True)
+    last = {}
+
+    def job():
+        last["loss"] = step()
+
+    def summary():
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        B, T = batch["input_ids"].shape
+        return dict(side=side, path=path, loss=last["loss"], pad=pad, tokens=B * T,
+                    real_tokens=int(batch["attention_mask"].sum()), peak_mb=rss / 1024,
+                    step_mb=(rss - rss0) / 1024)
+    return {"step": job}, summary
 
 
 def main():
@@ -174,7 +164,7 @@ def main():
     a = ap.parse_args()
     if a.worker:
         side, name, path, weights = a.worker
-        serve(side, name, path, a.threads, weights, not a.no_optimizer, a.head, a.pad)
+        serve(*jobs(side, name, path, a.threads, weights, not a.no_optimizer, a.head, a.pad))
         return
 
     from minialbert.demo import blas_info, cpu_name
@@ -190,17 +180,15 @@ def main():
     for name in names:
         cfg_kw, B, T = CONFIGS[name]
         steps = a.steps or (2 if a.quick or name == "base" else 3)
-        rounds = a.rounds or (2 if a.quick else 3)
+        n_rounds = a.rounds or (2 if a.quick else 3)
         for pad in [0.0] + ([a.pad] if a.pad > 0 else []):
-            run_config(a, name, cfg_kw, B, T, steps, rounds, pad)
+            run_config(a, name, cfg_kw, B, T, steps, n_rounds, pad)
 
 
-def run_config(a, name, cfg_kw, B, T, steps, rounds, pad, rest=0.3):
-    """Every side in its own process, all of them alive at once; in each round every side
-    takes `steps` timed steps in turn, after `rest` seconds of quiet (so that the worker
-    threads of the side before have stopped spinning). A side's time is its best round's
-    median: a slow moment of a noisy host then costs every side alike, not the one that
-    happened to run in it."""
+def run_config(a, name, cfg_kw, B, T, steps, n_rounds, pad):
+    """Every side in its own process, all of them alive at once, the timed steps taken in
+    rounds, the sides in turn (benchmarks/_sides.py): a side's time is its best round's
+    median, so that a slow moment of a noisy host costs every side alike."""
     from minialbert.config import AlbertConfig
     from minialbert.heads import init_params
 
@@ -211,35 +199,17 @@ def run_config(a, name, cfg_kw, B, T, steps, rounds, pad, rest=0.3):
                                   head="sequence_classification" if cls else "pretraining"))
         sides = [("hf", "eager"), ("hf", "sdpa"), ("hf", "eager+keep"), ("hf", "sdpa+keep")] + (
             [("ours", "classifier")] if cls else [("ours", "all"), ("ours", "masked")])
-        procs = []
-        for side, path in sides:  # started one after another: each warms up alone
-            p = subprocess.Popen([sys.executable, __file__, "--threads", str(a.threads),
-                                  "--head", a.head, "--pad", str(pad), "--worker", side, name,
-                                  path, w] + (["--no-optimizer"] if a.no_optimizer else []),
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            if p.stdout.readline().strip() != "ready":
-                sys.exit(f"the {side} {path} worker failed")
-            procs.append(p)
-        best = [float("inf")] * len(procs)
-        every = [[] for _ in procs]
-        for _ in range(rounds):
-            for i, p in enumerate(procs):
-                time.sleep(rest)
-                p.stdin.write(f"run {steps}\n")
-                p.stdin.flush()
-                times = json.loads(p.stdout.readline())
-                best[i] = min(best[i], float(np.median(times)))
-                every[i] += times
-        rows = []
-        for i, p in enumerate(procs):
-            out, _ = p.communicate("done\n")
-            r = json.loads(out.strip().splitlines()[-1])
-            r.update(seconds=best[i], median_all=float(np.median(every[i])), path=sides[i][1])
-            rows.append(r)
+        cmds = [[sys.executable, __file__, "--threads", str(a.threads), "--head", a.head,
+                 "--pad", str(pad), "--worker", side, name, path, w]
+                + (["--no-optimizer"] if a.no_optimizer else []) for side, path in sides]
+        best, every, rows = rounds(cmds, ["step"], steps, n_rounds)
+    for i, r in enumerate(rows):
+        r.update(seconds=best[i]["step"], median_all=float(np.median(every[i]["step"])),
+                 path=sides[i][1])
     best_hf = min(r["seconds"] for r in rows if r["side"] == "hf")
     real = rows[0]["real_tokens"] / rows[0]["tokens"]
     print(f"\n{name} ({a.head}): {cfg_kw}, B={B}, T={T}, "
-          f"{'full batch' if pad == 0 else f'{1 - real:.0%} padding'}, {rounds} rounds x "
+          f"{'full batch' if pad == 0 else f'{1 - real:.0%} padding'}, {n_rounds} rounds x "
           f"{steps} timed steps, forward + backward{'' if a.no_optimizer else ' + AdamW step'}, "
           "float32")
     print(f"{'':<24}{'ms/step':>9}{'(all)':>7}{'tokens/s':>10}{'vs faster HF':>13}{'loss':>9}"

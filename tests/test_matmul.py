@@ -204,8 +204,9 @@ def test_packed_gemm_any_shape_every_isa_every_form(isa, data):
 def test_packing_in_the_first_column_gives_the_bits_of_packing_first(isa, data):
     """The GEMM packs each block of A inside the first column of micro-kernel calls
     (microkernel_packing). It must give exactly the bits of packing the block first and
-    then running the plain macro-kernel (_gemm_block, one thread): the same numbers in
-    the same order — ragged panels, several KC blocks, every form, both dtypes."""
+    then running the plain macro-kernel (one thread): the same numbers in the same order
+    — ragged panels, several KC blocks, every form, both dtypes. So must attention's
+    one-thread driver, _gemm_block."""
     from minialbert.kernels import matmul as mm
     dt = data.draw(st.sampled_from([np.float32, np.float64]))
     b = mm.blocking(dt, 64, 64, kernel=isa)
@@ -214,6 +215,8 @@ def test_packing_in_the_first_column_gives_the_bits_of_packing_first(isa, data):
     M, N = data.draw(dims), data.draw(dims)
     K = data.draw(st.sampled_from([1, 9, KC, KC + 1, 2 * KC + 7]))
     form = data.draw(st.sampled_from(["nt", "nn", "tn"]))
+    if form == "tn" and data.draw(st.booleans()):  # rows of A 4 KiB apart: the TN form
+        M = 4096 // np.dtype(dt).itemsize  # copies A's blocks first (gemm's copy_a)
     accumulate = data.draw(st.booleans())
     r = np.random.default_rng(data.draw(st.integers(0, 2**16)))
     A = r.standard_normal((K, M) if form == "tn" else (M, K)).astype(dt)
@@ -222,9 +225,21 @@ def test_packing_in_the_first_column_gives_the_bits_of_packing_first(isa, data):
     ref = out.copy()
     mm.gemm(A, form == "tn", B, form == "nt", out, accumulate, kernel=isa)
     Ap, Bp, edge = mm.packing_buffers(M, N, K, MR, NR, KC, dt)
-    mm._gemm_block(A, form == "tn", 0, M, B, form == "nt", 0, N, K, ref.reshape(-1), 0, N,
-                   accumulate, isa, MR, NR, KC, Ap, Bp, edge)
+    single = ref.copy()
+    ref_f = ref.reshape(-1)
+    mm._zero_if_empty(K, accumulate, ref_f, 0, N, M, N)
+    for p0 in range(0, K, KC):  # pack A's block, pack B's block, then the macro-kernel
+        kc = min(KC, K - p0)
+        mm._pack(A, form == "tn", p0, kc, 0, M, MR, Ap)
+        mm._pack(B, form != "nt", p0, kc, 0, N, NR, Bp)
+        mm._macrokernel(Ap, 0, Bp, 0, kc, M, N, ref_f, 0, N, accumulate or p0 > 0, isa, MR, NR,
+                        edge)
     assert np.array_equal(out, ref), (isa, form, M, K, N, accumulate)
+    # attention's one-thread driver (A read in place through its strides) gives them too
+    rs, cs = (1, M) if form == "tn" else (K, 1)
+    mm._gemm_block(A.reshape(-1), 0, rs, cs, M, B, form == "nt", 0, N, K, single.reshape(-1),
+                   0, N, accumulate, isa, MR, NR, KC, Ap, Bp, edge)
+    assert np.array_equal(single, ref), (isa, form, M, K, N, accumulate)
 
 
 @given(data=st.data())

@@ -225,6 +225,7 @@ def _attention_forward(qkv, starts, lens, mask_bias, T, n_heads, p_drop, key, is
     scale = cast_like(q, 1.0 / math.sqrt(D))
     keep_scale = cast_like(q, 1.0 / (1.0 - p_drop))
     ctx = np.empty((n, H), dtype=qkv.dtype)
+    qkv_f = qkv.reshape(n * 3 * H)  # the products read A in place: q's row i at i*3H
     poff = _prob_offsets(lens, n_heads)
     probs = np.empty(poff[B], dtype=q.dtype)
     ctx_f = ctx.reshape(n * H)
@@ -234,15 +235,14 @@ def _attention_forward(qkv, starts, lens, mask_bias, T, n_heads, p_drop, key, is
         c0 = h * D
         s0 = starts[b]
         L = lens[b]
-        Qh = q[s0:s0 + L, c0:c0 + D]  # [L, D] slices of this head
-        Kh = k[s0:s0 + L, c0:c0 + D]
+        Kh = k[s0:s0 + L, c0:c0 + D]  # [L, D] slices of this head
         Vh = v[s0:s0 + L, c0:c0 + D]
         P_f = probs[poff[b] + h * L * L:poff[b] + (h + 1) * L * L]
         P = P_f.reshape(L, L)
         Ap, Bp, edge = packing_buffers(L, max(L, D), max(L, D), MR, NR, KC, q.dtype)
         # S = Q K^T  (into probs, then softmax in place)
-        _gemm_block(Qh, False, 0, L, Kh, True, 0, L, D, P_f, 0, L, False, isa, MR, NR, KC,
-                    Ap, Bp, edge)
+        _gemm_block(qkv_f, s0 * 3 * H + c0, 3 * H, 1, L, Kh, True, 0, L, D, P_f, 0, L, False,
+                    isa, MR, NR, KC, Ap, Bp, edge)
         for i in range(L):
             row = P[i]
             inv = _softmax_row(row, mask_bias[b, :L], scale)
@@ -257,8 +257,8 @@ def _attention_forward(qkv, starts, lens, mask_bias, T, n_heads, p_drop, key, is
                     keep = _hash_uniform(key, base + j) >= p_drop
                     Pd[i, j] = P[i, j] * keep_scale if keep else cast_like(q, 0.0)
         # O = Pd V  -> ctx[s0:s0+L, c0:c0+D] (row stride H)
-        _gemm_block(Pd, False, 0, L, Vh, False, 0, D, L, ctx_f, s0 * H + c0, H, False, isa,
-                    MR, NR, KC, Ap, Bp, edge)
+        _gemm_block(Pd.reshape(L * L), 0, L, 1, L, Vh, False, 0, D, L, ctx_f, s0 * H + c0, H,
+                    False, isa, MR, NR, KC, Ap, Bp, edge)
     return ctx, probs
 
 
@@ -287,6 +287,7 @@ def _attention_backward(dctx, qkv, probs, starts, lens, T, n_heads, p_drop, key,
     keep_scale = cast_like(q, 1.0 / (1.0 - p_drop))
     dqkv = np.empty_like(qkv)
     d_f = dqkv.reshape(n * 3 * H)
+    dctx_f = dctx.reshape(n * H)  # the products read A in place: dO's row i at i*H
     poff = _prob_offsets(lens, n_heads)
     for bh in prange(B * n_heads):
         b = bh // n_heads
@@ -304,8 +305,8 @@ def _attention_backward(dctx, qkv, probs, starts, lens, T, n_heads, p_drop, key,
         dS = np.empty((L, L), dtype=q.dtype)  # first dPd, then dS, in place
         dS_f = dS.reshape(L * L)
         # dPd = dO V^T
-        _gemm_block(dO, False, 0, L, Vh, True, 0, L, D, dS_f, 0, L, False, isa, MR, NR, KC,
-                    Ap, Bp, edge)
+        _gemm_block(dctx_f, s0 * H + c0, H, 1, L, Vh, True, 0, L, D, dS_f, 0, L, False, isa,
+                    MR, NR, KC, Ap, Bp, edge)
         Pd = P
         if p_drop > 0.0:
             Pd = np.empty((L, L), dtype=q.dtype)
@@ -317,17 +318,17 @@ def _attention_backward(dctx, qkv, probs, starts, lens, T, n_heads, p_drop, key,
                     Pd[i, j] = P[i, j] * kept
                     dS[i, j] *= kept  # back through dropout: dP = dPd * keep/(1-p)
         # dV = Pd^T dO
-        _gemm_block(Pd, True, 0, L, dO, False, 0, D, L, d_f, out0 + 2 * H, 3 * H, False, isa,
-                    MR, NR, KC, Ap, Bp, edge)
+        _gemm_block(Pd.reshape(L * L), 0, 1, L, L, dO, False, 0, D, L, d_f, out0 + 2 * H,
+                    3 * H, False, isa, MR, NR, KC, Ap, Bp, edge)
         for i in range(L):  # softmax backward, then the 1/sqrt(D): dS = P (dP - <dP, P>) s
             dot = vdot(dS[i], P[i])
             for j in range(L):
                 dS[i, j] = P[i, j] * (dS[i, j] - dot) * scale
         # dQ = dS K;  dK = dS^T Q
-        _gemm_block(dS, False, 0, L, Kh, False, 0, D, L, d_f, out0, 3 * H, False, isa, MR, NR,
-                    KC, Ap, Bp, edge)
-        _gemm_block(dS, True, 0, L, Qh, False, 0, D, L, d_f, out0 + H, 3 * H, False, isa, MR,
+        _gemm_block(dS_f, 0, L, 1, L, Kh, False, 0, D, L, d_f, out0, 3 * H, False, isa, MR,
                     NR, KC, Ap, Bp, edge)
+        _gemm_block(dS_f, 0, 1, L, L, Qh, False, 0, D, L, d_f, out0 + H, 3 * H, False, isa,
+                    MR, NR, KC, Ap, Bp, edge)
     return dqkv
 
 

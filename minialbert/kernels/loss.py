@@ -20,7 +20,9 @@ from .reduce import vmax, vsum
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _xent_rows(logits, labels, ignore_index, want_grad, dlogits, row_loss):
+def _xent_rows(logits, labels, ignore_index, want_grad, dlogits, row_loss, mult):
+    # mult: what the gradient is multiplied by (scale / count), applied in the same pass
+    # (a pass of its own over [R, C] would read and write the whole gradient once more)
     R, C = logits.shape
     for r in prange(R):
         lab = labels[r]
@@ -37,11 +39,12 @@ def _xent_rows(logits, labels, ignore_index, want_grad, dlogits, row_loss):
             e[j] = exp_float32(z[j] - m)
         s = vsum(e)  # reduce.py: a vector sum in a fixed order
         row_loss[r] = m + math.log(s) - z[lab]  # logsumexp(z) - z[label]
-        if want_grad:  # softmax(z) - onehot(label)
+        if want_grad:  # (softmax(z) - onehot(label)) * mult
             inv = cast_like(logits, 1.0) / s
+            p_lab = e[lab] * inv
             for j in range(C):
-                e[j] *= inv
-            e[lab] -= cast_like(logits, 1.0)
+                e[j] = (e[j] * inv) * mult
+            e[lab] = (p_lab - cast_like(logits, 1.0)) * mult
 
 
 def cross_entropy(logits, labels, ignore_index=-100, grad=True, scale=1.0):
@@ -63,15 +66,13 @@ def cross_entropy(logits, labels, ignore_index=-100, grad=True, scale=1.0):
     count = int(counted.sum())
     row_loss = np.empty(R, dtype=logits.dtype)
     dlogits = np.empty_like(logits) if grad else np.empty((1, 1), logits.dtype)
-    _xent_rows(logits, labels, ignore_index, grad, dlogits, row_loss)
+    mult = logits.dtype.type(scale / max(count, 1))
+    _xent_rows(logits, labels, ignore_index, grad, dlogits, row_loss, mult)
     if count == 0:
         loss = logits.dtype.type(0.0)
         return loss, (np.zeros_like(logits) if grad else None), 0
     loss = logits.dtype.type(row_loss.astype(np.float64).sum() / count)
-    if grad:
-        dlogits *= logits.dtype.type(scale / count)
-        return loss, dlogits, count
-    return loss, None, count
+    return loss, (dlogits if grad else None), count
 
 
 # The two losses below act on a handful of numbers per example ([B, C] logits), so they

@@ -319,19 +319,19 @@ def _zero_if_empty(K, accumulate, Cf, c0, ldc, m, n):
 
 
 @njit(cache=True)
-def _gemm_block(A, a_trans, i0, m, B, b_trans, j0, n, K, Cf, c0, ldc, accumulate, isa, MR, NR,
+def _gemm_block(Af, a0, rs, cs, m, B, b_trans, j0, n, K, Cf, c0, ldc, accumulate, isa, MR, NR,
                 KC, Ap, Bp, edge):
-    # One thread's GEMM: Cf[c0 + i*ldc + j] (+)= sum_p opA(A)[i0+i, p] opB(B)[p, j0+j] for
-    # i < m, j < n. Walks the reduction in KC steps, packing the A rows and B columns of
-    # each step into Ap, Bp (scratch the caller owns), then runs the macro-kernel on them.
-    # Attention calls it once a head (small products, one thread each).
+    # One thread's GEMM: Cf[c0 + i*ldc + j] (+)= sum_p opA[i, p] opB(B)[p, j0+j] for i < m,
+    # j < n, where opA[i, p] lies at Af[a0 + i*rs + p*cs] (any layout, read in place).
+    # Walks the reduction in KC steps, packing the B columns of each step into Bp, and runs
+    # the macro-kernel whose first column packs A into Ap on the way (scratch the caller
+    # owns). Attention calls it once a head (small products, one thread each).
     _zero_if_empty(K, accumulate, Cf, c0, ldc, m, n)
     for p0 in range(0, K, KC):  # the reduction, KC at a time, always in this order
         kc = min(KC, K - p0)
-        _pack(A, a_trans, p0, kc, i0, m, MR, Ap)  # [m, kc] block of A
         _pack(B, not b_trans, p0, kc, j0, n, NR, Bp)  # [kc, n] block of B
-        _macrokernel(Ap, 0, Bp, 0, kc, m, n, Cf, c0, ldc, accumulate or p0 > 0, isa, MR, NR,
-                     edge)
+        _macrokernel_packing(Af, a0 + p0 * cs, rs, cs, Ap, Bp, 0, kc, m, n, Cf, c0, ldc,
+                             accumulate or p0 > 0, isa, MR, NR, edge)
 
 
 @njit(cache=True)
