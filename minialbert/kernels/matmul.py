@@ -441,6 +441,11 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None):
     # most _MC rows; more cuts across M, then N, until every thread has equal work.
     n_mb, n_nb = -(-M // _MC), 1
     max_mb, max_nb = -(-M // MR), -(-N // NR)
+    if n_mb == 1 and 16 * M < N:  # a few rows against a wide B (one sentence, the masked
+        # MLM decoder): cut across N, so that each thread reads only its share of B; the
+        # few rows of A are packed once per thread (measured on a 2-core Sapphire Rapids:
+        # 163 x 128 x 30000 and 32 x 768 x 3072, 1.1x and 1.15x)
+        n_nb = min(threads, max_nb)
     while (n_mb * n_nb) % threads and (n_mb < max_mb or n_nb < max_nb):
         if n_mb < max_mb:
             n_mb += 1
