@@ -46,9 +46,21 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session", autouse=True)
 def warm_kernels():
-    """Compile (or load from cache) every kernel for both dtypes once per session."""
+    """Compile (or load from cache) every kernel for both dtypes once per session. Under
+    pytest-xdist (-n 2: one test process per core) each test process computes on one
+    thread, ours and torch's: two processes of two threads each on two cores made every
+    parallel region wait for a core. A whole-model finite-difference check (thousands of
+    small calls) once took 294 s so, against 2-5 s. Tests that are about threads set
+    their counts themselves (the ``threads`` fixture: 1 and all)."""
     from minialbert.kernels import warmup
     warmup()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        numba.set_num_threads(1)
+        try:
+            import torch
+            torch.set_num_threads(1)
+        except ImportError:  # the parity tests then fail under CI (a skip is an error)
+            pass
     yield
 
 
