@@ -25,9 +25,9 @@ from .kernels import (cross_entropy, dropout_backward, dropout_forward, matmul_n
                       matmul_tn)
 from .kernels.act import activation
 from .kernels.loss import bce_with_logits, mse_loss
-from .kernels.matmul import bias_add, bias_grad
-from .layers import (Dropout, LayerNormCache, dense_backward, dense_forward, layernorm_bwd,
-                     layernorm_fwd)
+from .kernels.matmul import bias_grad
+from .layers import (Dropout, LayerNormCache, dense_act_forward, dense_backward, dense_forward,
+                     layernorm_bwd, layernorm_fwd)
 from .model import AlbertModel, ModelCache, scatter_rows
 from .params import WORD, count_by_part, init_weights, zeros_like_params
 
@@ -103,12 +103,9 @@ def _mlm_shapes(cfg):
 def mlm_head_forward(x, params, cfg):
     # x: [r, H] -> dense H->E, activation, LayerNorm -> decoder E->V tied to the word
     # table -> logits: [r, V]
-    act_f, _ = activation(cfg.hidden_act)
-    m, _ = dense_forward(x, params, "predictions.dense")  # [r, E]
-    g = act_f(m.reshape(-1)).reshape(m.shape)
+    m, g = dense_act_forward(x, params, "predictions.dense", cfg.hidden_act)  # [r, E] each
     e, ln = layernorm_fwd(g, params, "predictions.LayerNorm", cfg.layer_norm_eps)
-    logits = matmul_nt(e, params[WORD])  # [r, V] = e @ word_embeddings.T
-    bias_add(logits, params["predictions.bias"])
+    logits = matmul_nt(e, params[WORD], bias=params["predictions.bias"])  # [r, V] = e @ W.T + b
     return logits, MLMCache(x, m, e, ln)
 
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .kernels import (PackedWeight, activation, attention, bias_add, bias_grad,
+from .kernels import (PackedWeight, activation, attention, bias_grad,
                       dropout_backward, dropout_forward, dropout_key, layernorm_backward,
                       layernorm_forward, matmul_nn, matmul_nt, matmul_tn)
 
@@ -101,15 +101,39 @@ class Weights:
 # ------------------------------------------------------------------------------- dense
 
 def dense_forward(x, params, name):  # x: [n, in], W: [out, in], b: [out] -> y: [n, out]
-    y = matmul_nt(x, params[name + ".weight"])  # y = x @ W.T
-    bias_add(y, params[name + ".bias"])  # y += b
-    return y, x
+    # y = x @ W.T + b: the bias added by the GEMM's epilogue, as each block of y is done
+    return matmul_nt(x, params[name + ".weight"], bias=params[name + ".bias"]), x
+
+
+def dense_act_forward(x, params, name, act):
+    # -> (h, g): h = x @ W.T + b [n, out] and g = act(h). gelu_new (ALBERT's) is applied by
+    # the GEMM's epilogue, on each block of h while it is in cache; others in a pass after.
+    h, _ = dense_forward(x, params, name) if act != "gelu_new" else (None, None)
+    if h is None:
+        W = params[name + ".weight"]
+        g = np.empty((x.shape[0], W.shape[0]), dtype=x.dtype)
+        h = matmul_nt(x, W, bias=params[name + ".bias"], gelu_out=g)
+        return h, g
+    act_f, _ = activation(act)
+    return h, act_f(h.reshape(-1)).reshape(h.shape)
 
 
 def dense_backward(dy, x, params, grads, name):  # dy: [n, out] -> dx: [n, in]
     matmul_tn(dy, x, out=grads[name + ".weight"], accumulate=True)  # dW += dy.T @ x
     bias_grad(dy, grads[name + ".bias"])  # db += sum_n dy
     return matmul_nn(dy, params[name + ".weight"])  # dx = dy @ W
+
+
+def dense_act_backward(dy, x, h, params, grads, name, act):
+    # as dense_backward, then through the activation that made x = act(h): -> dh [n, in].
+    # For gelu_new, dh = (dy @ W) * gelu_new'(h) in one pass (the GEMM's epilogue).
+    matmul_tn(dy, x, out=grads[name + ".weight"], accumulate=True)
+    bias_grad(dy, grads[name + ".bias"])
+    if act == "gelu_new":
+        return matmul_nn(dy, params[name + ".weight"], gelu_grad_of=h)
+    _, act_b = activation(act)
+    dx = matmul_nn(dy, params[name + ".weight"])
+    return act_b(dx.reshape(-1), h.reshape(-1)).reshape(h.shape)
 
 
 # ------------------------------------------------------------------------------- layernorm
@@ -164,8 +188,7 @@ def attention_block_forward(x, params, name, seqs, cfg, drop):
     # seqs: Sequences (which rows form which sequence); params: a dict, or Weights (the
     # encoder's: its stacked q|k|v is made once per forward pass)
     W, b = params.qkv(name) if isinstance(params, Weights) else qkv_params(params, name)
-    qkv = matmul_nt(x, W)  # [n, 3H] = q | k | v
-    bias_add(qkv, b)
+    qkv = matmul_nt(x, W, bias=b)  # [n, 3H] = q | k | v
     p_attn = drop.p(cfg.attention_probs_dropout_prob)
     key_attn = drop.key() if p_attn > 0 else np.uint64(0)
     ctx, probs = seqs.attend(qkv, cfg.num_attention_heads, p_attn, key_attn)
@@ -207,9 +230,7 @@ class FFNCache(NamedTuple):
 def ffn_block_forward(a, params, name, cfg):
     # a: [n, H] -> LayerNorm(a + ffn_output(act(ffn(a)))): [n, H]
     # (HF defines a dropout in AlbertLayer but never applies it; neither do we.)
-    act_f, _ = activation(cfg.hidden_act)
-    h, _ = dense_forward(a, params, name + "ffn")  # [n, I]
-    g = act_f(h.reshape(-1)).reshape(h.shape)
+    h, g = dense_act_forward(a, params, name + "ffn", cfg.hidden_act)  # [n, I] each
     f, _ = dense_forward(g, params, name + "ffn_output")  # [n, H]
     f += a  # residual
     y, ln = layernorm_fwd(f, params, name + "full_layer_layer_norm", cfg.layer_norm_eps)
@@ -218,10 +239,8 @@ def ffn_block_forward(a, params, name, cfg):
 
 def ffn_block_backward(dy, cache, params, grads, name, cfg):  # dy: [n, H] -> da: [n, H]
     a, h, g, ln = cache
-    _, act_b = activation(cfg.hidden_act)
     d = layernorm_bwd(dy, ln, params, grads, name + "full_layer_layer_norm")
-    dg = dense_backward(d, g, params, grads, name + "ffn_output")
-    dh = act_b(dg.reshape(-1), h.reshape(-1)).reshape(h.shape)
+    dh = dense_act_backward(d, g, h, params, grads, name + "ffn_output", cfg.hidden_act)
     da = dense_backward(dh, a, params, grads, name + "ffn")
     da += d  # the residual branch
     return da

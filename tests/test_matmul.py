@@ -272,6 +272,67 @@ def test_packed_weight_gives_the_same_bits_as_packing_on_the_fly(data):
         assert_close(matmul_nt(x, Wp), x @ W.T, **_tol(dt))
 
 
+@given(data=st.data())
+def test_epilogue_gives_the_bits_of_the_separate_kernels(data):
+    """The dense layer's epilogue (bias, gelu_new, gelu_new's gradient applied to each
+    block of C as soon as it is summed) gives bitwise what the product followed by
+    bias_add / gelu_new_forward / gelu_new_backward gives: for shapes that cut C into
+    several blocks (across M and N), ragged tiles, K below and above KC, a PackedWeight or
+    a plain B, float32 and float64, 1 thread and all; and, under the BLAS switch, the same
+    layer as BLAS + those kernels."""
+    from minialbert.kernels import PackedWeight
+    from minialbert.kernels.act import gelu_new_backward, gelu_new_forward
+    dt = data.draw(st.sampled_from([np.float32, np.float64]))
+    M = data.draw(st.sampled_from([1, 2, 13, 37, 300, 601]))
+    K = data.draw(st.sampled_from([1, 7, 128, 129, 300]))
+    N = data.draw(st.sampled_from([1, 5, 32, 48, 97, 1100]))
+    packed = data.draw(st.booleans())
+    r = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x = r.standard_normal((M, K)).astype(dt)
+    W = (r.standard_normal((N, K)) / np.sqrt(K)).astype(dt) * 3
+    b = r.standard_normal(N).astype(dt)
+    dy = r.standard_normal((M, N)).astype(dt)
+    Wb = PackedWeight(W) if packed else W
+    ref_h = bias_add(matmul_nt(x, W), b)
+    ref_g = gelu_new_forward(ref_h.reshape(-1)).reshape(M, N)
+    Wt = (r.standard_normal((K, N))).astype(dt)  # the backward's W: [N(out) = K, N(in)]
+    ref_dh = gelu_new_backward(matmul_nn(x, Wt).reshape(-1), ref_h.reshape(-1)).reshape(M, N)
+    saved = numba.get_num_threads()
+    try:
+        for threads in (1, saved):
+            numba.set_num_threads(threads)
+            assert np.array_equal(matmul_nt(x, Wb, bias=b), ref_h)
+            g = np.full((M, N), np.nan, dt)
+            h = matmul_nt(x, Wb, bias=b, gelu_out=g)
+            assert np.array_equal(h, ref_h) and np.array_equal(g, ref_g), (M, K, N, threads)
+            assert np.array_equal(matmul_nn(x, Wt, gelu_grad_of=ref_h), ref_dh)
+    finally:
+        numba.set_num_threads(saved)
+    with use_blas(True):
+        g = np.empty((M, N), dt)
+        h = matmul_nt(x, Wb, bias=b, gelu_out=g)
+        assert_close(h, x @ W.T + b, **_tol(dt))
+        assert np.array_equal(g, gelu_new_forward(h.reshape(-1)).reshape(M, N))
+        dh = matmul_nn(x, Wt, gelu_grad_of=ref_h)
+        assert_close(dh, ref_dh, **_tol(dt))
+
+
+def test_epilogue_arguments_are_checked(rng):
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    W = rng.standard_normal((5, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="bias"):
+        matmul_nt(x, W, bias=np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        matmul_nt(x, W, bias=np.zeros(5, np.float64))
+    with pytest.raises(ValueError, match="shape"):
+        matmul_nt(x, W, gelu_out=np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match="accumulate"):
+        matmul_nt(x, W, out=np.zeros((3, 5), np.float32), accumulate=True,
+                  bias=np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        matmul_nn(x, W.T.copy(), gelu_grad_of=np.zeros((3, 4), np.float32))
+
+
 def test_tile_is_picked_from_the_shape():
     """AVX-512 has two tiles: 8 x 48 unless 12 x 32 covers the product with less padding
     (N = 128, the embedding size; N = 64, a head). The choice depends on the shape only,

@@ -58,16 +58,35 @@ def _tanh_float32_overload(x):
     return impl
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=True)
-def gelu_new_forward(x):  # x: [n] (flat) -> y: [n]
-    y = np.empty_like(x)
+@njit(fastmath=FASTMATH, inline="always")
+def gelu_new_at(x, v):
+    # gelu_new of the value v (x: any array of v's type, for the constants). Inlined into
+    # its callers: this kernel's loop and the GEMM's epilogue (matmul.py), the same bits.
     c = cast_like(x, _SQRT_2_OVER_PI)
     a = cast_like(x, 0.044715)
     half = cast_like(x, 0.5)
     one = cast_like(x, 1.0)
+    return half * v * (one + tanh_float32(c * (v + a * v * v * v)))
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def gelu_new_grad_at(x, d, v):
+    # d * gelu_new'(v), through exp (see gelu_new_backward); x as in gelu_new_at
+    c = cast_like(x, _SQRT_2_OVER_PI)
+    c2 = cast_like(x, -2.0 * _SQRT_2_OVER_PI)
+    a = cast_like(x, 0.044715)
+    a3 = cast_like(x, 3 * 0.044715)
+    one = cast_like(x, 1.0)
+    two = cast_like(x, 2.0)
+    s = one / (one + exp_float32(c2 * (v + a * v * v * v)))  # sigmoid(2u) = (1 + tanh u)/2
+    return d * (s + two * v * s * (one - s) * c * (one + a3 * v * v))
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def gelu_new_forward(x):  # x: [n] (flat) -> y: [n]
+    y = np.empty_like(x)
     for i in prange(x.shape[0]):
-        v = x[i]
-        y[i] = half * v * (one + tanh_float32(c * (v + a * v * v * v)))
+        y[i] = gelu_new_at(x, x[i])
     return y
 
 
@@ -76,16 +95,8 @@ def gelu_new_backward(dy, x):  # dy, x: [n] -> dx: [n]
     # Through exp, not the rational tanh: for large |x| the derivative needs 1 - t^2 to
     # *relative* accuracy, and 1 - t^2 from a t with 3e-7 absolute error is off by 5e-5.
     dx = np.empty_like(x)
-    c = cast_like(x, _SQRT_2_OVER_PI)
-    c2 = cast_like(x, -2.0 * _SQRT_2_OVER_PI)
-    a = cast_like(x, 0.044715)
-    a3 = cast_like(x, 3 * 0.044715)
-    one = cast_like(x, 1.0)
-    two = cast_like(x, 2.0)
     for i in prange(x.shape[0]):
-        v = x[i]
-        s = one / (one + exp_float32(c2 * (v + a * v * v * v)))  # sigmoid(2u) = (1 + tanh u)/2
-        dx[i] = dy[i] * (s + two * v * s * (one - s) * c * (one + a3 * v * v))
+        dx[i] = gelu_new_grad_at(x, dy[i], x[i])
     return dx
 
 

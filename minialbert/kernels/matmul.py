@@ -4,6 +4,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._base import FASTMATH, FASTMATH_REASSOC, ROW_CHUNK, cast_like, check_float, get_threads
+from .act import gelu_new_at, gelu_new_backward, gelu_new_forward, gelu_new_grad_at
 from .microkernel import host_isa, kernel_tile, microkernel, microkernel_packing, pick_kernel
 
 _USE_BLAS = False
@@ -371,9 +372,41 @@ def fused_a_size(MC, K, MR, KC):
     return ((MC + MR - 1) // MR) * MR * max(1, min(KC, K))
 
 
+# The epilogue: what a dense layer does to its product next, done on each task's block of C
+# as soon as its sum is complete (the block is still in cache), instead of in another pass
+# over all of C. The arithmetic is exactly that of the separate kernels (bias_add below,
+# act.py's gelu_new_forward/_backward: the same inlined functions), so the bits are too.
+EPI_NONE, EPI_GELU, EPI_GELU_GRAD = 0, 1, 2
+
+
+@njit(fastmath=FASTMATH, error_model="numpy", cache=True)
+def _epilogue(Cf, c0, ldc, m, n, bias, j0, act, Xf):
+    # C's block [m, n] at Cf[c0 + i*ldc + j]: first C += bias[j0 + j] (when bias is not
+    # empty), then act EPI_GELU: Xf[same index] = gelu_new(C) (C keeps the pre-activation,
+    # the backward needs it); EPI_GELU_GRAD: C *= gelu_new'(Xf[same index]) (C holds dg,
+    # Xf the pre-activation h: C becomes dh).
+    # error_model="numpy": a division does not check for zero and raise (Python's rule,
+    # Numba's default outside parallel loops), so gelu's divide vectorises (2.6x faster).
+    b = bias[j0:j0 + n]
+    for i in range(m):
+        r = c0 + i * ldc
+        c = Cf[r:r + n]
+        if b.shape[0] > 0:
+            for j in range(n):
+                c[j] += b[j]
+        if act == EPI_GELU:
+            x = Xf[r:r + n]
+            for j in range(n):
+                x[j] = gelu_new_at(c, c[j])
+        elif act == EPI_GELU_GRAD:
+            x = Xf[r:r + n]
+            for j in range(n):
+                c[j] = gelu_new_grad_at(c, c[j], x[j])
+
+
 @njit(parallel=True, cache=True)
 def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap, Bp,
-                pack_b=True, copy_a=False):
+                pack_b, copy_a, bias, act, Xf):
     # C: [M,N] (+)= opA(A) [M,K] @ opB(B) [K,N], A C-contiguous:
     #   1. pack B whole into panels in Bp (with pack_b False, Bp holds them already: a
     #      PackedWeight);
@@ -381,7 +414,8 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
     #      of C: no races) walking the reduction in KC blocks, always in the same order;
     #      each block of A is packed by the first column of micro-kernel calls that reads
     #      it (_macrokernel_packing), into a buffer of the task's own (with copy_a, by a
-    #      copy before the block's first use: see below).
+    #      copy before the block's first use: see below);
+    #   3. the block's epilogue (bias, activation: _epilogue), when asked for.
     M, N = C.shape
     K = A.shape[0] if a_trans else A.shape[1]
     Cf = C.reshape(M * N)
@@ -415,6 +449,8 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
                 _macrokernel_packing(Af, i0 * rs + p0 * cs, rs, cs, Al, Bp, p0 * Np + j0 * kc,
                                      kc, m, n, Cf, i0 * N + j0, N, accumulate or p0 > 0, isa,
                                      MR, NR, edge)
+        if bias.shape[0] > 0 or act != EPI_NONE:
+            _epilogue(Cf, i0 * N + j0, N, m, n, bias, j0, act, Xf)
 
 
 ISA = host_isa()  # 'avx512', 'avx2' or 'sse': the micro-kernel this CPU runs
@@ -459,14 +495,20 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None):
 _KC, _MC = 128, 288
 
 
-def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None):
+def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None, bias=None,
+         act=EPI_NONE, X=None):
     """out [M,N] (+)= opA(A) @ opB(B): the one driver behind matmul_nt/_nn/_tn.
     B may be a PackedWeight (its panels are then reused, not packed again).
     ``isa`` picks the ISA's best tile for the shape; ``kernel`` (a code of
-    microkernel.KERNELS) forces one, for tests and benchmarks."""
+    microkernel.KERNELS) forces one, for tests and benchmarks. ``bias``, ``act`` and ``X``
+    (an [M, N] array: gelu_new's output, or the pre-activation its gradient needs) ask
+    for the epilogue (_epilogue)."""
     M, N = out.shape
     if M == 0 or N == 0:
         return out
+    none = np.empty(0, dtype=out.dtype)
+    bias = none if bias is None else bias
+    Xf = none if X is None else X.reshape(M * N)
     isa = isa or ISA
     b = blocking(out.dtype, M, N, isa, kernel=kernel)
     K = A.shape[0] if a_trans else A.shape[1]
@@ -478,7 +520,7 @@ def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None):
         Bp, pack_b = _workspace.get("B", out.dtype, -(-N // b["NR"]) * b["NR"] * K), True
     _gemm_fused(A, a_trans, B, b_trans, out, accumulate, b["code"], b["MR"], b["NR"],
                 b["KC"], b["MC"], b["NC"], Ap, Bp, pack_b,
-                a_trans and (M * out.itemsize) % 4096 == 0)
+                a_trans and (M * out.itemsize) % 4096 == 0, bias, act, Xf)
     return out
 
 
@@ -569,27 +611,64 @@ def _array(B):
     return B.W if isinstance(B, PackedWeight) else B
 
 
-def matmul_nt(A, B, out=None, accumulate=False):  # [M,K] x [N,K] -> [M,N] = A @ B.T
-    """``A @ B.T``; with ``accumulate`` the product is added into ``out`` (the ``+=``
-    with which a shared weight collects one gradient contribution per use). B may be a
-    PackedWeight, here and in matmul_nn."""
+def _epilogue_args(out, accumulate, bias, X, what):
+    # check the epilogue's operands against out [M, N]
+    M, N = out.shape
+    if bias is not None and (bias.shape != (N,) or bias.dtype != out.dtype):
+        raise ValueError(f"{what}: bias {bias.dtype}{bias.shape} does not fit {out.dtype}"
+                         f"{out.shape}")
+    if X is not None:
+        if X.shape != (M, N) or X.dtype != out.dtype or not X.flags.c_contiguous:
+            raise ValueError(f"{what}: needs a C-contiguous {out.dtype} array of shape "
+                             f"{(M, N)}, got {X.dtype} {X.shape}")
+        if accumulate:
+            raise ValueError(f"{what}: the activation's epilogue needs the whole product "
+                             "(accumulate=False)")
+    if bias is not None and accumulate:
+        raise ValueError(f"{what}: bias with accumulate=True")
+
+
+def matmul_nt(A, B, out=None, accumulate=False, bias=None, gelu_out=None):
+    """``A @ B.T`` ([M,K] x [N,K] -> [M,N]); with ``accumulate`` the product is added into
+    ``out`` (the ``+=`` with which a shared weight collects one gradient contribution per
+    use). B may be a PackedWeight, here and in matmul_nn.
+
+    A dense layer's forward in one pass (the epilogue): ``bias`` [N] is added to the
+    product, and with ``gelu_out`` ([M, N]) gelu_new of the result is written there too —
+    the same bits as bias_add and gelu_new_forward after the product."""
     check_float(A, B)
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
         raise ValueError(f"matmul_nt: shapes {A.shape} and {B.shape} do not fit A @ B.T")
     out = _prepare_out(out, (A.shape[0], B.shape[0]), A.dtype, accumulate)
+    _epilogue_args(out, accumulate, bias, gelu_out, "matmul_nt")
     if _USE_BLAS:
-        return _blas(A, _array(B).T, out, accumulate)
-    return gemm(np.ascontiguousarray(A), False, _b_operand(B), True, out, accumulate)
+        _blas(A, _array(B).T, out, accumulate)
+        if bias is not None:
+            _bias_add(out, bias)
+        if gelu_out is not None:
+            gelu_out[...] = gelu_new_forward(out.reshape(-1)).reshape(out.shape)
+        return out
+    return gemm(np.ascontiguousarray(A), False, _b_operand(B), True, out, accumulate,
+                bias=bias, act=EPI_NONE if gelu_out is None else EPI_GELU, X=gelu_out)
 
 
-def matmul_nn(A, B, out=None, accumulate=False):  # [M,K] x [K,N] -> [M,N] = A @ B
+def matmul_nn(A, B, out=None, accumulate=False, gelu_grad_of=None):
+    """``A @ B`` ([M,K] x [K,N] -> [M,N]). With ``gelu_grad_of`` (h, [M, N]) the result is
+    multiplied by gelu_new'(h) in the epilogue: the FFN's backward dh = (dy @ W) * gelu'(h)
+    in one pass, the same bits as gelu_new_backward after the product."""
     check_float(A, B)
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[0]:
         raise ValueError(f"matmul_nn: shapes {A.shape} and {B.shape} do not fit A @ B")
     out = _prepare_out(out, (A.shape[0], B.shape[1]), A.dtype, accumulate)
+    _epilogue_args(out, accumulate, None, gelu_grad_of, "matmul_nn")
     if _USE_BLAS:
-        return _blas(A, _array(B), out, accumulate)
-    return gemm(np.ascontiguousarray(A), False, _b_operand(B), False, out, accumulate)
+        _blas(A, _array(B), out, accumulate)
+        if gelu_grad_of is not None:
+            out[...] = gelu_new_backward(out.reshape(-1),
+                                         gelu_grad_of.reshape(-1)).reshape(out.shape)
+        return out
+    return gemm(np.ascontiguousarray(A), False, _b_operand(B), False, out, accumulate,
+                act=EPI_NONE if gelu_grad_of is None else EPI_GELU_GRAD, X=gelu_grad_of)
 
 
 def matmul_tn(A, B, out=None, accumulate=False):  # [K,M] x [K,N] -> [M,N] = A.T @ B
