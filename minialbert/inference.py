@@ -20,6 +20,7 @@ import numpy as np
 from .checkpoint import check_finite, check_tokenizer, load_checkpoint
 from .heads import model_class
 from .hf import LoadReport, assemble, from_pretrained, is_hf_folder, load_folder_tokenizer
+from .memory import keep_freed_memory
 
 
 def load_model(path, head=None, seed=0, ignore_mismatched_sizes=False, **config_overrides):
@@ -102,6 +103,7 @@ class Predictor:
     def __init__(self, model, tokenizer, labels=None, batch_size=32):
         self.model, self.tok, self.batch_size = model, tokenizer, batch_size
         model.freeze()  # a predictor never trains: pack the weights once, for every call
+        keep_freed_memory()  # each batch reuses the last one's pages (memory.py)
         names = model.config.extra.get("id2label")
         self.labels = labels or ([names[str(i)] for i in range(len(names))] if names else None)
 

@@ -223,6 +223,7 @@ def test_packing_in_the_first_column_gives_the_bits_of_packing_first(isa, data):
     B = r.standard_normal((N, K) if form == "nt" else (K, N)).astype(dt)
     out = r.standard_normal((M, N)).astype(dt)
     ref = out.copy()
+    ref_in = out.copy()
     mm.gemm(A, form == "tn", B, form == "nt", out, accumulate, kernel=isa)
     Ap, Bp, edge = mm.packing_buffers(M, N, K, MR, NR, KC, dt)
     single = ref.copy()
@@ -235,6 +236,20 @@ def test_packing_in_the_first_column_gives_the_bits_of_packing_first(isa, data):
         mm._macrokernel(Ap, 0, Bp, 0, kc, M, N, ref_f, 0, N, accumulate or p0 > 0, isa, MR, NR,
                         edge)
     assert np.array_equal(out, ref), (isa, form, M, K, N, accumulate)
+    # both ways of packing B (whole before the products; by each task, a KC block of its
+    # columns at a time), with C cut into several blocks across M and N, give them too
+    none = np.empty(0, dt)
+    for b_in_task in (False, True):
+        for MC, NC in ((MR, NR), (2 * MR, 3 * NR), (M, N)):
+            MC, NC = -(-MC // MR) * MR, -(-NC // NR) * NR
+            tasks = -(-M // MC) * -(-N // NC)
+            Apw = np.empty(tasks * mm.fused_a_size(MC, K, MR, KC), dt)
+            Bpw = np.empty(max(tasks * mm.fused_a_size(NC, K, NR, KC),
+                               -(-N // NR) * NR * K), dt)
+            other = ref_in.copy()
+            mm._gemm_fused(A, form == "tn", B, form == "nt", other, accumulate, isa, MR, NR,
+                           KC, MC, NC, Apw, Bpw, True, False, none, 0, none, b_in_task)
+            assert np.array_equal(other, ref), (isa, form, M, K, N, MC, NC, b_in_task)
     # attention's one-thread driver (A read in place through its strides) gives them too
     rs, cs = (1, M) if form == "tn" else (K, 1)
     mm._gemm_block(A.reshape(-1), 0, rs, cs, M, B, form == "nt", 0, N, K, single.reshape(-1),
