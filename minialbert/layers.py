@@ -100,9 +100,11 @@ class Weights:
 
 # ------------------------------------------------------------------------------- dense
 
-def dense_forward(x, params, name):  # x: [n, in], W: [out, in], b: [out] -> y: [n, out]
-    # y = x @ W.T + b: the bias added by the GEMM's epilogue, as each block of y is done
-    return matmul_nt(x, params[name + ".weight"], bias=params[name + ".bias"]), x
+def dense_forward(x, params, name, residual=None):
+    # x: [n, in], W: [out, in], b: [out] -> y = x @ W.T + b (+ residual [n, out]): [n, out];
+    # the bias (and the residual) added by the GEMM's epilogue, as each block of y is done
+    W, b = params[name + ".weight"], params[name + ".bias"]
+    return matmul_nt(x, W, bias=b, residual=residual), x
 
 
 def dense_act_forward(x, params, name, act):
@@ -192,10 +194,13 @@ def attention_block_forward(x, params, name, seqs, cfg, drop):
     p_attn = drop.p(cfg.attention_probs_dropout_prob)
     key_attn = drop.key() if p_attn > 0 else np.uint64(0)
     ctx, probs = seqs.attend(qkv, cfg.num_attention_heads, p_attn, key_attn)
-    o, _ = dense_forward(ctx, params, name + "dense")
     p_out = drop.p(cfg.hidden_dropout_prob)
-    o, keep = dropout_forward(o, p_out, drop.key() if p_out > 0 else 0)
-    o += x  # residual
+    if p_out > 0:
+        o, _ = dense_forward(ctx, params, name + "dense")
+        o, keep = dropout_forward(o, p_out, drop.key())
+        o += x  # residual
+    else:  # no dropout between: the residual is added in the GEMM's epilogue
+        (o, _), keep = dense_forward(ctx, params, name + "dense", residual=x), None
     y, ln = layernorm_fwd(o, params, name + "LayerNorm", cfg.layer_norm_eps)
     return y, AttentionCache(x, qkv, W, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs)
 
@@ -231,8 +236,7 @@ def ffn_block_forward(a, params, name, cfg):
     # a: [n, H] -> LayerNorm(a + ffn_output(act(ffn(a)))): [n, H]
     # (HF defines a dropout in AlbertLayer but never applies it; neither do we.)
     h, g = dense_act_forward(a, params, name + "ffn", cfg.hidden_act)  # [n, I] each
-    f, _ = dense_forward(g, params, name + "ffn_output")  # [n, H]
-    f += a  # residual
+    f, _ = dense_forward(g, params, name + "ffn_output", residual=a)  # [n, H], + a residual
     y, ln = layernorm_fwd(f, params, name + "full_layer_layer_norm", cfg.layer_norm_eps)
     return y, FFNCache(a, h, g, ln)
 

@@ -44,9 +44,10 @@ class EmbeddingsCache(NamedTuple):
     x: np.ndarray  # [n, E] the embeddings after dropout: the projection's input
 
 
-def embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows=None):
+def embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows=None, weights=None):
     # input_ids, token_type_ids: [B, T] -> [n, E] -> (E->H) -> [n, H]; with ``rows`` (flat
-    # indices of the real tokens) only those: n = len(rows)
+    # indices of the real tokens) only those: n = len(rows). weights: a frozen model's
+    # Weights (its E->H matrix packed once), else the projection packs it per call.
     B, T = input_ids.shape
     if T > cfg.max_position_embeddings:
         raise ValueError(f"sequence length {T} is longer than max_position_embeddings="
@@ -63,7 +64,8 @@ def embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows=None):
     x, ln = layernorm_fwd(x, params, EMB + "LayerNorm", cfg.layer_norm_eps)
     p = drop.p(cfg.hidden_dropout_prob)
     x, keep = dropout_forward(x, p, drop.key() if p > 0 else 0)
-    h, _ = dense_forward(x, params, ENC + "embedding_hidden_mapping_in")
+    h, _ = dense_forward(x, params if weights is None else weights,
+                         ENC + "embedding_hidden_mapping_in")
     return h, EmbeddingsCache(ids, tts, pos, ln, keep, p, x)
 
 
@@ -250,7 +252,8 @@ class AlbertModel:
         drop = drop or Dropout()
         bias = mask_bias(attention_mask, self.dtype)  # [B, T]: 0 or finfo.min per key
         seqs, rows = self._sequences(attention_mask, bias, output_attentions)
-        h, emb = embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows)
+        h, emb = embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows,
+                                    self._frozen)
         h, hidden_states, enc = encoder_forward(h, params, cfg, seqs, drop, self._frozen)
 
         def padded(a):  # [n, H] -> [B, T, H]
@@ -262,7 +265,7 @@ class AlbertModel:
         if self.pooled:  # tanh(dense(hidden state of [CLS]))
             first = np.ascontiguousarray(h[seqs.starts] if seqs.packed else
                                          h.reshape(B, T, -1)[:, 0])  # [B, H]
-            pooled, _ = pooler_forward(first, params)
+            pooled, _ = pooler_forward(first, params if self._frozen is None else self._frozen)
             out["pooler_output"] = pooled
         if output_attentions:
             out["attentions"] = [c.attention.probs for c in enc.layers]

@@ -248,7 +248,7 @@ def test_packing_in_the_first_column_gives_the_bits_of_packing_first(isa, data):
                                -(-N // NR) * NR * K), dt)
             other = ref_in.copy()
             mm._gemm_fused(A, form == "tn", B, form == "nt", other, accumulate, isa, MR, NR,
-                           KC, MC, NC, Apw, Bpw, True, False, none, 0, none, b_in_task)
+                           KC, MC, NC, Apw, Bpw, True, False, none, 0, none, none, b_in_task)
             assert np.array_equal(other, ref), (isa, form, M, K, N, MC, NC, b_in_task)
     # attention's one-thread driver (A read in place through its strides) gives them too
     rs, cs = (1, M) if form == "tn" else (K, 1)
@@ -289,9 +289,9 @@ def test_packed_weight_gives_the_same_bits_as_packing_on_the_fly(data):
 
 @given(data=st.data())
 def test_epilogue_gives_the_bits_of_the_separate_kernels(data):
-    """The dense layer's epilogue (bias, gelu_new, gelu_new's gradient applied to each
-    block of C as soon as it is summed) gives bitwise what the product followed by
-    bias_add / gelu_new_forward / gelu_new_backward gives: for shapes that cut C into
+    """The dense layer's epilogue (bias, a residual, gelu_new, gelu_new's gradient applied
+    to each block of C as soon as it is summed) gives bitwise what the product followed by
+    bias_add / += / gelu_new_forward / gelu_new_backward gives: for shapes that cut C into
     several blocks (across M and N), ragged tiles, K below and above KC, a PackedWeight or
     a plain B, float32 and float64, 1 thread and all; and, under the BLAS switch, the same
     layer as BLAS + those kernels."""
@@ -321,6 +321,7 @@ def test_epilogue_gives_the_bits_of_the_separate_kernels(data):
             h = matmul_nt(x, Wb, bias=b, gelu_out=g)
             assert np.array_equal(h, ref_h) and np.array_equal(g, ref_g), (M, K, N, threads)
             assert np.array_equal(matmul_nn(x, Wt, gelu_grad_of=ref_h), ref_dh)
+            assert np.array_equal(matmul_nt(x, Wb, bias=b, residual=dy), ref_h + dy)
     finally:
         numba.set_num_threads(saved)
     with use_blas(True):
@@ -330,6 +331,7 @@ def test_epilogue_gives_the_bits_of_the_separate_kernels(data):
         assert np.array_equal(g, gelu_new_forward(h.reshape(-1)).reshape(M, N))
         dh = matmul_nn(x, Wt, gelu_grad_of=ref_h)
         assert_close(dh, ref_dh, **_tol(dt))
+        assert_close(matmul_nt(x, Wb, bias=b, residual=dy), x @ W.T + b + dy, **_tol(dt))
 
 
 def test_epilogue_arguments_are_checked(rng):
@@ -346,6 +348,8 @@ def test_epilogue_arguments_are_checked(rng):
                   bias=np.zeros(5, np.float32))
     with pytest.raises(ValueError, match="shape"):
         matmul_nn(x, W.T.copy(), gelu_grad_of=np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        matmul_nt(x, W, residual=np.zeros((5, 3), np.float32))
 
 
 def test_tile_is_picked_from_the_shape():

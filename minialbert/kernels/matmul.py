@@ -380,9 +380,9 @@ EPI_NONE, EPI_GELU, EPI_GELU_GRAD = 0, 1, 2
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
-def _epilogue(Cf, c0, ldc, m, n, bias, j0, act, Xf):
+def _epilogue(Cf, c0, ldc, m, n, bias, j0, act, Xf, Rf):
     # C's block [m, n] at Cf[c0 + i*ldc + j]: first C += bias[j0 + j] (when bias is not
-    # empty), then act EPI_GELU: Xf[same index] = gelu_new(C) (C keeps the pre-activation,
+    # empty), then C += Rf[same index] (a residual, when Rf is not empty), then act EPI_GELU: Xf[same index] = gelu_new(C) (C keeps the pre-activation,
     # the backward needs it); EPI_GELU_GRAD: C *= gelu_new'(Xf[same index]) (C holds dg,
     # Xf the pre-activation h: C becomes dh).
     # error_model="numpy": a division does not check for zero and raise (Python's rule,
@@ -394,6 +394,10 @@ def _epilogue(Cf, c0, ldc, m, n, bias, j0, act, Xf):
         if b.shape[0] > 0:
             for j in range(n):
                 c[j] += b[j]
+        if Rf.shape[0] > 0:
+            res = Rf[r:r + n]
+            for j in range(n):
+                c[j] += res[j]
         if act == EPI_GELU:
             x = Xf[r:r + n]
             for j in range(n):
@@ -406,7 +410,7 @@ def _epilogue(Cf, c0, ldc, m, n, bias, j0, act, Xf):
 
 @njit(parallel=True, cache=True)
 def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap, Bp,
-                pack_b, copy_a, bias, act, Xf, b_in_task=False):
+                pack_b, copy_a, bias, act, Xf, Rf, b_in_task=False):
     # C: [M,N] (+)= opA(A) [M,K] @ opB(B) [K,N], A C-contiguous:
     #   1. pack B whole into panels in Bp (with pack_b False, Bp holds them already: a
     #      PackedWeight; with b_in_task, each task packs its own columns of B one KC block
@@ -440,8 +444,8 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
             _gemm_block(Af, i0 * rs, rs, cs, m, B, b_trans, j0, n, K, Cf, i0 * N + j0, N,
                         accumulate, isa, MR, NR, KC, Al, Bp[t * per_task_b:(t + 1) * per_task_b],
                         edge)
-            if bias.shape[0] > 0 or act != EPI_NONE:
-                _epilogue(Cf, i0 * N + j0, N, m, n, bias, j0, act, Xf)
+            if bias.shape[0] > 0 or act != EPI_NONE or Rf.shape[0] > 0:
+                _epilogue(Cf, i0 * N + j0, N, m, n, bias, j0, act, Xf, Rf)
             continue
         _zero_if_empty(K, accumulate, Cf, i0 * N + j0, N, m, n)
         for p0 in range(0, K, KC):
@@ -458,8 +462,8 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
                 _macrokernel_packing(Af, i0 * rs + p0 * cs, rs, cs, Al, Bp, p0 * Np + j0 * kc,
                                      kc, m, n, Cf, i0 * N + j0, N, accumulate or p0 > 0, isa,
                                      MR, NR, edge)
-        if bias.shape[0] > 0 or act != EPI_NONE:
-            _epilogue(Cf, i0 * N + j0, N, m, n, bias, j0, act, Xf)
+        if bias.shape[0] > 0 or act != EPI_NONE or Rf.shape[0] > 0:
+            _epilogue(Cf, i0 * N + j0, N, m, n, bias, j0, act, Xf, Rf)
 
 
 ISA = host_isa()  # 'avx512', 'avx2' or 'sse': the micro-kernel this CPU runs
@@ -516,19 +520,20 @@ _KC, _MC = 128, 288
 
 
 def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None, bias=None,
-         act=EPI_NONE, X=None):
+         act=EPI_NONE, X=None, residual=None):
     """out [M,N] (+)= opA(A) @ opB(B): the one driver behind matmul_nt/_nn/_tn.
     B may be a PackedWeight (its panels are then reused, not packed again).
     ``isa`` picks the ISA's best tile for the shape; ``kernel`` (a code of
     microkernel.KERNELS) forces one, for tests and benchmarks. ``bias``, ``act`` and ``X``
-    (an [M, N] array: gelu_new's output, or the pre-activation its gradient needs) ask
-    for the epilogue (_epilogue)."""
+    (an [M, N] array: gelu_new's output, or the pre-activation its gradient needs) and
+    ``residual`` (an [M, N] array added after the bias) ask for the epilogue (_epilogue)."""
     M, N = out.shape
     if M == 0 or N == 0:
         return out
     none = np.empty(0, dtype=out.dtype)
     bias = none if bias is None else bias
     Xf = none if X is None else X.reshape(M * N)
+    Rf = none if residual is None else residual.reshape(M * N)
     isa = isa or ISA
     packed = isinstance(B, PackedWeight)
     b = blocking(out.dtype, M, N, isa, kernel=kernel, b_packed=packed)
@@ -545,7 +550,7 @@ def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None, bias=No
         Bp, pack_b = _workspace.get("B", out.dtype, -(-N // b["NR"]) * b["NR"] * K), True
     _gemm_fused(A, a_trans, B, b_trans, out, accumulate, b["code"], b["MR"], b["NR"],
                 b["KC"], b["MC"], b["NC"], Ap, Bp, pack_b,
-                a_trans and (M * out.itemsize) % 4096 == 0, bias, act, Xf, in_task)
+                a_trans and (M * out.itemsize) % 4096 == 0, bias, act, Xf, Rf, in_task)
     return out
 
 
@@ -647,34 +652,39 @@ def _epilogue_args(out, accumulate, bias, X, what):
             raise ValueError(f"{what}: needs a C-contiguous {out.dtype} array of shape "
                              f"{(M, N)}, got {X.dtype} {X.shape}")
         if accumulate:
-            raise ValueError(f"{what}: the activation's epilogue needs the whole product "
+            raise ValueError(f"{what}: the epilogue needs the whole product "
                              "(accumulate=False)")
     if bias is not None and accumulate:
         raise ValueError(f"{what}: bias with accumulate=True")
 
 
-def matmul_nt(A, B, out=None, accumulate=False, bias=None, gelu_out=None):
+def matmul_nt(A, B, out=None, accumulate=False, bias=None, gelu_out=None, residual=None):
     """``A @ B.T`` ([M,K] x [N,K] -> [M,N]); with ``accumulate`` the product is added into
     ``out`` (the ``+=`` with which a shared weight collects one gradient contribution per
     use). B may be a PackedWeight, here and in matmul_nn.
 
     A dense layer's forward in one pass (the epilogue): ``bias`` [N] is added to the
-    product, and with ``gelu_out`` ([M, N]) gelu_new of the result is written there too —
-    the same bits as bias_add and gelu_new_forward after the product."""
+    product, then ``residual`` ([M, N]: y = x W^T + b + residual), and with ``gelu_out``
+    ([M, N]) gelu_new of the result is written there too — the same bits as bias_add, a
+    NumPy ``+=`` and gelu_new_forward after the product."""
     check_float(A, B)
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
         raise ValueError(f"matmul_nt: shapes {A.shape} and {B.shape} do not fit A @ B.T")
     out = _prepare_out(out, (A.shape[0], B.shape[0]), A.dtype, accumulate)
     _epilogue_args(out, accumulate, bias, gelu_out, "matmul_nt")
+    _epilogue_args(out, accumulate, None, residual, "matmul_nt")
     if _USE_BLAS:
         _blas(A, _array(B).T, out, accumulate)
         if bias is not None:
             _bias_add(out, bias)
+        if residual is not None:
+            out += residual
         if gelu_out is not None:
             gelu_out[...] = gelu_new_forward(out.reshape(-1)).reshape(out.shape)
         return out
     return gemm(np.ascontiguousarray(A), False, _b_operand(B), True, out, accumulate,
-                bias=bias, act=EPI_NONE if gelu_out is None else EPI_GELU, X=gelu_out)
+                bias=bias, act=EPI_NONE if gelu_out is None else EPI_GELU, X=gelu_out,
+                residual=residual)
 
 
 def matmul_nn(A, B, out=None, accumulate=False, gelu_grad_of=None):
