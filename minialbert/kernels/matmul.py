@@ -482,9 +482,9 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None, b_packed
 
     B not packed yet (``b_packed`` False: an activation, as in every weight gradient's TN
     product) is packed by each task, one KC block of its own columns at a time, into a
-    buffer that stays in its L2 (``b_in_task``, the GotoBLAS order) — when one block of
-    rows reads those columns, or a few do (each packs its own copy) and the block fits
-    in L2; else once, whole, before the products. And a
+    buffer that stays in its cache (``b_in_task``, the GotoBLAS order) — when one block
+    of rows reads those columns, or a few do (each packs its own copy) and the block is at
+    most 2 MiB; else once, whole, before the products. And a
     few rows against a B at least twice as wide are cut across N, so that each task packs
     only its share of B. Measured on a 2-core Xeon (AVX-512), TN: 4096 x 256 x 1024 (K x M
     x N) 204 -> 315 GFLOP/s, 4096 x 1024 x 256 211 -> 253; OpenBLAS 313 and 297."""
@@ -514,15 +514,15 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None, b_packed
     MC = MR * -(-(-(-M // n_mb)) // MR)  # rows per block, rounded up to whole tiles
     NC = NR * -(-(-(-N // n_nb)) // NR)
     # each task packs its own B when no other task shares its columns, or when a few do
-    # and its packed KC block stays in L2 (the decoder's 128 x 30000 does not: packed once,
-    # whole, 1024 x 128 x 30000 runs at 202 GFLOP/s, packed per task at 173)
+    # and its packed KC block stays in cache (the decoder's 128 x 30000, 15 MB, does not:
+    # packed once, whole, 1024 x 128 x 30000 runs at 202 GFLOP/s, packed per task at 173)
     b_block = min(KC, 1 << 30) * NC * np.dtype(dtype).itemsize
-    b_in_task = not b_packed and (n_mb == 1 or (n_mb <= 2 * threads and b_block <= _L2_B))
+    b_in_task = not b_packed and (n_mb == 1 or (n_mb <= 2 * threads and b_block <= _B_BLOCK))
     return dict(code=code, MR=MR, NR=NR, KC=KC, MC=MC, NC=NC, b_in_task=b_in_task)
 
 
 _KC, _MC = 128, 288
-_L2_B = 256 << 10  # bytes of a task's packed block of B that its L2 keeps (L2 >= 512 KiB)
+_B_BLOCK = 2 << 20  # bytes of a task's packed KC block of B that its caches keep (L2/L3)
 
 
 def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None, bias=None,
