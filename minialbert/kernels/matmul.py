@@ -377,6 +377,7 @@ def fused_a_size(MC, K, MR, KC):
 # over all of C. The arithmetic is exactly that of the separate kernels (bias_add below,
 # act.py's gelu_new_forward/_backward: the same inlined functions), so the bits are too.
 EPI_NONE, EPI_GELU, EPI_GELU_GRAD = 0, 1, 2
+EPI_PANELS = 4  # panels of B (NR columns each) per chunk of C handed to the epilogue
 
 
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
@@ -447,23 +448,38 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
             if bias.shape[0] > 0 or act != EPI_NONE or Rf.shape[0] > 0:
                 _epilogue(Cf, i0 * N + j0, N, m, n, bias, j0, act, Xf, Rf)
             continue
+        epi = bias.shape[0] > 0 or act != EPI_NONE or Rf.shape[0] > 0
         _zero_if_empty(K, accumulate, Cf, i0 * N + j0, N, m, n)
+        if epi and K == 0:
+            _epilogue(Cf, i0 * N + j0, N, m, n, bias, j0, act, Xf, Rf)
         for p0 in range(0, K, KC):
             kc = min(KC, K - p0)
-            if copy_a:  # opA's values lie M apart in A (A's rows are p). Read in place, a
-                # panel's values would collide in L1's sets when M*4 bytes is a multiple of
-                # 4 KiB; then the block is copied first (a plain pass, into this task's
-                # buffer, which stays in cache). Otherwise (measured on a 2-core Sapphire
-                # Rapids: 1.0-1.4x faster) they are read in place, as for the NN/NT forms.
-                _pack(A, True, p0, kc, i0, m, MR, Al)
-                _macrokernel(Al, 0, Bp, p0 * Np + j0 * kc, kc, m, n, Cf, i0 * N + j0, N,
-                             accumulate or p0 > 0, isa, MR, NR, edge)
-            else:
-                _macrokernel_packing(Af, i0 * rs + p0 * cs, rs, cs, Al, Bp, p0 * Np + j0 * kc,
-                                     kc, m, n, Cf, i0 * N + j0, N, accumulate or p0 > 0, isa,
-                                     MR, NR, edge)
-        if bias.shape[0] > 0 or act != EPI_NONE or Rf.shape[0] > 0:
-            _epilogue(Cf, i0 * N + j0, N, m, n, bias, j0, act, Xf, Rf)
+            add = accumulate or p0 > 0
+            # With an epilogue, the last KC block runs EPI_PANELS panels of columns at a
+            # time, and each chunk of C goes to the epilogue as soon as it is done, while
+            # it is in L2 (a whole block of C, MC x NC, would not be).
+            last = epi and p0 + KC >= K
+            step = EPI_PANELS * NR if last else max(n, 1)
+            for q0 in range(0, n, step):
+                qn = min(step, n - q0)
+                c = i0 * N + j0 + q0
+                b = p0 * Np + (j0 + q0) * kc  # the chunk's first panel of B
+                if copy_a:  # opA's values lie M apart in A (A's rows are p). Read in place,
+                    # a panel's values would collide in L1's sets when M*4 bytes is a
+                    # multiple of 4 KiB; then the block is copied first (a plain pass, into
+                    # this task's buffer, which stays in cache). Otherwise (measured on a
+                    # 2-core Sapphire Rapids: 1.0-1.4x faster) they are read in place, as
+                    # for the NN/NT forms.
+                    if q0 == 0:
+                        _pack(A, True, p0, kc, i0, m, MR, Al)
+                    _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, edge)
+                elif q0 == 0:  # the first chunk packs the block of A on the way
+                    _macrokernel_packing(Af, i0 * rs + p0 * cs, rs, cs, Al, Bp, b, kc, m, qn,
+                                         Cf, c, N, add, isa, MR, NR, edge)
+                else:
+                    _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, edge)
+                if last:
+                    _epilogue(Cf, c, N, m, qn, bias, j0 + q0, act, Xf, Rf)
 
 
 ISA = host_isa()  # 'avx512', 'avx2' or 'sse': the micro-kernel this CPU runs
