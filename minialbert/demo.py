@@ -11,14 +11,30 @@ import numpy as np
 
 
 def cpu_name():
+    """The CPU's model name, with its family and model numbers and the core LLVM compiles
+    for (a virtual machine often reports only "Intel(R) Xeon(R) Processor")."""
+    info = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in info:
+                    info[key] = value.strip()
+                if not line.strip() and info:
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    extra = []
+    if "cpu family" in info and "model" in info:
+        extra.append(f"family {info['cpu family']} model {info['model']}")
+    try:
+        import llvmlite.binding as llvm
+        extra.append(f"LLVM: {llvm.get_host_cpu_name()}")
+    except Exception:  # noqa: BLE001 (only a label)
+        pass
+    return f"{name} ({'; '.join(extra)})" if extra else name
 
 
 def blas_info():
