@@ -110,12 +110,11 @@ def dense_forward(x, params, name, residual=None):
 def dense_act_forward(x, params, name, act):
     # -> (h, g): h = x @ W.T + b [n, out] and g = act(h). gelu_new (ALBERT's) is applied by
     # the GEMM's epilogue, on each block of h while it is in cache; others in a pass after.
-    h, _ = dense_forward(x, params, name) if act != "gelu_new" else (None, None)
-    if h is None:
+    if act == "gelu_new":
         W = params[name + ".weight"]
         g = np.empty((x.shape[0], W.shape[0]), dtype=x.dtype)
-        h = matmul_nt(x, W, bias=params[name + ".bias"], gelu_out=g)
-        return h, g
+        return matmul_nt(x, W, bias=params[name + ".bias"], gelu_out=g), g
+    h, _ = dense_forward(x, params, name)
     act_f, _ = activation(act)
     return h, act_f(h.reshape(-1)).reshape(h.shape)
 
@@ -200,7 +199,8 @@ def attention_block_forward(x, params, name, seqs, cfg, drop):
         o, keep = dropout_forward(o, p_out, drop.key())
         o += x  # residual
     else:  # no dropout between: the residual is added in the GEMM's epilogue
-        (o, _), keep = dense_forward(ctx, params, name + "dense", residual=x), None
+        o, _ = dense_forward(ctx, params, name + "dense", residual=x)
+        keep = None
     y, ln = layernorm_fwd(o, params, name + "LayerNorm", cfg.layer_norm_eps)
     return y, AttentionCache(x, qkv, W, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs)
 
