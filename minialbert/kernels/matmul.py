@@ -383,9 +383,10 @@ EPI_PANELS = 4  # panels of B (NR columns each) per chunk of C handed to the epi
 @njit(fastmath=FASTMATH, error_model="numpy", cache=True)
 def _epilogue(Cf, c0, ldc, m, n, bias, j0, act, Xf, Rf):
     # C's block [m, n] at Cf[c0 + i*ldc + j]: first C += bias[j0 + j] (when bias is not
-    # empty), then C += Rf[same index] (a residual, when Rf is not empty), then act EPI_GELU: Xf[same index] = gelu_new(C) (C keeps the pre-activation,
-    # the backward needs it); EPI_GELU_GRAD: C *= gelu_new'(Xf[same index]) (C holds dg,
-    # Xf the pre-activation h: C becomes dh).
+    # empty), then C += Rf[same index] (a residual, when Rf is not empty), then
+    # act EPI_GELU: Xf[same index] = gelu_new(C) (C keeps the pre-activation, the
+    # backward needs it); EPI_GELU_GRAD: C *= gelu_new'(Xf[same index]) (C holds dg, Xf
+    # the pre-activation h: C becomes dh).
     # error_model="numpy": a division does not check for zero and raise (Python's rule,
     # Numba's default outside parallel loops), so gelu's divide vectorises (2.6x faster).
     b = bias[j0:j0 + n]
@@ -500,10 +501,10 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None, b_packed
     product) is packed by each task, one KC block of its own columns at a time, into a
     buffer that stays in its cache (``b_in_task``, the GotoBLAS order) — when one block
     of rows reads those columns, or a few do (each packs its own copy) and the block is at
-    most 2 MiB; else once, whole, before the products. And a
-    few rows against a B at least twice as wide are cut across N, so that each task packs
-    only its share of B. Measured on a 2-core Xeon (AVX-512), TN: 4096 x 256 x 1024 (K x M
-    x N) 204 -> 315 GFLOP/s, 4096 x 1024 x 256 211 -> 253; OpenBLAS 313 and 297."""
+    most 2 MiB; else once, whole, before the products. And a few rows against a B at
+    least twice as wide are cut across N, so that each task packs only its share of B.
+    Measured on a 2-core Xeon (family 6 model 167, AVX-512), TN: 4096 x 256 x 1024
+    (K x M x N) 204 -> 315 GFLOP/s, 4096 x 1024 x 256 211 -> 253; OpenBLAS 313 and 297."""
     isa = isa or ISA
     if kernel is None:
         code, MR, NR = pick_kernel(dtype, isa, M, N)
