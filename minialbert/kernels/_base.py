@@ -36,7 +36,7 @@ def cast_like(a, value):
     return a.dtype.type(value)
 
 
-@overload(cast_like)
+@overload(cast_like, inline="always")  # a constant: inlined, it never blocks a vector loop
 def _cast_like_overload(a, value):
     dt = a.dtype
 
