@@ -372,9 +372,9 @@ def fused_a_size(MC, K, MR, KC):
     return ((MC + MR - 1) // MR) * MR * max(1, min(KC, K))
 
 
-# The epilogue: what a dense layer does to its product next, done on each task's block of C
-# as soon as its sum is complete (the block is still in cache), instead of in another pass
-# over all of C. The arithmetic is exactly that of the separate kernels (bias_add below,
+# The epilogue: what a dense layer does to its product next, done on each chunk of a
+# task's block of C as soon as its sum is complete (the chunk is still in cache), instead
+# of in another pass over all of C. The arithmetic is exactly that of the separate kernels (bias_add below,
 # act.py's gelu_new_forward/_backward: the same inlined functions), so the bits are too.
 EPI_NONE, EPI_GELU, EPI_GELU_GRAD = 0, 1, 2
 EPI_PANELS = 4  # panels of B (NR columns each) per chunk of C handed to the epilogue
@@ -539,6 +539,7 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None, b_packed
 
 
 _KC, _MC = 128, 288
+_NONE = {4: np.empty(0, np.float32), 8: np.empty(0, np.float64)}  # by itemsize
 _B_BLOCK = 2 << 20  # bytes of a task's packed KC block of B that its caches keep (L2/L3)
 
 
@@ -553,7 +554,7 @@ def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None, bias=No
     M, N = out.shape
     if M == 0 or N == 0:
         return out
-    none = np.empty(0, dtype=out.dtype)
+    none = _NONE[out.dtype.itemsize]  # an empty array: no bias, no X, no residual
     bias = none if bias is None else bias
     Xf = none if X is None else X.reshape(M * N)
     Rf = none if residual is None else residual.reshape(M * N)
