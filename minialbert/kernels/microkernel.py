@@ -120,7 +120,12 @@ _HAS_FMA = "fma" in _host_features()
 # the readable twin
 
 
-@njit(cache=True)
+# fastmath={"contract"} named here: without flags of its own, the twin compiled first as a
+# callee of a kernel with FASTMATH (attention's) came out differently (a multiply-add fused
+# or not, the last bit of a result) from the twin compiled first on its own, so two GEMM
+# paths that must give the same bits (tests/test_matmul.py) did not, depending on the
+# order the tests ran in. With its own flags it is one function whoever compiles it.
+@njit(fastmath={"contract"}, cache=True)
 def microkernel_loops(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR):
     # C[c0 + i*ldc + j] (+)= sum_p Ap[a0 + p*MR + i] * Bp[b0 + p*NR + j]   (C flat)
     for i in range(MR):
