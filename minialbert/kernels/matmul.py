@@ -5,7 +5,8 @@ from numba import njit, prange
 
 from ._base import FASTMATH, FASTMATH_REASSOC, ROW_CHUNK, cast_like, check_float, get_threads
 from .act import gelu_new_at, gelu_new_backward, gelu_new_forward, gelu_new_grad_at
-from .microkernel import host_isa, kernel_tile, microkernel, microkernel_packing, pick_kernel
+from .microkernel import (host_isa, kernel_tile, microkernel, microkernel_packing, pick_kernel,
+                          prefetch_l2)
 
 _USE_BLAS = False
 
@@ -320,8 +321,27 @@ def _zero_if_empty(K, accumulate, Cf, c0, ldc, m, n):
 
 
 @njit(cache=True)
+def _prefetch_block(Xf, x0, ld, rows, cols):
+    # Ask for the block of rows x cols values at Xf[x0 + r*ld + c] to come into L2, one
+    # request a cache line (and one for each row's last value); no value changes.
+    step = max(1, 64 // Xf.itemsize)
+    for r in range(rows):
+        o = x0 + r * ld
+        for c in range(0, cols, step):
+            prefetch_l2(Xf, o + c)
+        if cols > 0:
+            prefetch_l2(Xf, o + cols - 1)
+
+
+@njit(cache=True)
+def _prefetch_rows(X, r0, rows, c0, cols):  # as _prefetch_block, on X[r0:r0+rows, c0:c0+cols]
+    for r in range(r0, r0 + rows):
+        _prefetch_block(X[r], c0, 0, 1, cols)
+
+
+@njit(cache=True)
 def _gemm_block(Af, a0, rs, cs, m, B, b_trans, j0, n, K, Cf, c0, ldc, accumulate, isa, MR, NR,
-                KC, Ap, Bp, edge):
+                KC, Ap, Bp, edge, prefetch=False):
     # One thread's GEMM: Cf[c0 + i*ldc + j] (+)= sum_p opA[i, p] opB(B)[p, j0+j] for i < m,
     # j < n, where opA[i, p] lies at Af[a0 + i*rs + p*cs] (any layout, read in place).
     # Walks the reduction in KC steps, packing the B columns of each step into Bp, and runs
@@ -331,6 +351,17 @@ def _gemm_block(Af, a0, rs, cs, m, B, b_trans, j0, n, K, Cf, c0, ldc, accumulate
     for p0 in range(0, K, KC):  # the reduction, KC at a time, always in this order
         kc = min(KC, K - p0)
         _pack(B, not b_trans, p0, kc, j0, n, NR, Bp)  # [kc, n] block of B
+        if prefetch and p0 + KC < K:  # the next KC block of A and of B,
+            # asked for now: it arrives in L2 while this block's products run
+            nk = min(KC, K - p0 - KC)
+            if cs == 1:  # opA's rows lie along A's rows
+                _prefetch_block(Af, a0 + p0 + KC, rs, m, nk)
+            else:
+                _prefetch_block(Af, a0 + (p0 + KC) * cs, cs, nk, m)
+            if b_trans:  # B is [N, K]
+                _prefetch_rows(B, j0, n, p0 + KC, nk)
+            else:  # B is [K, N]
+                _prefetch_rows(B, p0 + KC, nk, j0, n)
         _macrokernel_packing(Af, a0 + p0 * cs, rs, cs, Ap, Bp, 0, kc, m, n, Cf, c0, ldc,
                              accumulate or p0 > 0, isa, MR, NR, edge)
 
@@ -445,7 +476,7 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
         if b_in_task:
             _gemm_block(Af, i0 * rs, rs, cs, m, B, b_trans, j0, n, K, Cf, i0 * N + j0, N,
                         accumulate, isa, MR, NR, KC, Al, Bp[t * per_task_b:(t + 1) * per_task_b],
-                        edge)
+                        edge, True)
             if bias.shape[0] > 0 or act != EPI_NONE or Rf.shape[0] > 0:
                 _epilogue(Cf, i0 * N + j0, N, m, n, bias, j0, act, Xf, Rf)
             continue

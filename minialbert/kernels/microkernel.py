@@ -45,7 +45,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 # kernel code -> (ISA, vector bytes, MR, NV)
 KERNELS = {
@@ -297,6 +297,35 @@ def microkernel_packing(isa, kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, acc
             for i in range(MR):
                 Ap[a0p + p * MR + i] = A[a0 + i * rs + p * cs]
         microkernel_loops(kc, Ap, a0p, Bp, b0, C, c0, ldc, accumulate, MR, NR)
+
+
+# ----------------------------------------------------------------------------------
+# a prefetch, for the GEMM's packing
+
+
+@intrinsic
+def _prefetch_l2(typingctx, X, i):
+    # llvm.prefetch(&X[i], read, locality 2, data): on x86 prefetcht1, the line into L2
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.bitcast(builder.gep(arr.data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        pf = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(pf, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(X, i), codegen
+
+
+def prefetch_l2(X, i):
+    """Ask for the cache line of X[i] (X flat and contiguous) to be brought into L2; it
+    changes no value. A no-op when it runs as Python (NUMBA_DISABLE_JIT)."""
+
+
+@overload(prefetch_l2, inline="always")
+def _prefetch_l2_overload(X, i):
+    return lambda X, i: _prefetch_l2(X, i)
 
 
 @njit(parallel=True, cache=True)
