@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from .kernels import adam
+
 
 def no_decay(name):
     """ALBERT's exclusion list: LayerNorm weights and every bias."""
@@ -35,16 +37,56 @@ class _Moments:
         self.m, self.v, self.t = {}, {}, 0
         self.lr_scale = {}  # name -> multiplier of the learning rate (layer-wise decay)
 
-    def _moments(self, name, p, g):
+    # fused: each step is one pass of kernels/adam.py over a tensor (the same bits); False
+    # runs the NumPy lines below instead (the readable form; tests compare the two)
+    fused = True
+
+    def _state(self, name, p):
         if name not in self.m:
             self.m[name] = np.zeros_like(p)
             self.v[name] = np.zeros_like(p)
-        m, v = self.m[name], self.v[name]
+        return self.m[name], self.v[name]
+
+    def _flat(self, *arrays):
+        # flat views of the tensors for a kernel, or None: not fused, or not contiguous
+        if self.fused and all(a.flags.c_contiguous for a in arrays):
+            return [a.reshape(-1) for a in arrays]
+        return None
+
+    def _consts(self, p):  # b1, 1 - b1, b2, 1 - b2 as scalars of p's dtype (as NumPy casts)
+        t = p.dtype.type
+        return t(self.b1), t(1 - self.b1), t(self.b2), t(1 - self.b2)
+
+    def _moments(self, name, p, g):
+        m, v = self._state(name, p)
         m *= self.b1
         m += (1 - self.b1) * g
         v *= self.b2
         v += (1 - self.b2) * g * g
         return m, v
+
+    def _direction(self, name, p, g, decay):
+        # u = m / (sqrt(v) + eps) (+ wd p when decay), after the moments' update
+        m, v = self._state(name, p)
+        t = p.dtype.type
+        flat = self._flat(p, g, m, v)
+        if flat is not None:
+            u = np.empty_like(p)
+            adam.adam_direction(*flat, *self._consts(p), t(self.eps), decay, t(self.wd),
+                                u.reshape(-1))
+            return u
+        m, v = self._moments(name, p, g)
+        u = m / (np.sqrt(v) + t(self.eps))
+        if decay:
+            u += t(self.wd) * p
+        return u
+
+    @staticmethod
+    def _step_along(p, u, k):  # p -= k u, k a scalar of p's dtype
+        if p.flags.c_contiguous and u.flags.c_contiguous:
+            adam.step_along(p.reshape(-1), u.reshape(-1), k)
+        else:
+            p -= k * u
 
     def state_dict(self):
         out = {f"m/{k}": v for k, v in self.m.items()}
@@ -66,11 +108,8 @@ class Lamb(_Moments):
         self.t += 1
         ratios = {}
         for name, p in params.items():
-            m, v = self._moments(name, p, grads[name])
-            u = m / (np.sqrt(v) + p.dtype.type(self.eps))
             excluded = self.exclude(name)
-            if not excluded and self.wd:
-                u += p.dtype.type(self.wd) * p
+            u = self._direction(name, p, grads[name], bool(not excluded and self.wd))
             r = 1.0
             if not excluded:
                 w_norm = float(np.linalg.norm(p))
@@ -78,7 +117,7 @@ class Lamb(_Moments):
                 if w_norm > 0 and u_norm > 0:
                     r = w_norm / u_norm
             ratios[name] = r
-            p -= p.dtype.type(lr * self.lr_scale.get(name, 1.0) * r) * u
+            self._step_along(p, u, p.dtype.type(lr * self.lr_scale.get(name, 1.0) * r))
         return ratios
 
 
@@ -88,11 +127,8 @@ class AdamWeightDecay(_Moments):
     def step(self, params, grads, lr):
         self.t += 1
         for name, p in params.items():
-            m, v = self._moments(name, p, grads[name])
-            u = m / (np.sqrt(v) + p.dtype.type(self.eps))
-            if not self.exclude(name) and self.wd:
-                u += p.dtype.type(self.wd) * p
-            p -= p.dtype.type(lr * self.lr_scale.get(name, 1.0)) * u
+            u = self._direction(name, p, grads[name], bool(not self.exclude(name) and self.wd))
+            self._step_along(p, u, p.dtype.type(lr * self.lr_scale.get(name, 1.0)))
 
 
 class AdamW(_Moments):
@@ -109,11 +145,19 @@ class AdamW(_Moments):
         bc2 = 1 - self.b2 ** self.t
         for name, p in params.items():
             lr_p = lr * self.lr_scale.get(name, 1.0)
-            if not self.exclude(name) and self.wd:
-                p *= p.dtype.type(1 - lr_p * self.wd)
+            decay = bool(not self.exclude(name) and self.wd)
+            t = p.dtype.type
+            m, v = self._state(name, p)
+            flat = self._flat(p, grads[name], m, v)
+            if flat is not None:  # the lines below in one pass (kernels/adam.py)
+                adam.adamw_update(*flat, *self._consts(p), decay, t(1 - lr_p * self.wd),
+                                  t(lr_p / bc1), t(math.sqrt(bc2)), t(self.eps))
+                continue
+            if decay:
+                p *= t(1 - lr_p * self.wd)
             m, v = self._moments(name, p, grads[name])
-            denom = np.sqrt(v) / p.dtype.type(math.sqrt(bc2)) + p.dtype.type(self.eps)
-            p -= p.dtype.type(lr_p / bc1) * (m / denom)
+            denom = np.sqrt(v) / t(math.sqrt(bc2)) + t(self.eps)
+            p -= t(lr_p / bc1) * (m / denom)
 
 
 OPTIMIZERS = {"lamb": Lamb, "adamw": AdamW, "adam_weight_decay": AdamWeightDecay}

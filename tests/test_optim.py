@@ -84,6 +84,39 @@ def test_float32_stays_float32():
         assert all(v.dtype == np.float32 for v in opt.m.values())
 
 
+@pytest.mark.parametrize("cls", [AdamW, AdamWeightDecay, Lamb])
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("wd", [0.01, 0.0])
+def test_fused_step_gives_the_bits_of_the_numpy_lines(cls, dt, wd):
+    """Each optimizer's step as one kernel pass a tensor (kernels/adam.py) against its
+    NumPy lines (fused = False): bitwise the same parameters, moments and trust ratios
+    over several steps, with exclusions, a per-tensor learning-rate scale, a tensor of
+    zeros, an odd size and a tensor that is not contiguous (it takes the NumPy lines)."""
+    params, grads = problem(2)
+    params = {k: v.astype(dt) for k, v in params.items()}
+    params["big.weight"] = np.random.default_rng(3).standard_normal((301, 7)).astype(dt)
+    base = np.random.default_rng(4).standard_normal((6, 8)).astype(dt)
+    kw = dict(weight_decay=wd, **({"exclude": no_decay} if cls is AdamW else {}))
+    fused, plain = cls(**kw), cls(**kw)
+    plain.fused = False
+    for opt in (fused, plain):
+        opt.lr_scale["big.weight"] = 0.5
+    ours = {k: v.copy() for k, v in params.items()}
+    ref = {k: v.copy() for k, v in params.items()}
+    ours["strided.weight"], ref["strided.weight"] = base.copy()[:, ::2], base.copy()[:, ::2]
+    r = np.random.default_rng(5)
+    for g in grads[:3]:
+        g = {k: v.astype(dt) for k, v in g.items()}
+        g["big.weight"] = r.standard_normal((301, 7)).astype(dt)
+        g["strided.weight"] = r.standard_normal((6, 4)).astype(dt)
+        assert fused.step(ours, g, 0.01) == plain.step(ref, g, 0.01)
+    for k in ref:
+        assert ours[k].dtype == dt
+        assert np.array_equal(ours[k], ref[k]), k
+        assert np.array_equal(fused.m[k], plain.m[k]) and np.array_equal(fused.v[k], plain.v[k])
+    assert not np.array_equal(ours["big.weight"], params["big.weight"])  # it did step
+
+
 def test_schedules():
     assert learning_rate(0, 1.0, 100, 10) == 0
     assert learning_rate(5, 1.0, 100, 10) == 0.5

@@ -107,6 +107,43 @@ for name, make, lrs in (("LAMB", Lamb, (3e-3, 1e-2)), ("AdamW", AdamW, (1e-3, 3e
 write_table("09_race.md", ["optimizer", "lr", "first loss", f"mean of last 5 (of {n_steps})"], rows)
 assert all(np.mean(c[-3:]) < c[0] for c in results.values())
 
+# %% [markdown]
+# ## One pass a tensor
+# Written as NumPy lines (`m *= b1`, `m += (1 - b1) * g`, `np.sqrt(v)`, ...), an AdamW step
+# makes ten passes over every tensor, each a trip through memory for a tensor the size of
+# the model. `kernels/adam.py` does the same arithmetic in one loop a tensor: it reads p, g,
+# m and v once and writes p, m and v once. The same operations in the same order, each
+# rounded as NumPy rounds it: the same bits (checked below, and in tests/test_optim.py).
+# `fused = False` runs the NumPy lines. Timed here on albert-base-v2's parameters (quick
+# mode: this chapter's small model).
+
+# %%
+from minialbert.config import preset, shape_of  # noqa: E402
+from minialbert.demo import best_times, cpu_name  # noqa: E402
+from minialbert.heads import init_params  # noqa: E402
+
+big = model.params if QUICK else init_params(
+    AlbertConfig(**shape_of(preset("albert-base-v2", vocab_size=30000))), seed=0)
+n_params = sum(v.size for v in big.values())
+g_big = {k: np.random.default_rng(1).standard_normal(v.shape).astype(v.dtype) * 1e-3
+         for k, v in big.items()}
+rows = []
+for name, make in (("AdamW", AdamW), ("LAMB", Lamb), ("AdamWeightDecay", AdamWeightDecay)):
+    fused, plain = make(), make()
+    plain.fused = False
+    a, b = ({k: v.copy() for k, v in big.items()} for _ in range(2))
+    for _ in range(2):  # two steps, so the moments are not zero
+        fused.step(a, g_big, 1e-3)
+        plain.step(b, g_big, 1e-3)
+    assert all(np.array_equal(a[k], b[k]) for k in big), name  # the same bits
+    t_fused, t_plain = best_times([lambda: fused.step(a, g_big, 1e-5),
+                                   lambda: plain.step(b, g_big, 1e-5)])
+    rows.append((name, f"{t_plain * 1e3:.1f}", f"{t_fused * 1e3:.1f}",
+                 f"{t_plain / t_fused:.1f}x"))
+print(f"{n_params / 1e6:.1f}M parameters, on {cpu_name()}")
+write_table("09_fused_step.md", ["optimizer", "NumPy lines, ms a step",
+                                 "one pass a tensor, ms", "faster by"], rows)
+
 # %%
 p = plt()
 if p is not None:

@@ -1,0 +1,63 @@
+"""The optimizers' elementwise arithmetic (optim.py), one pass over a tensor each.
+
+Written in NumPy, an AdamW step is ten passes over every tensor (m *= b1, the temporary
+(1 - b1) g, m += ..., v likewise, sqrt(v), the divide, the add, m / denom, the product,
+p -= ...), each reading and writing a tensor the size of the model from memory. Here one
+loop reads p, g, m, v once and writes p, m, v once. Measured on a 2-core Xeon (family 6
+model 167), a step over albert-base-v2's 11.8M parameters: AdamW 71.8 -> 8.1 ms; LAMB,
+whose two norms a tensor stay NumPy's, 71.8 -> 19.4 ms (tutorial 09 times it on
+the reader's machine).
+
+The bits are NumPy's: every operation is the same float32 (or float64) operation, in the
+same order, rounded after each step as NumPy rounds each array operation (no fast-math
+flags: no multiply-add contraction, no reassociation). The constants come in as scalars of
+the array's dtype, as NumPy casts a Python float next to a float32 array. optim.py says
+which NumPy line each step stands for; tests/test_optim.py checks the bits against it.
+Elementwise, so the result does not depend on the thread count.
+"""
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def moments(g, m, v, b1, c1, b2, c2):
+    # m = b1 m + c1 g;  v = b2 v + (c2 g) g   (c_i = 1 - b_i), in place; all flat
+    for i in prange(g.shape[0]):
+        gi = g[i]
+        m[i] = m[i] * b1 + c1 * gi
+        v[i] = v[i] * b2 + (c2 * gi) * gi
+
+
+@njit(parallel=True, cache=True)
+def adamw_update(p, g, m, v, b1, c1, b2, c2, decay, d, k, s, e):
+    # torch.optim.AdamW's step, given the moments' constants as moments() and
+    #   decay: p = p d (d = 1 - lr wd), then
+    #   p = p - k (m / (sqrt(v) / s + e))   (k = lr / bc1, s = sqrt(bc2))
+    for i in prange(p.shape[0]):
+        gi = g[i]
+        mi = m[i] * b1 + c1 * gi
+        vi = v[i] * b2 + (c2 * gi) * gi
+        m[i] = mi
+        v[i] = vi
+        pi = p[i] * d if decay else p[i]
+        p[i] = pi - k * (mi / (np.sqrt(vi) / s + e))
+
+
+@njit(parallel=True, cache=True)
+def adam_direction(p, g, m, v, b1, c1, b2, c2, e, decay, wd, u):
+    # the moments as moments(), then u = m / (sqrt(v) + e) (+ wd p when decay): the
+    # direction LAMB and AdamWeightDecay step along (no bias correction)
+    for i in prange(p.shape[0]):
+        gi = g[i]
+        mi = m[i] * b1 + c1 * gi
+        vi = v[i] * b2 + (c2 * gi) * gi
+        m[i] = mi
+        v[i] = vi
+        ui = mi / (np.sqrt(vi) + e)
+        u[i] = ui + wd * p[i] if decay else ui
+
+
+@njit(parallel=True, cache=True)
+def step_along(p, u, k):  # p = p - k u
+    for i in prange(p.shape[0]):
+        p[i] = p[i] - k * u[i]
