@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from .kernels import adam
+from . import optim_kernels as adam
 
 
 def no_decay(name):
@@ -37,7 +37,7 @@ class _Moments:
         self.m, self.v, self.t = {}, {}, 0
         self.lr_scale = {}  # name -> multiplier of the learning rate (layer-wise decay)
 
-    # fused: each step is one pass of kernels/adam.py over a tensor (the same bits); False
+    # fused: each step is one pass of optim_kernels.py over a tensor (the same bits); False
     # runs the NumPy lines below instead (the readable form; tests compare the two)
     fused = True
 
@@ -149,7 +149,7 @@ class AdamW(_Moments):
             t = p.dtype.type
             m, v = self._state(name, p)
             flat = self._flat(p, grads[name], m, v)
-            if flat is not None:  # the lines below in one pass (kernels/adam.py)
+            if flat is not None:  # the lines below in one pass (optim_kernels.py)
                 adam.adamw_update(*flat, *self._consts(p), decay, t(1 - lr_p * self.wd),
                                   t(lr_p / bc1), t(math.sqrt(bc2)), t(self.eps))
                 continue

@@ -88,7 +88,7 @@ def test_float32_stays_float32():
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 @pytest.mark.parametrize("wd", [0.01, 0.0])
 def test_fused_step_gives_the_bits_of_the_numpy_lines(cls, dt, wd):
-    """Each optimizer's step as one kernel pass a tensor (kernels/adam.py) against its
+    """Each optimizer's step as one kernel pass a tensor (optim_kernels.py) against its
     NumPy lines (fused = False): bitwise the same parameters, moments and trust ratios
     over several steps, with exclusions, a per-tensor learning-rate scale, a tensor of
     zeros, an odd size and a tensor that is not contiguous (it takes the NumPy lines)."""

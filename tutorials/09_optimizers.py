@@ -111,7 +111,7 @@ assert all(np.mean(c[-3:]) < c[0] for c in results.values())
 # ## One pass a tensor
 # Written as NumPy lines (`m *= b1`, `m += (1 - b1) * g`, `np.sqrt(v)`, ...), an AdamW step
 # makes ten passes over every tensor, each a trip through memory for a tensor the size of
-# the model. `kernels/adam.py` does the same arithmetic in one loop a tensor: it reads p, g,
+# the model. `optim_kernels.py` does the same arithmetic in one loop a tensor: it reads p, g,
 # m and v once and writes p, m and v once. The same operations in the same order, each
 # rounded as NumPy rounds it: the same bits (checked below, and in tests/test_optim.py).
 # `fused = False` runs the NumPy lines. Timed here on albert-base-v2's parameters (quick

@@ -13,7 +13,9 @@ same order, rounded after each step as NumPy rounds each array operation (no fas
 flags: no multiply-add contraction, no reassociation). The constants come in as scalars of
 the array's dtype, as NumPy casts a Python float next to a float32 array. optim.py says
 which NumPy line each step stands for; tests/test_optim.py checks the bits against it.
-Elementwise, so the result does not depend on the thread count.
+Elementwise, so the result does not depend on the thread count. These kernels sit beside
+optim.py, not in kernels/: the optimizers are on the import ladder's lowest rung (a run's
+settings import them; tests/test_ladder.py), below the model's kernels.
 """
 import numpy as np
 from numba import njit, prange
