@@ -21,40 +21,36 @@ import numpy as np
 from numba import njit, prange
 
 
-@njit(parallel=True, cache=True)
-def moments(g, m, v, b1, c1, b2, c2):
-    # m = b1 m + c1 g;  v = b2 v + (c2 g) g   (c_i = 1 - b_i), in place; all flat
-    for i in prange(g.shape[0]):
-        gi = g[i]
-        m[i] = m[i] * b1 + c1 * gi
-        v[i] = v[i] * b2 + (c2 * gi) * gi
+@njit(inline="always")
+def _moments_at(i, g, m, v, b1, c1, b2, c2):
+    # element i of the moments' update, in place: m = b1 m + c1 g; v = b2 v + (c2 g) g
+    # (c_i = 1 - b_i); -> the new (m, v). Inlined: its operations take its callers'
+    # flags, which are none (so NumPy's rounding, step by step).
+    gi = g[i]
+    mi = m[i] * b1 + c1 * gi
+    vi = v[i] * b2 + (c2 * gi) * gi
+    m[i] = mi
+    v[i] = vi
+    return mi, vi
 
 
 @njit(parallel=True, cache=True)
 def adamw_update(p, g, m, v, b1, c1, b2, c2, decay, d, k, s, e):
-    # torch.optim.AdamW's step, given the moments' constants as moments() and
+    # torch.optim.AdamW's step: the moments (_moments_at), then
     #   decay: p = p d (d = 1 - lr wd), then
     #   p = p - k (m / (sqrt(v) / s + e))   (k = lr / bc1, s = sqrt(bc2))
     for i in prange(p.shape[0]):
-        gi = g[i]
-        mi = m[i] * b1 + c1 * gi
-        vi = v[i] * b2 + (c2 * gi) * gi
-        m[i] = mi
-        v[i] = vi
+        mi, vi = _moments_at(i, g, m, v, b1, c1, b2, c2)
         pi = p[i] * d if decay else p[i]
         p[i] = pi - k * (mi / (np.sqrt(vi) / s + e))
 
 
 @njit(parallel=True, cache=True)
 def adam_direction(p, g, m, v, b1, c1, b2, c2, e, decay, wd, u):
-    # the moments as moments(), then u = m / (sqrt(v) + e) (+ wd p when decay): the
+    # the moments (_moments_at), then u = m / (sqrt(v) + e) (+ wd p when decay): the
     # direction LAMB and AdamWeightDecay step along (no bias correction)
     for i in prange(p.shape[0]):
-        gi = g[i]
-        mi = m[i] * b1 + c1 * gi
-        vi = v[i] * b2 + (c2 * gi) * gi
-        m[i] = mi
-        v[i] = vi
+        mi, vi = _moments_at(i, g, m, v, b1, c1, b2, c2)
         ui = mi / (np.sqrt(vi) + e)
         u[i] = ui + wd * p[i] if decay else ui
 
