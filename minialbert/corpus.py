@@ -85,8 +85,11 @@ class Corpus:
     names: list  # one name per document (where it came from)
     source: str = ""
     info: dict = field(default_factory=dict)
+    keys: list = None  # what the held-out split hashes, one per document (None: the names)
 
     def __post_init__(self):
+        if self.keys is None:
+            self.keys = list(self.names)
         if "sha256" not in self.info:
             self.info = dict(self.info, **self._stats())
 
@@ -113,15 +116,20 @@ class Corpus:
             yield from d
 
     def split(self, heldout_fraction=0.05):
-        """(train, held-out) by document, decided by a hash of the document's name: the
-        same document always lands on the same side, whatever else the corpus holds."""
-        held = [zlib.crc32(n.encode("utf-8")) / 2**32 < heldout_fraction for n in self.names]
+        """(train, held-out) by document, decided by a hash of the document's key: the
+        same document always lands on the same side, whatever else the corpus holds. The
+        embedded corpus's keys are its names (a topic, a module's function); a file's
+        documents are keyed by their text, so that the split of a corpus does not change
+        when its folder moves or another file joins it (the checksum, which a resumed run
+        checks, is of the text alone too)."""
+        held = [zlib.crc32(k.encode("utf-8")) / 2**32 < heldout_fraction for k in self.keys]
         if all(held):  # every document hashed to the held-out side (one or two documents):
             held = [False] * len(held)  # train on them; there is nothing to hold out
         pick = lambda flag: Corpus([d for d, h in zip(self.documents, held) if h == flag],  # noqa: E731
                                    [n for n, h in zip(self.names, held) if h == flag],
                                    self.source, {k: v for k, v in self.info.items()
-                                                 if k in ("python", "source")})
+                                                 if k in ("python", "source")},
+                                   [k for k, h in zip(self.keys, held) if h == flag])
         return pick(False), pick(True)
 
 
@@ -241,7 +249,7 @@ def read_corpus(paths, format="auto", pattern="*.txt"):
     if not docs or not any(s.strip() for d in docs for s in d):
         raise CorpusError(f"no text in {', '.join(map(str, files))}: the corpus is empty")
     return Corpus(docs, names, ",".join(map(str, files)),
-                  dict(source=",".join(map(str, files))))
+                  dict(source=",".join(map(str, files))), ["\n".join(d) for d in docs])
 
 
 def load_corpus(spec=None, format="auto"):

@@ -274,6 +274,7 @@ def _checkpoint(r, step, opt):
     return r.rd.save(step, r.model.params, r.model.config, st, opt, r.tok)
 
 
+@kernels.keeps_threads
 def finetune(fc=None, resume=False, overwrite=False, **overrides):
     """Fine-tune; returns a summary dict (also in summary.json). A folder that holds a run
     is refused unless ``resume`` (continue from its latest checkpoint with the settings it

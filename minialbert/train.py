@@ -234,6 +234,7 @@ def _open(pc, given, resume, overwrite, w):
     return r, None
 
 
+@kernels.keeps_threads
 def pretrain(pc=None, resume=False, overwrite=False, **overrides):
     """Pretrain AlbertForPreTraining. Returns a summary dict (also written to summary.json).
 

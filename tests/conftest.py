@@ -64,6 +64,18 @@ def warm_kernels():
     yield
 
 
+@pytest.fixture(autouse=True)
+def threads_are_given_back():
+    """A test, and the library call it makes, leaves Numba's thread count as it found it:
+    a count left at all cores made the next test files in that process 5-20x slower
+    next to the other test process (pretrain() once did: kernels.keeps_threads)."""
+    before = numba.get_num_threads()
+    yield
+    after = numba.get_num_threads()
+    numba.set_num_threads(before)
+    assert after == before, f"the test left Numba's thread count at {after}, not {before}"
+
+
 @pytest.fixture(params=[1, ALL_THREADS], ids=lambda n: f"threads{n}")
 def threads(request):
     prev = numba.get_num_threads()

@@ -67,6 +67,21 @@ def test_reader_errors_name_the_file(tmp_path):
         read_corpus(tmp_path / "d")
 
 
+def test_a_files_split_is_the_same_wherever_it_lies(tmp_path):
+    """The held-out split of files hashes each document's text: a corpus moved to another
+    folder, or joined by another file before it, splits its documents as before (a resumed
+    run, which checks the text's checksum, then sees the same training set)."""
+    text = "\n\n".join(f"Document {i} first line.\nIts second line {i * i}." for i in range(200))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "c.txt").write_text(text + "\n", encoding="utf-8")
+    (tmp_path / "b" / "c.txt").write_text(text + "\n", encoding="utf-8")
+    (tmp_path / "b" / "0.txt").write_text("Another file comes first.\n", encoding="utf-8")
+    held_a = read_corpus(tmp_path / "a").split(0.1)[1].documents
+    held_b = read_corpus(tmp_path / "b").split(0.1)[1].documents
+    assert 5 < len(held_a) < 40 and held_a == held_b
+
+
 def test_too_small_corpus_is_clear(tok):
     tiny = Corpus([["a"]], ["x"])
     tc = tokenize_corpus(tiny, tok)

@@ -32,7 +32,7 @@ def _drop_stale_cache():
 
 
 _drop_stale_cache()
-from ._base import FASTMATH, get_threads, set_threads  # noqa: E402 (after the cache check)
+from ._base import FASTMATH, get_threads, keeps_threads, set_threads  # noqa: E402 (after the cache check)
 from .act import activation, gelu_backward, gelu_forward, gelu_new_backward, gelu_new_forward
 from .dropout import dropout_backward, dropout_forward, dropout_key, dropout_mask
 from .embedding import embedding_backward, embedding_backward_naive, embedding_forward
