@@ -364,6 +364,22 @@ def test_tile_is_picked_from_the_shape():
     assert pick_kernel(np.float32, "avx2", 2500, 128) == (2, 6, 16)
 
 
+def test_blocking_is_kept_per_shape_and_packs_a_transposed_b_once():
+    """blocking() is worked out once per shape and kept; each call gets a dict of its own.
+    With more row blocks than threads, a B whose rows run along the reduction (NT: a
+    transposing pack) is packed once, whole; the TN form's B (row copies) by each task.
+    (Pure logic: runs on any CPU; which path gives the same bits is the test above.)"""
+    from minialbert.kernels import matmul as mm
+    a = mm.blocking(np.float32, 1024, 768, "avx512", threads=2)
+    a["MC"] = -1
+    assert mm.blocking(np.float32, 1024, 768, "avx512", threads=2)["MC"] == 256  # 4 x 256
+    assert mm.blocking(np.float32, 1024, 768, "avx512", threads=2, b_trans=True)["b_in_task"] \
+        is False
+    assert mm.blocking(np.float32, 1024, 768, "avx512", threads=2)["b_in_task"] is True
+    # one block of rows per thread: each packs its own, either form
+    assert mm.blocking(np.float32, 512, 768, "avx512", threads=2, b_trans=True)["b_in_task"]
+
+
 def test_packed_gemm_bitwise_across_threads_and_runs(rng):
     """Float32, shapes that split into many blocks: 1 thread, all threads, and a repeat
     give the very same bits (each tile's sum runs in one fixed order)."""

@@ -1,3 +1,4 @@
+import functools
 import threading
 
 import numpy as np
@@ -517,8 +518,11 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
 ISA = host_isa()  # 'avx512', 'avx2' or 'sse': the micro-kernel this CPU runs
 
 
-def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None, b_packed=False):
-    """Tile and block sizes for a [M, *] x [*, N] product.
+def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None, b_packed=False,
+             b_trans=False):
+    """Tile and block sizes for a [M, *] x [*, N] product (a new dict: the caller's to
+    change). Worked out once per shape and kept (_blocking, below): a training step asks
+    for the same few shapes hundreds of times, and the arithmetic cost ~4 us a call.
 
     The tile comes from the ISA and the shape (microkernel.pick_kernel), or is the given
     ``kernel``. KC (reduction block) fixes the order of the sum, so it depends on the dtype
@@ -535,13 +539,22 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None, b_packed
     most 2 MiB; else once, whole, before the products. And a few rows against a B at
     least twice as wide are cut across N, so that each task packs only its share of B.
     Measured on a 2-core Xeon (family 6 model 167, AVX-512), TN: 4096 x 256 x 1024
-    (K x M x N) 204 -> 315 GFLOP/s, 4096 x 1024 x 256 211 -> 253; OpenBLAS 313 and 297."""
-    isa = isa or ISA
+    (K x M x N) 204 -> 315 GFLOP/s, 4096 x 1024 x 256 211 -> 253; OpenBLAS 313 and 297.
+    When B's rows run along the reduction (``b_trans``, the NT form: y = x @ W.T, W not
+    packed yet), each pack is a transposing copy, dearer than the TN form's row copies;
+    then the tasks pack their own only when there is one task per thread (the same machine, NT,
+    4 blocks of rows: 1024 x 768 x 3072 178 -> 204 GFLOP/s packed once, 1024 x 768 x 768
+    225 -> 261; 2 blocks: 512 x 768 x 3072 226 and 220, a draw)."""
+    return dict(_blocking(np.dtype(dtype), M, N, isa or ISA, threads or get_threads(), KC,
+                          kernel, bool(b_packed), bool(b_trans)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _blocking(dtype, M, N, isa, threads, KC, kernel, b_packed, b_trans):
     if kernel is None:
         code, MR, NR = pick_kernel(dtype, isa, M, N)
     else:
         code, (MR, NR) = kernel, kernel_tile(dtype, kernel)
-    threads = threads or get_threads()
     KC = KC or (_KC if np.dtype(dtype).itemsize == 4 else _KC // 2)
     # Blocks span all of N (a cut across N would pack the same rows of A again) and at
     # most _MC rows; more cuts across M, then N, until every thread has equal work.
@@ -570,7 +583,8 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None, b_packed
     # and its packed KC block stays in cache (the decoder's 128 x 30000, 15 MB, does not:
     # packed once, whole, 1024 x 128 x 30000 runs at 202 GFLOP/s, packed per task at 173)
     b_block = min(KC, 1 << 30) * NC * np.dtype(dtype).itemsize
-    b_in_task = not b_packed and (n_mb == 1 or (n_mb <= 2 * threads and b_block <= _B_BLOCK))
+    b_in_task = not b_packed and (n_mb == 1 or (
+        n_mb <= (1 if b_trans else 2) * threads and b_block <= _B_BLOCK))
     return dict(code=code, MR=MR, NR=NR, KC=KC, MC=MC, NC=NC, b_in_task=b_in_task)
 
 
@@ -596,15 +610,16 @@ def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None, bias=No
     Rf = none if residual is None else residual.reshape(M * N)
     isa = isa or ISA
     packed = isinstance(B, PackedWeight)
-    b = blocking(out.dtype, M, N, isa, kernel=kernel, b_packed=packed)
+    b = _blocking(out.dtype, M, N, isa, get_threads(), None, kernel, packed, bool(b_trans))
     K = A.shape[0] if a_trans else A.shape[1]
     tasks = -(-M // b["MC"]) * -(-N // b["NC"])
-    Ap = _workspace.get("A", out.dtype, tasks * fused_a_size(b["MC"], K, b["MR"], b["KC"]))
+    kc = max(1, min(b["KC"], K))  # fused_a_size's arithmetic (a jitted call costs ~0.4 us)
+    Ap = _workspace.get("A", out.dtype, tasks * -(-b["MC"] // b["MR"]) * b["MR"] * kc)
     in_task = False
     if packed:
         Bp, B, pack_b = B.panels(b_trans, b), B.W, False
     elif b["b_in_task"]:  # one KC block of each task's columns at a time
-        Bp = _workspace.get("B", out.dtype, tasks * fused_a_size(b["NC"], K, b["NR"], b["KC"]))
+        Bp = _workspace.get("B", out.dtype, tasks * -(-b["NC"] // b["NR"]) * b["NR"] * kc)
         pack_b = in_task = True
     else:
         Bp, pack_b = _workspace.get("B", out.dtype, -(-N // b["NR"]) * b["NR"] * K), True
