@@ -134,7 +134,20 @@ class Corpus:
 
 
 def default_corpus(min_sentences=2, min_chars=200):
-    """The documentation of the running Python: pydoc topics + standard-library docstrings."""
+    """The documentation of the running Python: pydoc topics + standard-library docstrings.
+    Read once per process (parsing the standard library takes ~4 s; a run, its evaluation
+    and a tutorial each ask for it); every call gets a Corpus of its own."""
+    key = (min_sentences, min_chars)
+    if key not in _DEFAULT:
+        _DEFAULT[key] = _read_default_corpus(min_sentences, min_chars)
+    c = _DEFAULT[key]
+    return Corpus(list(c.documents), list(c.names), c.source, dict(c.info), list(c.keys))
+
+
+_DEFAULT = {}  # (min_sentences, min_chars) -> the Corpus read
+
+
+def _read_default_corpus(min_sentences, min_chars):
     docs, names = [], []
     try:
         from pydoc_data.topics import topics
