@@ -16,7 +16,11 @@ import os
 import sys
 import tempfile
 
-import numpy as np
+import _isa
+
+_isa.emulate_from_argv()  # --isa avx2: restarts under that ISA before anything loads
+
+import numpy as np  # noqa: E402
 
 from _sides import rounds, serve
 from minialbert.config import preset, shape_of  # noqa: E402
@@ -76,17 +80,16 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--worker", nargs=4, metavar=("SIDE", "CONFIG", "PATH", "WEIGHTS"))
+    _isa.add_option(ap)
     a = ap.parse_args()
     if a.worker:
         side, name, path, weights = a.worker
         serve(jobs(side, name, path, weights, a.threads))
         return
     from minialbert.config import AlbertConfig
-    from minialbert.demo import cpu_name
-    from minialbert.kernels.matmul import ISA
     from minialbert.heads import init_params
 
-    print(f"CPU: {cpu_name()}; vector ISA {ISA}; threads per side: {a.threads}")
+    print(_isa.header(a.threads))
     sides = [("hf", "eager"), ("hf", "sdpa"), ("hf", "eager+keep"), ("hf", "sdpa+keep"),
              ("ours", "-")]
     for name in (["tiny"] if a.quick else ["tiny", "base"]):

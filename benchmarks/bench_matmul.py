@@ -14,11 +14,15 @@ import subprocess
 import sys
 import time
 
-import numba
+import _isa
+
+_isa.emulate_from_argv()  # --isa avx2: restarts under that ISA before anything loads
+
+import numba  # noqa: E402
 
 import numpy as np
 
-from minialbert.demo import blas_info, cpu_name, matmul_table
+from minialbert.demo import best_times, matmul_forms, matmul_table
 from minialbert.kernels import matmul as mm
 from minialbert.kernels.microkernel import measured_peak_gflops
 
@@ -55,24 +59,59 @@ def cpu_mhz():
         return "unknown"
 
 
+def torch_forms(M, K, N, threads):
+    """The same three products in torch (what Hugging Face's dense layers run on)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    x, W, dy = (torch.randn(*s, generator=g) for s in ((M, K), (N, K), (M, N)))
+    return [lambda: x @ W.T, lambda: dy @ W, lambda: dy.T @ x]
+
+
+def table_with_torch(shapes, threads):
+    """As demo.matmul_table, with a third column: torch's GFLOP/s (its BLAS: MKL in the CPU
+    wheels), timed in the same alternating blocks. The ratio stays ours against NumPy's BLAS."""
+    rng = np.random.default_rng(0)
+    rows = []
+    print(f"{'shape (M,K,N)':<22}{'form':<15}{'ours GF/s':>10}{'BLAS GF/s':>11}{'ratio':>8}"
+          f"{'torch GF/s':>12}{'vs torch':>10}")
+    for label, (M, K, N) in shapes:
+        tf = torch_forms(M, K, N, threads)
+        for (form, ours, blas), tor in zip(matmul_forms(M, K, N, rng), tf):
+            flops = 2.0 * M * K * N
+            t_o, t_b, t_t = best_times([ours, blas, tor])
+            r = dict(shape=label, M=M, K=K, N=N, form=form.split()[0], ours=flops / t_o / 1e9,
+                     blas=flops / t_b / 1e9, ratio=t_b / t_o, torch=flops / t_t / 1e9,
+                     vs_torch=t_t / t_o)
+            rows.append(r)
+            print(f"{label:<22}{form:<15}{r['ours']:>10.1f}{r['blas']:>11.1f}{r['ratio']:>8.2f}"
+                  f"{r['torch']:>12.1f}{r['vs_torch']:>9.2f}x")
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-torch", action="store_true", help="leave out the torch column")
+    _isa.add_option(ap)
     a = ap.parse_args()
-    print(f"CPU: {cpu_name()}")
-    print(f"NumPy BLAS: {blas_info()}")
+    if not a.no_torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            a.no_torch = True
     th = numba.get_num_threads()
+    print(_isa.header(th, torch_side=not a.no_torch))
     print(f"Numba threads: {th}  (threading layer: {numba.config.THREADING_LAYER})")
-    b = mm.blocking(np.float32, 1024, 1024)
     peak = measured_peak_gflops(np.float32, mm.ISA, th)
     mhz = cpu_mhz()
-    print(f"vector ISA: {mm.ISA}; micro-kernel tile {b['MR']}x{b['NR']}, KC {b['KC']} (float32)")
     print(f"peak: {peak:.0f} GFLOP/s measured (our micro-kernel on L1-resident panels, {th} "
           f"threads); /proc/cpuinfo says {mhz} MHz (nominal; the clock under load differs)")
     sizes = [128, 512] if a.quick else SQUARE
     shapes = [(f"square {n}", (n, n, n)) for n in sizes] + (LAYERS[:1] if a.quick else LAYERS)
     t0 = time.time()
-    rows = matmul_table(shapes)
+    rows = matmul_table(shapes) if a.no_torch else table_with_torch(shapes, th)
     print("as a fraction of the measured peak: ours " + ", ".join(
         f"{r['shape'].split()[0]}{r['form']} {r['ours'] / peak:.2f}" for r in rows[-6:]) + " ...")
     fr = [r["ours"] / peak for r in rows]
@@ -91,6 +130,11 @@ def main():
     worst_all = min(rows, key=lambda r: r["ratio"])
     print(f"every shape above: geometric-mean ratio {geo_all:.2f}x BLAS, worst "
           f"{worst_all['ratio']:.2f}x ({worst_all['shape']} {worst_all['form']})")
+    if not a.no_torch:
+        geo_t = float(np.exp(np.mean([np.log(r["vs_torch"]) for r in rows])))
+        worst_t = min(rows, key=lambda r: r["vs_torch"])
+        print(f"every shape above: geometric-mean ratio {geo_t:.2f}x torch, worst "
+              f"{worst_t['vs_torch']:.2f}x ({worst_t['shape']} {worst_t['form']})")
     print(f"import + first matmul in a fresh process (warm cache): {first_call_seconds():.2f} s")
     print(f"benchmark took {time.time() - t0:.0f} s")
 

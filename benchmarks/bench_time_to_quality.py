@@ -15,9 +15,13 @@ gets too); HF runs eager attention.
 import argparse
 import time
 
-import numpy as np
+import _isa
 
-from minialbert import kernels
+_isa.emulate_from_argv()  # --isa avx2: restarts under that ISA before anything loads
+
+import numpy as np  # noqa: E402
+
+from minialbert import kernels  # noqa: E402
 from minialbert.memory import keep_freed_memory
 from minialbert.config import preset
 from minialbert.corpus import default_corpus
@@ -118,11 +122,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=float, default=300)
     ap.add_argument("--lr", type=float, default=1e-3)
+    _isa.add_option(ap)
     a = ap.parse_args()
     pc = PretrainConfig()
     keep_freed_memory()  # as the trainers do; the same process setting for HF's side too
     threads = kernels.set_threads(None)
     torch.set_num_threads(threads)
+    print(_isa.header(threads))
     corpus = default_corpus()
     tr, ho = corpus.split(pc.heldout_fraction)
     tok = train_tokenizer(tr.sentences(), pc.vocab_size)

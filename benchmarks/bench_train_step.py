@@ -24,7 +24,11 @@ import resource
 import sys
 import tempfile
 
-import numpy as np
+import _isa
+
+_isa.emulate_from_argv()  # --isa avx2: restarts under that ISA before anything loads
+
+import numpy as np  # noqa: E402
 
 from _sides import rounds, serve
 from minialbert.config import preset, shape_of  # noqa: E402
@@ -161,21 +165,20 @@ def main():
     ap.add_argument("--head", default="pretraining", choices=["pretraining", "classification"])
     ap.add_argument("--pad", type=float, default=0.5,
                     help="padding fraction of the second batch (0: only a full batch)")
+    _isa.add_option(ap)
     a = ap.parse_args()
     if a.worker:
         side, name, path, weights = a.worker
         serve(*jobs(side, name, path, a.threads, weights, not a.no_optimizer, a.head, a.pad))
         return
 
-    from minialbert.demo import blas_info, cpu_name
-
-    print(f"CPU: {cpu_name()}; threads per side: {a.threads} (Numba / torch.set_num_threads)")
-    print(f"NumPy BLAS (not used by our model): {blas_info()}")
     try:
-        import torch
-        print(f"torch {torch.__version__}: {torch.__config__.parallel_info().splitlines()[0:4]}")
+        import torch  # noqa: F401
     except ImportError:
         sys.exit("this benchmark needs torch and transformers: pip install -e '.[bench]'")
+    print(_isa.header(a.threads))
+    print("(threads per side: Numba's and torch.set_num_threads; NumPy's BLAS is not used "
+          "by either model)")
     names = ["tiny"] if a.quick else ["tiny", "base"]
     for name in names:
         cfg_kw, B, T = CONFIGS[name]

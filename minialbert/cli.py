@@ -15,6 +15,7 @@ Exit status: 0 done, 2 bad input (one line says what), 3 training stopped (NaN),
 130 / 143 interrupted by Ctrl-C / SIGTERM after saving a checkpoint.
 """
 import argparse
+import os
 import sys
 import time
 
@@ -36,7 +37,7 @@ def cmd_demo(args):
         kernels.set_threads(args.threads)
     t0 = time.time()
     print("minialbert demo: compiling the kernels (first run only: Numba caches them)...")
-    kernels.warmup()
+    kernels.warmup(processes=min(2, os.cpu_count() or 1))
     print(f"  ready in {time.time() - t0:.1f} s\n")
     print("1. Every backward against float64 central differences "
           "(correct: ~1e-7 or smaller; a bug: 1e-2 or larger)")

@@ -177,6 +177,15 @@ def _build(pc, r, w, say):
               f"{r.state['corpus_sha256'][:12]}… then, {corpus.checksum[:12]}… now); "
               "continuing on the new one", file=sys.stderr)
     train_c, held_c = corpus.split(pc.heldout_fraction)
+    r.split_sha256 = train_c.checksum  # which documents are trained on (the split's rule too)
+    was = (r.state or {}).get("train_split_sha256")
+    if was is not None and was != r.split_sha256 and corpus.checksum == r.state[
+            "corpus_sha256"] and w.is_root:
+        print("warning: the same corpus is split into training and held-out documents "
+              f"differently from when the checkpoint was written (training split SHA-256 "
+              f"{was[:12]}… then, {r.split_sha256[:12]}… now: a minialbert whose split rule "
+              "changed); continuing on the new split",
+              file=sys.stderr)
     r.tok, r.model = _tokenizer_and_model(pc, r, train_c, say)
     r.cfg = r.model.config
     check_same(w, "the tokenizer (its SHA-256)", r.tok.checksum)
@@ -296,7 +305,7 @@ def _log_step(r, step, rec, batch, dt, pos, t_start):
 def _checkpoint(r, step, pos, w):
     st = dict(epoch=pos.epoch, index=pos.index, total_steps=r.total,
               run=dataclasses.asdict(r.pc), corpus_sha256=r.corpus.checksum,
-              corpus_info=r.corpus.info, python=r.corpus.info.get("python"),
+              train_split_sha256=r.split_sha256, corpus_info=r.corpus.info, python=r.corpus.info.get("python"),
               threads=kernels.get_threads(), ranks=w.size)
     return on_root(w, lambda: r.rd.save(step, r.model.params, r.cfg, st, r.opt, r.tok))
 

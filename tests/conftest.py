@@ -2,8 +2,9 @@
 
 * Hypothesis: under CI (CI=true) a derandomized profile without deadline (a first call
   may compile a kernel) and capped examples; locally the "dev" profile, also no deadline.
-* The kernels are compiled once, before any test runs, by one process (both dtypes,
-  into Numba's cache); each test process loads them from the cache.
+* The kernels are compiled once, before any test runs, two processes at a time (both
+  dtypes, into Numba's cache, whose saves minialbert.numba_cache serialises); each test
+  process loads them from the cache.
 * Under CI a skipped test is an error: the torch/transformers parity tests must run.
   Only tests marked ``opt_in`` (they need a real downloaded checkpoint) may skip.
 """
@@ -26,11 +27,11 @@ ALL_THREADS = numba.config.NUMBA_NUM_THREADS
 
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the main process (with -n 2, before the workers)
-        # a clean clone compiles every kernel once (~160 s on one core) into Numba's
-        # cache, and every test process then loads them (one compiling process: two at
-        # once can corrupt the cache, kernels.warmup says how)
+        # a clean clone compiles every kernel once (~160 s on one core): two processes
+        # compile half each into Numba's cache (its saves take a file lock:
+        # minialbert/numba_cache.py), and every test process then loads them
         from minialbert.kernels import warmup
-        warmup()
+        warmup(processes=2)
     config.addinivalue_line("markers", "opt_in: needs a resource that cannot be made here "
                             "(a real downloaded checkpoint); may skip, also in CI")
 

@@ -9,7 +9,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "minialbert"
 # rung: modules (a package's submodules share its rung). Lower rungs know nothing of higher.
 LADDER = [
     ("settings and tools that import nothing of minialbert",
-     {"config", "options", "normalize", "memory", "gradcheck", "optim", "optim_kernels"}),
+     {"config", "options", "normalize", "memory", "gradcheck", "optim", "optim_kernels",
+      "numba_cache"}),
     ("the settings of a run (from the model config, the options and the optimizers)",
      {"settings"}),
     ("the parameters: names, shapes, initialisation, counts", {"params"}),

@@ -125,6 +125,35 @@ def test_changed_corpus_warns_with_both_checksums(tmp_path, capsys):
     assert "the corpus changed" in err and err.count("…") >= 2
 
 
+def test_a_changed_split_of_the_same_corpus_warns(tmp_path, capsys, monkeypatch):
+    """A checkpoint records which documents it trained on (the training split's SHA-256):
+    resumed under a split rule that changed (as a9a4263 changed the files' rule), the same
+    corpus gives other training documents, and the run says so."""
+    import zlib
+
+    from minialbert.corpus import Corpus
+    (tmp_path / "c.txt").write_text("".join(f"Sentence number {i} is here. And another {i} too.\n\n"
+                                            for i in range(300)))
+    pretrain(cfg(tmp_path, corpus=[str(tmp_path / "c.txt")], steps=3, save_every=2, stop_after=2,
+                 vocab_size=60, eval_batches=1))
+    assert "train_split_sha256" in load_checkpoint(tmp_path / "run")[2]
+    pretrain(PretrainConfig(out=str(tmp_path / "run"), steps=4, progress=False), resume=True)
+    assert "split" not in capsys.readouterr().err  # the same rule: no warning
+    real = Corpus.split
+
+    def other_rule(self, heldout_fraction=0.05):  # another hash of the same keys
+        keys, self.keys = self.keys, [str(zlib.crc32(k.encode())) for k in self.keys]
+        try:
+            return real(self, heldout_fraction)
+        finally:
+            self.keys = keys
+    monkeypatch.setattr(Corpus, "split", other_rule)
+    pretrain(PretrainConfig(out=str(tmp_path / "run"), steps=5, progress=False), resume=True)
+    err = capsys.readouterr().err
+    assert "split into training and held-out documents differently" in err, err
+    assert "the corpus changed" not in err
+
+
 def test_fill_mask_and_cli(tmp_path, capsys):
     pretrain(cfg(tmp_path, steps=3, save_every=3))
     model, tok, _ = load_pretrained(tmp_path / "run")

@@ -3,6 +3,8 @@ import hashlib
 import os
 import pathlib
 
+from ..numba_cache import directory_lock
+
 
 def _drop_stale_cache():
     """Numba keys a cached kernel on its own file only: a kernel in act.py that inlines
@@ -22,13 +24,19 @@ def _drop_stale_cache():
                 continue
         except OSError:  # no stamp yet
             pass
-        try:
-            for f in d.glob("*.nb[ic]"):
-                f.unlink()
-            d.mkdir(parents=True, exist_ok=True)
-            stamp.write_text(h)
-        except OSError:  # a read-only install: Numba then compiles in memory anyway
-            pass
+        with directory_lock(str(d)):  # not while another process saves a kernel here
+            try:
+                if stamp.read_text() == h:  # another process dropped it meanwhile
+                    continue
+            except OSError:
+                pass
+            try:
+                for f in d.glob("*.nb[ic]"):
+                    f.unlink()
+                d.mkdir(parents=True, exist_ok=True)
+                stamp.write_text(h)
+            except OSError:  # a read-only install: Numba then compiles in memory anyway
+                pass
 
 
 _drop_stale_cache()
@@ -100,17 +108,26 @@ def warmup(processes=1, part=None):
     """Compile (or load from Numba's cache) every kernel for float32 and float64, so
     that the first real call is not the one that pays for compilation.
 
-    One process at a time: ``processes`` is accepted and ignored. Two processes that
-    compile the same function into Numba's cache at once can corrupt it (each reads the
-    function's index, picks the first free data-file number for its own signature and
-    writes both back, so two signatures can get the same file). That happened: a clean
-    clone's CI once failed every later compile with "Invalid use of CPUDispatcher
-    (_prefetch_block)" after two warm-up processes had each compiled a share. ``part`` =
-    (i, n) compiles the i-th of n shares only (for timing a share)."""
+    ``processes > 1`` compiles cold kernels that many at a time: each child process
+    compiles its share into Numba's cache (``part`` = (i, n): the i-th of n shares), then
+    this process loads them all from it (about 1 s when the cache is warm). Several
+    processes may write one cache because minialbert.numba_cache makes Numba's save take
+    a file lock: without it, two processes saving the same function at once could give
+    two signatures one data file (a clean clone's CI once failed so, every later compile
+    with "Invalid use of CPUDispatcher(_prefetch_block)")."""
     jobs = [(f, dt) for f in _WARMUP for dt in (np.float32, np.float64)]
     if part is not None:  # dealt out in a snake (0 1 1 0 0 1 ...): the shares take as long
         i, n = part
         jobs = [j for k, j in enumerate(jobs)
                 if (k % n if (k // n) % 2 == 0 else n - 1 - k % n) == i]
+    elif processes > 1:
+        import subprocess
+        import sys
+        code = "import sys; from minialbert.kernels import warmup; " \
+               "warmup(part=(int(sys.argv[1]), int(sys.argv[2])))"
+        children = [subprocess.Popen([sys.executable, "-c", code, str(i), str(processes)])
+                    for i in range(processes)]
+        for c in children:  # a child that failed leaves its kernels to this process
+            c.wait()
     for f, dt in jobs:
         f(dt, np.ones((5, 6), dtype=dt))
