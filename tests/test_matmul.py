@@ -378,6 +378,11 @@ def test_blocking_is_kept_per_shape_and_packs_a_transposed_b_once():
     assert mm.blocking(np.float32, 1024, 768, "avx512", threads=2)["b_in_task"] is True
     # one block of rows per thread: each packs its own, either form
     assert mm.blocking(np.float32, 512, 768, "avx512", threads=2, b_trans=True)["b_in_task"]
+    # ... unless the whole packed B is small (K x N x 4 bytes <= 2 MiB): then once, whole
+    assert not mm.blocking(np.float32, 512, 768, "avx512", threads=2, K=512)["b_in_task"]
+    assert mm.blocking(np.float32, 512, 768, "avx512", threads=2, K=4096)["b_in_task"]
+    # one block of rows: nothing is shared, each task packs its own columns
+    assert mm.blocking(np.float32, 256, 1024, "avx512", threads=2, K=128)["b_in_task"]
 
 
 def test_packed_gemm_bitwise_across_threads_and_runs(rng):

@@ -519,7 +519,7 @@ ISA = host_isa()  # 'avx512', 'avx2' or 'sse': the micro-kernel this CPU runs
 
 
 def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None, b_packed=False,
-             b_trans=False):
+             b_trans=False, K=None):
     """Tile and block sizes for a [M, *] x [*, N] product (a new dict: the caller's to
     change). Worked out once per shape and kept (_blocking, below): a training step asks
     for the same few shapes hundreds of times, and the arithmetic cost ~4 us a call.
@@ -544,13 +544,18 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None, b_packed
     packed yet), each pack is a transposing copy, dearer than the TN form's row copies;
     then the tasks pack their own only when there is one task per thread (the same machine, NT,
     4 blocks of rows: 1024 x 768 x 3072 178 -> 204 GFLOP/s packed once, 1024 x 768 x 768
-    225 -> 261; 2 blocks: 512 x 768 x 3072 226 and 220, a draw)."""
+    225 -> 261; 2 blocks: 512 x 768 x 3072 226 and 220, a draw). But when several tasks
+    share all of B's columns and the whole packed B is small (``K`` x N at most 2 MiB, K
+    the reduction's length, when given), it is packed once, whole, by all threads together:
+    each task packing all of it was a pass over B per task for a product that is short
+    anyway (a 2-core EPYC, Zen 5, AVX-512: 256^3 242-276 -> 277-294 GFLOP/s over the three
+    forms, 512^3 305-335 -> 339-356; with the AVX2 tile about half of that gain)."""
     return dict(_blocking(np.dtype(dtype), M, N, isa or ISA, threads or get_threads(), KC,
-                          kernel, bool(b_packed), bool(b_trans)))
+                          kernel, bool(b_packed), bool(b_trans), K))
 
 
 @functools.lru_cache(maxsize=4096)
-def _blocking(dtype, M, N, isa, threads, KC, kernel, b_packed, b_trans):
+def _blocking(dtype, M, N, isa, threads, KC, kernel, b_packed, b_trans, K=None):
     if kernel is None:
         code, MR, NR = pick_kernel(dtype, isa, M, N)
     else:
@@ -585,6 +590,9 @@ def _blocking(dtype, M, N, isa, threads, KC, kernel, b_packed, b_trans):
     b_block = min(KC, 1 << 30) * NC * np.dtype(dtype).itemsize
     b_in_task = not b_packed and (n_mb == 1 or (
         n_mb <= (1 if b_trans else 2) * threads and b_block <= _B_BLOCK))
+    if b_in_task and n_mb > 1 and n_nb == 1 and K is not None and \
+            K * N * np.dtype(dtype).itemsize <= _B_BLOCK:  # shared by every task, and small:
+        b_in_task = False  # packed once, whole, by all threads (see blocking)
     return dict(code=code, MR=MR, NR=NR, KC=KC, MC=MC, NC=NC, b_in_task=b_in_task)
 
 
@@ -610,8 +618,8 @@ def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None, bias=No
     Rf = none if residual is None else residual.reshape(M * N)
     isa = isa or ISA
     packed = isinstance(B, PackedWeight)
-    b = _blocking(out.dtype, M, N, isa, get_threads(), None, kernel, packed, bool(b_trans))
     K = A.shape[0] if a_trans else A.shape[1]
+    b = _blocking(out.dtype, M, N, isa, get_threads(), None, kernel, packed, bool(b_trans), K)
     tasks = -(-M // b["MC"]) * -(-N // b["NC"])
     kc = max(1, min(b["KC"], K))  # fused_a_size's arithmetic (a jitted call costs ~0.4 us)
     Ap = _workspace.get("A", out.dtype, tasks * -(-b["MC"] // b["MR"]) * b["MR"] * kc)

@@ -340,7 +340,10 @@ def measured_peak_gflops(dtype, isa, threads, seconds=0.3, repeats=3):
     """FLOP/s of the micro-kernel alone on L1-resident panels, on every thread: the most
     arithmetic this CPU delivers to our code (it stands in for cores x FMA units x lanes x
     2 x clock, whose clock under load a program cannot read reliably). The best of
-    ``repeats`` runs: on a shared host one run once came out at 0.65 of the others."""
+    ``repeats`` runs, after a run of ``seconds`` that is not counted: on a 2-core EPYC
+    (Zen 5) the first 0.2 s after a pause ran at 0.65 of the rest (the cores' clock, or
+    the threads', coming up), and a benchmark that measured the peak first printed that."""
+    _peak_once(dtype, isa, threads, seconds)  # the warm-up
     return max(_peak_once(dtype, isa, threads, seconds / repeats) for _ in range(repeats))
 
 
