@@ -20,7 +20,7 @@ from minialbert.kernels import (activation, cross_entropy, dropout_backward, dro
                                 layernorm_backward, layernorm_forward, mask_bias,
                                 softmax_backward, softmax_forward)
 from minialbert.kernels._base import FASTMATH, exp_float32
-from minialbert.kernels.act import tanh_backward, tanh_forward
+from minialbert.kernels.act import exp_fast32, tanh_backward, tanh_forward
 from minialbert.kernels.reduce import vdot, vmax, vsum
 from reference import assert_close, n, require, t
 
@@ -174,8 +174,9 @@ def test_gelu_new_is_hugging_faces_formula(rng):
 def test_gelu_new_float32_over_a_dense_grid():
     """The float32 forward's rational tanh and the backward's exp, against float64 on two
     million points of [-12, 12]: forward within 2e-6 relative to max(|y|, 1) (the rational
-    tanh is 3.4e-7 off at worst, times |x|/2), backward within 2e-6 absolute (float32
-    rounding of O(1) terms; an inaccurate 1 - tanh^2 would show as 5e-5 at large |x|)."""
+    tanh is 3.4e-7 off at worst, times |x|/2), backward within 5e-7 absolute (float32
+    rounding of O(1) terms: 2.0e-7 measured; an inaccurate 1 - tanh^2 would show as 5e-5 at
+    large |x|, and 1 - s by subtraction, as this backward once computed it, as 2e-6)."""
     x = np.linspace(-12, 12, 2_000_001).astype(np.float32)
     xd = x.astype(np.float64)
     u = np.sqrt(2 / np.pi) * (xd + 0.044715 * xd ** 3)
@@ -186,7 +187,18 @@ def test_gelu_new_float32_over_a_dense_grid():
     ours = fwd(x)
     assert ours.dtype == np.float32
     assert np.max(np.abs(ours - y) / np.maximum(np.abs(y), 1)) < 2e-6
-    assert np.max(np.abs(bwd(np.ones_like(x), x) - dy)) < 2e-6
+    assert np.max(np.abs(bwd(np.ones_like(x), x) - dy)) < 5e-7
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_gelu_new_gradient_far_out(dt):
+    """Far from 0 the gradient is 0 (x very negative) or 1 (very positive), never NaN:
+    exp(-2u) overflows there (inf * 0 would be NaN) and a clamped exp leaves a tiny 1 - s
+    that v^3 could blow up: sigmoid_pair gives the exact limits instead."""
+    x = np.array([-1e12, -1e4, -25, 25, 1e4, 1e12], dt)  # x^3 finite in float32
+    dx = activation("gelu_new")[1](np.ones_like(x), x)
+    assert np.all(np.isfinite(dx))
+    assert np.all(dx[:3] == 0) and np.all(dx[3:] == 1), dx
 
 
 @pytest.mark.parametrize("name", ["gelu_new", "gelu", "tanh"])
@@ -299,7 +311,7 @@ def _exp_all(x, out):
 
 
 def test_exp_float32_over_its_whole_range():
-    """The float32 exp the softmax, the loss and gelu's backward use, against float64 exp
+    """The float32 exp the softmax and the loss use, against float64 exp
     on three million points of [-104, 90]: within 1 ulp of the exact value where the
     result is a normal float32; 0 below (subnormals flushed), inf above, NaN stays NaN,
     exp(finfo.min) (a masked key) is exactly 0."""
@@ -315,6 +327,28 @@ def test_exp_float32_over_its_whole_range():
     assert np.all(y[exact < np.finfo(np.float32).tiny] == 0)
     assert np.all(np.isinf(y[(exact > np.finfo(np.float32).max) & ~np.isnan(x)]))
     assert np.isnan(y[-10]) and y[-9] == 0 and y[-7] == 0 and y[-6] == 1 and y[-5] == 1
+
+
+@numba.njit(fastmath=FASTMATH)
+def _exp_fast_all(x, out):
+    for i in range(x.shape[0]):
+        out[i] = exp_fast32(x[i])
+
+
+def test_exp_fast32_within_two_ulp_and_clamped():
+    """gelu_new's backward's exp, float32 arithmetic only: within 2 ulp of float64 exp on
+    three million points of its range [-87, 88]; outside, the value at the clamp (finite
+    and normal: the sigmoid 1/(1+e) needs no inf)."""
+    x = np.linspace(-87, 88, 3_000_001).astype(np.float32)
+    y = np.empty_like(x)
+    _exp_fast_all(x, y)
+    exact = np.exp(x.astype(np.float64))
+    ulp = np.spacing(exact.astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(y - exact) / ulp) <= 2.0
+    out = np.float32([-1e30, -1000, -np.inf, 1000, np.inf])
+    _exp_fast_all(out.copy(), out)
+    assert np.array_equal(out, [y[0]] * 3 + [y[-1]] * 2), out  # exp(-87), exp(88)
+    assert np.all(np.isfinite(out)) and np.all(out >= np.finfo(np.float32).tiny)
 
 
 _SAME_BITS = """

@@ -4,9 +4,13 @@ gelu_new (Hugging Face's name; the tanh approximation ALBERT v2 and BERT's TF co
     y  = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
     dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3*0.044715 x^2),  t = tanh(u)
 The backward is computed through 0.5 (1 + tanh(u)) = sigmoid(2u) = 1 / (1 + exp(-2u)):
-    dy/dx = s + 2 x s (1 - s) u',  s = sigmoid(2u),  u' = sqrt(2/pi)(1 + 3*0.044715 x^2)
-(exp(-2u) overflowing to inf for very negative x gives s = 0, as it should). It keeps
-1 - t^2 = 4 s (1 - s) to relative accuracy, which the derivative needs at large |x|.
+    dy/dx = s + 2 x s (1 - s) u',  s = sigmoid(2u) = 1 / (1 + e),  e = exp(-2u),
+    u' = sqrt(2/pi)(1 + 3*0.044715 x^2),  and 1 - s = e s  (no subtraction)
+It keeps 1 - t^2 = 4 s (1 - s) = 4 e s^2 to relative accuracy, which the derivative needs
+at large |x| (1 - s by subtraction loses it where s is near 1). In float32 the exp is
+``exp_fast32``: float32 arithmetic throughout (exp_float32, which the softmax and the loss
+use, reduces its argument in float64 for a 1-ulp result; here 2 ulp are plenty, and the
+float32 form runs 16 lanes a vector, not 8, with a float32 divide).
 The float32 forward computes tanh as a rational function (an odd polynomial of degree 13
 over an even one of degree 6 on [-7.9, 7.9], +-1 outside: the form Eigen uses), which LLVM
 turns into vector multiplies and one divide: no libm call, ~7x faster than exp here. Its
@@ -21,7 +25,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from ._base import FASTMATH, cast_like, exp_float32
+from ._base import _EXP_C1, _EXP_C2, _EXP_LOG2E, _EXP_P, FASTMATH, cast_like, exp_float32
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -69,17 +73,78 @@ def gelu_new_at(x, v):
     return half * v * (one + tanh_float32(c * (v + a * v * v * v)))
 
 
+# exp(x) in float32 arithmetic only (sigmoid_pair, below, is its one user): exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2
+# (Cody & Waite's two-part ln 2, as _base.exp_float32), exp(r) by Cephes' expf polynomial,
+# 2^k from its bits. x is clamped to [-87, 88] first, so 2^k stays a normal float32:
+# exp_fast32(-1000) is exp(-87) ~ 1.6e-38, not 0, and exp_fast32(1000) is exp(88), not inf
+# — what the sigmoid below wants (no inf, no NaN from inf * 0). At most 2 ulp from the
+# exact value inside the clamp (tests/test_kernels.py measures it).
+_X32_LO, _X32_HI = -87.0, 88.0
+
+
+def exp_fast32(x):
+    """exp; for float32 the float32-only form above (float64: math.exp)."""
+    return math.exp(x)
+
+
+@overload(exp_fast32, jit_options={"error_model": "numpy"})
+def _exp_fast32_overload(x):
+    if x != types.float32:
+        return lambda x: math.exp(x)
+    f = np.float32
+    log2e, c1, c2 = f(_EXP_LOG2E), f(_EXP_C1), f(_EXP_C2)
+    p0, p1, p2, p3, p4, p5 = (f(c) for c in _EXP_P)
+    lo, hi, half, one = f(_X32_LO), f(_X32_HI), f(0.5), f(1.0)
+
+    def impl(x):
+        x = min(max(x, lo), hi)
+        k = np.floor(x * log2e + half)
+        r = (x - k * c1) - k * c2
+        p = (((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5) * (r * r) + r + one
+        return p * np.int32((np.int32(k) + 127) << 23).view(np.float32)  # p * 2^k
+
+    return impl
+
+
+def sigmoid_pair(z):
+    """(s, r) = (1 / (1 + exp(z)), 1 - s), r computed as exp(z) s (no subtraction: exact
+    to relative accuracy where s is near 1). Beyond the range where exp(z) is a finite
+    normal number (float32 [-87, 88], float64 [-745, 709]) the exact limits (1, 0) or
+    (0, 1): never inf * 0, and no tiny remainder that a huge factor could blow up."""
+    e = math.exp(z)
+    return 1.0 / (1.0 + e), e / (1.0 + e)
+
+
+@overload(sigmoid_pair, inline="always")
+def _sigmoid_pair_overload(z):
+    lo, hi = ((np.float32(_X32_LO), np.float32(_X32_HI)) if z == types.float32
+              else (-745.0, 709.0))
+    one, zero = (np.float32(1), np.float32(0)) if z == types.float32 else (1.0, 0.0)
+
+    def impl(z):
+        e = exp_fast32(min(max(z, lo), hi))
+        s = one / (one + e)
+        r = e * s
+        s = zero if z > hi else s  # selects, not branches: the loop stays a vector loop
+        r = one if z > hi else r
+        s = one if z < lo else s
+        r = zero if z < lo else r
+        return s, r
+
+    return impl
+
+
 @njit(fastmath=FASTMATH, inline="always")
 def gelu_new_grad_at(x, d, v):
-    # d * gelu_new'(v), through exp (see gelu_new_backward); x as in gelu_new_at
+    # d * gelu_new'(v), through exp (see the module's docstring); x as in gelu_new_at
     c = cast_like(x, _SQRT_2_OVER_PI)
     c2 = cast_like(x, -2.0 * _SQRT_2_OVER_PI)
     a = cast_like(x, 0.044715)
     a3 = cast_like(x, 3 * 0.044715)
     one = cast_like(x, 1.0)
     two = cast_like(x, 2.0)
-    s = one / (one + exp_float32(c2 * (v + a * v * v * v)))  # sigmoid(2u) = (1 + tanh u)/2
-    return d * (s + two * v * s * (one - s) * c * (one + a3 * v * v))
+    s, r = sigmoid_pair(c2 * (v + a * v * v * v))  # s = sigmoid(2u) = (1 + tanh u)/2, r = 1 - s
+    return d * (s + two * v * s * r * c * (one + a3 * v * v))
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
