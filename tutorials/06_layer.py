@@ -20,8 +20,8 @@ from minialbert.config import AlbertConfig  # noqa: E402
 from minialbert.demo import best_times, cpu_name  # noqa: E402
 from minialbert.gradcheck import gradcheck  # noqa: E402
 from minialbert.kernels import (PackedWeight, activation, bias_add, mask_bias,  # noqa: E402
-                                matmul_nt)
-from minialbert.kernels.act import gelu_new_forward  # noqa: E402
+                                matmul_nn, matmul_nt)
+from minialbert.kernels.act import gelu_new_backward, gelu_new_forward  # noqa: E402
 from minialbert.memory import keep_freed_memory  # noqa: E402
 from minialbert.layers import (Dropout, Sequences, attention_block_backward,  # noqa: E402
                                attention_block_forward, ffn_block_backward, ffn_block_forward)
@@ -128,9 +128,35 @@ assert np.array_equal(h3, h1) and np.array_equal(g3, g1)  # the same bits
 t3, t1 = best_times([three_steps, one_pass])
 print(f"{n_rows} x {H_} -> {I_}, bias + gelu_new: three passes {t3 * 1e3:.2f} ms, "
       f"the epilogue {t1 * 1e3:.2f} ms ({t3 / t1:.2f}x) on {cpu_name()}")
+
+# %% [markdown]
+# The backward of the same layer (`layers.dense_act_backward`): dh = (dg @ W) * gelu_new'(h),
+# the product then gelu's gradient as a pass of its own, or applied by the epilogue
+# (`matmul_nn(dg, W, gelu_grad_of=h)`, what the layers use) — again the same bits.
+
+# %%
+W2p = PackedWeight((rng.standard_normal((H_, I_)) / np.sqrt(I_)).astype(np.float32))
+dg = rng.standard_normal((n_rows, H_)).astype(np.float32)
+
+
+def backward_two_passes():
+    return gelu_new_backward(matmul_nn(dg, W2p).reshape(-1), h3.reshape(-1)).reshape(h3.shape)
+
+
+def backward_one_pass():
+    return matmul_nn(dg, W2p, gelu_grad_of=h3)
+
+
+assert np.array_equal(backward_two_passes(), backward_one_pass())  # the same bits
+tb2, tb1 = best_times([backward_two_passes, backward_one_pass])
+print(f"backward: product + gelu_new' pass {tb2 * 1e3:.2f} ms, the epilogue {tb1 * 1e3:.2f} ms "
+      f"({tb2 / tb1:.2f}x)")
 write_table("06_epilogue.md", [f"{n_rows} x {H_} -> {I_}, float32, {cpu_name()}", "ms"],
             [("product, bias_add, gelu_new_forward", f"{t3 * 1e3:.2f}"),
-             ("product with the epilogue (same bits)", f"{t1 * 1e3:.2f}")])
+             ("product with the epilogue (same bits)", f"{t1 * 1e3:.2f}"),
+             ("backward: product, then gelu_new_backward", f"{tb2 * 1e3:.2f}"),
+             ("backward: product with gelu's gradient in the epilogue (same bits)",
+              f"{tb1 * 1e3:.2f}")])
 
 # %%
 p = plt()
