@@ -73,7 +73,8 @@ def gelu_new_at(x, v):
     return half * v * (one + tanh_float32(c * (v + a * v * v * v)))
 
 
-# exp(x) in float32 arithmetic only (sigmoid_pair, below, is its one user): exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2
+# exp(x) in float32 arithmetic only (sigmoid_pair, below, is its one user):
+# exp(x) = 2^k exp(r), k = round(x / ln 2), r = x - k ln 2
 # (Cody & Waite's two-part ln 2, as _base.exp_float32), exp(r) by Cephes' expf polynomial,
 # 2^k from its bits. x is clamped to [-87, 88] first, so 2^k stays a normal float32:
 # exp_fast32(-1000) is exp(-87) ~ 1.6e-38, not 0, and exp_fast32(1000) is exp(88), not inf
@@ -110,9 +111,15 @@ def sigmoid_pair(z):
     """(s, r) = (1 / (1 + exp(z)), 1 - s), r computed as exp(z) s (no subtraction: exact
     to relative accuracy where s is near 1). Beyond the range where exp(z) is a finite
     normal number (float32 [-87, 88], float64 [-745, 709]) the exact limits (1, 0) or
-    (0, 1): never inf * 0, and no tiny remainder that a huge factor could blow up."""
+    (0, 1): never inf * 0, and no tiny remainder that a huge factor could blow up.
+    (This body runs under NUMBA_DISABLE_JIT; compiled, the overload below.)"""
+    if z > 709.0:
+        return 0.0, 1.0
+    if z < -745.0:
+        return 1.0, 0.0
     e = math.exp(z)
-    return 1.0 / (1.0 + e), e / (1.0 + e)
+    s = 1.0 / (1.0 + e)
+    return s, e * s
 
 
 @overload(sigmoid_pair, inline="always")
@@ -143,7 +150,7 @@ def gelu_new_grad_at(x, d, v):
     a3 = cast_like(x, 3 * 0.044715)
     one = cast_like(x, 1.0)
     two = cast_like(x, 2.0)
-    s, r = sigmoid_pair(c2 * (v + a * v * v * v))  # s = sigmoid(2u) = (1 + tanh u)/2, r = 1 - s
+    s, r = sigmoid_pair(c2 * (v + a * v * v * v))  # sigmoid(2u) = (1 + tanh u)/2, 1 - it
     return d * (s + two * v * s * r * c * (one + a3 * v * v))
 
 
