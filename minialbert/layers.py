@@ -110,8 +110,8 @@ def dense_forward(x, params, name, residual=None):
 def dense_act_forward(x, params, name, act):
     # -> (h, g): h = x @ W.T + b [n, out] and g = act(h), the activation in a pass of its
     # own. The GEMM's epilogue can apply gelu_new too (matmul_nt(..., gelu_out=g), the
-    # same bits), but on the machine it was measured on that was no faster in isolation
-    # (tutorial 06's table) and 5 % slower in a batch's forward pass, so it is not used.
+    # same bits), but on no machine it was measured on was that faster than the pass of
+    # its own (tutorial 06's table; book chapter 06), so the layers do not use it.
     h, _ = dense_forward(x, params, name)
     act_f, _ = activation(act)
     return h, act_f(h.reshape(-1)).reshape(h.shape)
@@ -124,14 +124,12 @@ def dense_backward(dy, x, params, grads, name):  # dy: [n, out] -> dx: [n, in]
 
 
 def dense_act_backward(dy, x, h, params, grads, name, act):
-    # as dense_backward, then through the activation that made x = act(h): -> dh [n, in].
-    # For gelu_new, dh = (dy @ W) * gelu_new'(h) in one pass (the GEMM's epilogue).
-    matmul_tn(dy, x, out=grads[name + ".weight"], accumulate=True)
-    bias_grad(dy, grads[name + ".bias"])
-    if act == "gelu_new":
-        return matmul_nn(dy, params[name + ".weight"], gelu_grad_of=h)
+    # as dense_backward, then back through the activation that made x = act(h): -> dh
+    # [n, in], in a pass of its own, as the forward does. (For gelu_new the GEMM's epilogue
+    # can do it, matmul_nn(dy, W, gelu_grad_of=h), the same bits: on a 2-core Xeon that was
+    # as fast as this, on a 2-core EPYC, Zen 3, 10-40 % slower: book chapter 06.)
     _, act_b = activation(act)
-    dx = matmul_nn(dy, params[name + ".weight"])
+    dx = dense_backward(dy, x, params, grads, name)
     return act_b(dx.reshape(-1), h.reshape(-1)).reshape(h.shape)
 
 

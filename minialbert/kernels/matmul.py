@@ -241,15 +241,11 @@ def _pack(X, k_major, p0, kc, j0, n, R, out):
 
 
 @njit(cache=True)
-def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, edge,
-                 pf=None):
+def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, edge):
     # Cf[c0 + i*ldc + j] (+)= sum_{p < kc} Ap-panels[p, i] Bp-panels[p, j], i < m, j < n.
     # Ap[a_off:] holds ceil(m/MR) panels [kc, MR] one after the other, Bp[b_off:] holds
     # ceil(n/NR) panels [kc, NR]. One NR-wide panel of B (reused from L1/L2) against every
     # MR-tall panel of A; a whole tile goes straight into C, a ragged edge through `edge`.
-    # pf (an array laid out as C; None or empty: none): its values at each tile's place are
-    # asked for (into L2) as the tile's products start — the epilogue reads them next
-    # (_gemm_fused).
     for jr in range(0, n, NR):
         nr = min(NR, n - jr)
         b = b_off + (jr // NR) * kc * NR
@@ -257,8 +253,6 @@ def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, 
             mr = min(MR, m - ir)
             a = a_off + (ir // MR) * kc * MR
             c = c0 + ir * ldc + jr
-            if pf is not None and pf.shape[0] > 0:
-                _prefetch_block(pf, c, ldc, mr, nr)
             if mr == MR and nr == NR:
                 microkernel(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR)
             else:
@@ -282,7 +276,7 @@ def _pack_panel(Af, a0, rs, cs, kc, rows, MR, Ap, o):
 
 @njit(cache=True)
 def _macrokernel_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR,
-                         NR, edge, pf=None):
+                         NR, edge):
     # As _macrokernel, with the [m, kc] block of A not packed yet: element (i, p) at
     # Af[a0 + i*rs + p*cs] (A's own memory, any layout). The first column of tiles (jr = 0)
     # reads A where it lies and writes each panel into Ap as it goes (microkernel_packing);
@@ -299,8 +293,6 @@ def _macrokernel_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, a
             a = (ir // MR) * kc * MR
             c = c0 + ir * ldc + jr
             whole = mr == MR and nr == NR
-            if pf is not None and pf.shape[0] > 0:
-                _prefetch_block(pf, c, ldc, mr, nr)
             if jr == 0 and mr == MR:
                 if whole:
                     microkernel_packing(isa, kc, Af, a0 + ir * rs, rs, cs, Ap, a, Bp, b, Cf, c,
@@ -505,14 +497,6 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
                 qn = min(step, n - q0)
                 c = i0 * N + j0 + q0
                 b = p0 * Np + (j0 + q0) * kc  # the chunk's first panel of B
-                # the chunk's values of the epilogue's other operand (gelu's X or the
-                # residual: rows of it a row's length apart, short runs the hardware
-                # prefetcher does not follow) are asked for tile by tile as the products
-                # run, so the epilogue finds them in L2 (a burst of requests for the
-                # whole chunk at once stalled the products instead)
-                pf = Xf if Xf.shape[0] > 0 else Rf
-                if not last:
-                    pf = pf[:0]  # nothing to ask for before the last block
                 if copy_a:  # opA's values lie M apart in A (A's rows are p). Read in place,
                     # a panel's values would collide in L1's sets when M*4 bytes is a
                     # multiple of 4 KiB; then the block is copied first (a plain pass, into
@@ -521,12 +505,12 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
                     # for the NN/NT forms.
                     if q0 == 0:
                         _pack(A, True, p0, kc, i0, m, MR, Al)
-                    _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, edge, pf)
+                    _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, edge)
                 elif q0 == 0:  # the first chunk packs the block of A on the way
                     _macrokernel_packing(Af, i0 * rs + p0 * cs, rs, cs, Al, Bp, b, kc, m, qn,
-                                         Cf, c, N, add, isa, MR, NR, edge, pf)
+                                         Cf, c, N, add, isa, MR, NR, edge)
                 else:
-                    _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, edge, pf)
+                    _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, edge)
                 if last:
                     _epilogue(Cf, c, N, m, qn, bias, j0 + q0, act, Xf, Rf)
 
