@@ -131,8 +131,8 @@ print(f"{n_rows} x {H_} -> {I_}, bias + gelu_new: three passes {t3 * 1e3:.2f} ms
 
 # %% [markdown]
 # The backward of the same layer (`layers.dense_act_backward`): dh = (dg @ W) * gelu_new'(h),
-# the product then gelu's gradient as a pass of its own, or applied by the epilogue
-# (`matmul_nn(dg, W, gelu_grad_of=h)`, what the layers use) — again the same bits.
+# the product then gelu's gradient as a pass of its own (what the layers use), or applied
+# by the epilogue (`matmul_nn(dg, W, gelu_grad_of=h)`) — again the same bits.
 
 # %%
 W2p = PackedWeight((rng.standard_normal((H_, I_)) / np.sqrt(I_)).astype(np.float32))
