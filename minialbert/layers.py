@@ -111,7 +111,8 @@ def dense_act_forward(x, params, name, act):
     # -> (h, g): h = x @ W.T + b [n, out] and g = act(h), the activation in a pass of its
     # own. The GEMM's epilogue can apply gelu_new too (matmul_nt(..., gelu_out=g), the
     # same bits), but on no machine it was measured on was that faster than the pass of
-    # its own (tutorial 06's table; book chapter 06), so the layers do not use it.
+    # its own by more than the noise (tutorial 06's table; book chapter 06), so the layers
+    # do not use it.
     h, _ = dense_forward(x, params, name)
     act_f, _ = activation(act)
     return h, act_f(h.reshape(-1)).reshape(h.shape)

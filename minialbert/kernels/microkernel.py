@@ -336,13 +336,15 @@ def _peak_loop(isa, Ap, Bp, C, kc, MR, NR, reps):
             microkernel(isa, kc, Ap[t], 0, Bp[t], 0, C[t], 0, NR, True, MR, NR)
 
 
-def measured_peak_gflops(dtype, isa, threads, seconds=0.3, repeats=3):
+def measured_peak_gflops(dtype, isa, threads, seconds=0.3, repeats=10):
     """FLOP/s of the micro-kernel alone on L1-resident panels, on every thread: the most
     arithmetic this CPU delivers to our code (it stands in for cores x FMA units x lanes x
     2 x clock, whose clock under load a program cannot read reliably). The best of
-    ``repeats`` runs, after a run of ``seconds`` that is not counted: on a 2-core EPYC
-    (Zen 5) the first 0.2 s after a pause ran at 0.65 of the rest (the cores' clock, or
-    the threads', coming up), and a benchmark that measured the peak first printed that."""
+    ``repeats`` short runs, after a run of ``seconds`` that is not counted: on a 2-core
+    EPYC (Zen 5) the first 0.2 s after a pause ran at 0.65 of the rest (the cores' clock,
+    or the threads', coming up), and a benchmark that measured the peak first printed
+    that; on a 2-core EPYC (Zen 3) single runs of 0.1 s gave 103-171 GFLOP/s on two
+    threads, so the best of many short ones is taken."""
     _peak_once(dtype, isa, threads, seconds)  # the warm-up
     return max(_peak_once(dtype, isa, threads, seconds / repeats) for _ in range(repeats))
 
@@ -354,7 +356,10 @@ def _peak_once(dtype, isa, threads, seconds):
     kc = 128
     Ap = np.ones((threads, kc * MR), dtype)
     Bp = np.ones((threads, kc * NR), dtype)
-    C = np.zeros((threads, MR * NR), dtype)
+    # each thread's tile of C on cache lines of its own (a row of MR*NR values plus 256
+    # bytes): two threads writing the two halves of one line would pass it between the
+    # cores after every call
+    C = np.zeros((threads, MR * NR + 256 // np.dtype(dtype).itemsize), dtype)
     code = ISA_CODES[isa]
     _peak_loop(code, Ap, Bp, C, kc, MR, NR, 1)
     reps = 1000
