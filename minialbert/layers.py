@@ -128,7 +128,7 @@ def dense_act_backward(dy, x, h, params, grads, name, act):
     # as dense_backward, then back through the activation that made x = act(h): -> dh
     # [n, in], in a pass of its own, as the forward does. (For gelu_new the GEMM's epilogue
     # can do it, matmul_nn(dy, W, gelu_grad_of=h), the same bits: on a 2-core Xeon that was
-    # as fast as this, on a 2-core EPYC, Zen 3, 10-40 % slower: book chapter 06.)
+    # as fast as this, on a 2-core EPYC, Zen 3, 6-40 % slower: book chapter 06.)
     _, act_b = activation(act)
     dx = dense_backward(dy, x, params, grads, name)
     return act_b(dx.reshape(-1), h.reshape(-1)).reshape(h.shape)
