@@ -206,6 +206,7 @@ def _open(fc, given, resume, overwrite):
     if r.state is None:
         r.model, r.tok, r.origin = initial_model(r.fc, r.task)
     r.model.unpad = True  # no work on padding (the same loss and gradients: chapter 10)
+    r.model.skip_unread = True  # the last layer only where the head reads (chapter 10)
     r.train = Batches(r.task, r.tok, r.fc, "train")
     r.dev = Batches(r.task, r.tok, r.fc, "dev")
     r.nb = r.train.num_batches(r.fc.batch_size)

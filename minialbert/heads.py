@@ -74,9 +74,12 @@ class _Head(AlbertModel):
         return {}
 
     def _run(self, input_ids, token_type_ids, attention_mask, train, seed, step,
-             output_attentions):
+             output_attentions, read=None):
+        # read: the flat positions of [B*T] the head reads (None: all; [CLS] is added when
+        # the model is pooled): with skip_unread on, the last layer makes only those
         drop = Dropout(train, seed, step)
-        out, enc = self.encode(input_ids, token_type_ids, attention_mask, drop, output_attentions)
+        out, enc = self.encode(input_ids, token_type_ids, attention_mask, drop, output_attentions,
+                               read)
         return drop, out, enc
 
     def _finish(self, cache, dseq, dpooled, grads):
@@ -120,6 +123,15 @@ def mlm_head_backward(dlogits, cache, params, grads, cfg):  # dlogits: [r, V] ->
     _, act_b = activation(cfg.hidden_act)
     dm = act_b(dg.reshape(-1), m.reshape(-1)).reshape(dg.shape)
     return dense_backward(dm, x, params, grads, "predictions.dense")
+
+
+def _masked(labels, mlm_path):  # the positions the masked path reads (None: every one)
+    if mlm_path != "masked" or labels is None:
+        return None
+    return np.flatnonzero(np.asarray(labels).reshape(-1) != -100)
+
+
+_CLS_ONLY = np.zeros(0, np.int64)  # a pooled head reads [CLS] alone
 
 
 def mlm_rows(seq, labels, mlm_path):
@@ -167,7 +179,7 @@ class AlbertForMaskedLM(_Head):
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
                 train=False, seed=0, step=0, mlm_path="all", output_attentions=False):
         drop, out, enc = self._run(input_ids, token_type_ids, attention_mask, train, seed, step,
-                                   output_attentions)
+                                   output_attentions, _masked(labels, mlm_path))
         x, rows, flat = mlm_rows(out["last_hidden_state"], labels, mlm_path)
         logits, mc = mlm_head_forward(x, self.params, self.config)
         out.update(logits=logits, mlm_rows=rows)
@@ -241,7 +253,7 @@ class AlbertForPreTraining(_Head):
                 output_attentions=False):
         cfg, params = self.config, self.params
         drop, out, enc = self._run(input_ids, token_type_ids, attention_mask, train, seed, step,
-                                   output_attentions)
+                                   output_attentions, _masked(labels, mlm_path))
         x, rows, flat_labels = mlm_rows(out["last_hidden_state"], labels, mlm_path)
         logits, mc = mlm_head_forward(x, params, cfg)
         sop_logits, sc = sop_head_forward(out["pooler_output"], params, cfg, drop)
@@ -307,7 +319,7 @@ class AlbertForSequenceClassification(_Head):
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
                 train=False, seed=0, step=0, output_attentions=False):
         drop, out, enc = self._run(input_ids, token_type_ids, attention_mask, train, seed, step,
-                                   output_attentions)
+                                   output_attentions, _CLS_ONLY)
         logits, hc = _drop_dense(out["pooler_output"], self.params, "classifier",
                                  self.config.classifier_dropout_prob, drop)
         out["logits"] = logits
@@ -426,7 +438,7 @@ class AlbertForMultipleChoice(_Head):
         flat = [None if a is None else np.asarray(a).reshape(B * K, T)
                 for a in (token_type_ids, attention_mask)]
         drop, out, enc = self._run(input_ids.reshape(B * K, T), flat[0], flat[1], train, seed,
-                                   step, output_attentions)
+                                   step, output_attentions, _CLS_ONLY)
         logits, hc = _drop_dense(out["pooler_output"], self.params, "classifier",
                                  self.config.classifier_dropout_prob, drop)
         out["logits"] = logits.reshape(B, K)

@@ -179,35 +179,54 @@ class AttentionCache(NamedTuple):
     p_out: float  # ... and its rate
     ln: LayerNormCache
     seqs: Sequences
+    rows: np.ndarray  # the rows the block's output was made for (None: every row)
 
 
-def attention_block_forward(x, params, name, seqs, cfg, drop):
+def attention_block_forward(x, params, name, seqs, cfg, drop, rows=None):
     # x: [n, H] -> LayerNorm(x + dropout(dense(MultiHead(x)))): [n, H]   (HF AlbertAttention)
     # seqs: Sequences (which rows form which sequence); params: a dict, or Weights (the
-    # encoder's: its stacked q|k|v is made once per forward pass)
+    # encoder's: its stacked q|k|v is made once per forward pass).
+    # rows: None, or the (sorted) rows of the output that will be read: the last layer of a
+    # model whose head reads a few rows (the masked positions and [CLS]). The keys and
+    # values still come from every row; from the attention's output on, the block runs on
+    # these rows alone, and returns y: [len(rows), H].
     W, b = params.qkv(name) if isinstance(params, Weights) else qkv_params(params, name)
     qkv = matmul_nt(x, W, bias=b)  # [n, 3H] = q | k | v
     p_attn = drop.p(cfg.attention_probs_dropout_prob)
     key_attn = drop.key() if p_attn > 0 else np.uint64(0)
     ctx, probs = seqs.attend(qkv, cfg.num_attention_heads, p_attn, key_attn)
+    res = x
+    if rows is not None:
+        ctx, res = ctx[rows], x[rows]
     p_out = drop.p(cfg.hidden_dropout_prob)
     if p_out > 0:
         o, _ = dense_forward(ctx, params, name + "dense")
-        o, keep = dropout_forward(o, p_out, drop.key())
-        o += x  # residual
+        o, keep = dropout_forward(o, p_out, drop.key(), rows, x.shape[0])
+        o += res  # residual
     else:  # no dropout between: the residual is added in the GEMM's epilogue
-        o, _ = dense_forward(ctx, params, name + "dense", residual=x)
+        o, _ = dense_forward(ctx, params, name + "dense", residual=res)
         keep = None
     y, ln = layernorm_fwd(o, params, name + "LayerNorm", cfg.layer_norm_eps)
-    return y, AttentionCache(x, qkv, W, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs)
+    return y, AttentionCache(x, qkv, W, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs,
+                             rows)
+
+
+def _scatter(d, rows, n):  # [len(rows), C] -> [n, C], zeros at the other rows
+    out = np.zeros((n, d.shape[1]), dtype=d.dtype)
+    out[rows] = d
+    return out
 
 
 def attention_block_backward(dy, cache, params, grads, name, cfg):  # dy: [n, H] -> dx: [n, H]
-    x, qkv, W, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs = cache
+    # (dy: [len(rows), H] when the forward ran on some rows; dx is always [n, H])
+    x, qkv, W, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs, rows = cache
     d = layernorm_bwd(dy, ln, params, grads, name + "LayerNorm")
-    dx = d.copy()  # the residual branch
     do = dropout_backward(d, keep, p_out)
     dctx = dense_backward(do, ctx, params, grads, name + "dense")
+    if rows is None:
+        dx = d.copy()  # the residual branch
+    else:  # the rows not read received no gradient
+        dx, dctx = _scatter(d, rows, x.shape[0]), _scatter(dctx, rows, x.shape[0])
     dqkv = seqs.attend_backward(dctx, qkv, probs, cfg.num_attention_heads, p_attn, key_attn)
     H = x.shape[1]
     dW = matmul_tn(dqkv, x)  # [3H, H]: the three weight gradients stacked

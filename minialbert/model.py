@@ -94,22 +94,36 @@ class EncoderCache(NamedTuple):
     layers: list  # a LayerCache per layer application, in order
 
 
-def encoder_forward(h, params, cfg, seqs, drop, weights=None):
+def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None):
     # h: [n, H] -> [n, H]; L steps, step l runs group g(l)'s inner_group_num layers.
     # seqs: layers.Sequences (padded with a mask bias, or packed without padding).
     # The layers read their matrices through Weights: each packed for the GEMM once, used by
     # all L applications (sharing makes this pay L times over); the backward reuses it.
     # weights: a Weights kept across calls (AlbertModel.freeze, for inference), else new.
+    # read: None, or the sorted rows of the output the caller will read. The last layer
+    # application then makes only those (its keys and values still come from every row:
+    # attention_block_forward); the output's other rows are NaN, so that reading one shows.
     weights = weights if weights is not None else Weights(params)
     hidden_states, caches = [h], []
+    last = (cfg.num_hidden_layers - 1, cfg.inner_group_num - 1)
     for l in range(cfg.num_hidden_layers):
         for i in range(cfg.inner_group_num):
             attn_name, ffn_name = layer_prefixes(cfg, l, i)
-            a, ca = attention_block_forward(h, weights, attn_name, seqs, cfg, drop)
-            h, cf = ffn_block_forward(a, weights, ffn_name, cfg)
+            rows = read if (l, i) == last else None
+            a, ca = attention_block_forward(h, weights, attn_name, seqs, cfg, drop, rows)
+            y, cf = ffn_block_forward(a, weights, ffn_name, cfg)
+            if rows is not None:
+                y = _unread_nan(y, rows, h.shape[0])
+            h = y
             caches.append(LayerCache(attn_name, ffn_name, ca, cf))
             hidden_states.append(h)  # one per layer application, as Hugging Face returns
     return h, hidden_states, EncoderCache(weights, caches)
+
+
+def _unread_nan(y, rows, n):  # [len(rows), H] -> [n, H], NaN at the rows not made
+    out = np.full((n, y.shape[1]), np.nan, dtype=y.dtype)
+    out[rows] = y
+    return out
 
 
 def encoder_backward(dh, cache, grads, cfg):  # dh: [n, H] -> [n, H]
@@ -119,6 +133,8 @@ def encoder_backward(dh, cache, grads, cfg):  # dh: [n, H] -> [n, H]
     # its L uses. (dense_backward and layernorm_bwd accumulate with +=.)
     weights = cache.weights  # the forward's packed matrices, reused here
     for attn_name, ffn_name, ca, cf in reversed(cache.layers):
+        if ca.rows is not None:  # an application made for some rows: their gradient only
+            dh = dh[ca.rows]
         da = ffn_block_backward(dh, cf, weights, grads, ffn_name, cfg)
         dh = attention_block_backward(da, ca, weights, grads, attn_name, cfg)
     return dh
@@ -208,6 +224,14 @@ class AlbertModel:
     # sets unpad_exact = False and always runs padded.
     unpad = False
     unpad_exact = True
+    # Run the last layer only on the rows the head reads: the masked positions and [CLS]
+    # in pretraining with mlm_path="masked", [CLS] in sequence classification (the caller
+    # of encode says which: ``read``). Every layer before it still runs on every row (the
+    # last layer's keys and values need them all); from the last layer's attention output
+    # on, the rows no head reads are not computed: the loss and every gradient are the
+    # same, and last_hidden_state (and the last of hidden_states) holds NaN at those rows.
+    # Off by default; the trainers turn it on (chapter 10 times it).
+    skip_unread = False
     _frozen = None
 
     def freeze(self):
@@ -236,8 +260,27 @@ class AlbertModel:
         starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
         return Sequences(B, T, starts=starts, lens=lens), np.flatnonzero(real.reshape(-1))
 
+    def _read_rows(self, read, rows, B, T):
+        """The rows of the encoder's [n, H] output the last layer makes (None: all), from
+        ``read`` (flat positions of [B*T] the caller reads), with [CLS] when pooled."""
+        if not self.skip_unread or read is None:
+            return None
+        read = np.asarray(read, dtype=np.int64).reshape(-1)
+        if self.pooled:
+            read = np.concatenate([read, np.arange(B, dtype=np.int64) * T])
+        read = np.unique(read)
+        if rows is not None:  # packed: positions among the real tokens
+            at = np.searchsorted(rows, read)
+            if np.any(at >= len(rows)) or np.any(rows[np.minimum(at, len(rows) - 1)] != read):
+                raise ValueError("read: a position that is padding")
+            read = at
+        n = B * T if rows is None else len(rows)
+        if len(read) == 0 or len(read) == n:
+            return None
+        return read
+
     def encode(self, input_ids, token_type_ids=None, attention_mask=None, drop=None,
-               output_attentions=False):
+               output_attentions=False, read=None):
         cfg, params = self.config, self.params
         input_ids = np.asarray(input_ids)
         if input_ids.ndim == 1:
@@ -254,7 +297,8 @@ class AlbertModel:
         seqs, rows = self._sequences(attention_mask, bias, output_attentions)
         h, emb = embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows,
                                     self._frozen)
-        h, hidden_states, enc = encoder_forward(h, params, cfg, seqs, drop, self._frozen)
+        h, hidden_states, enc = encoder_forward(h, params, cfg, seqs, drop, self._frozen,
+                                                self._read_rows(read, rows, B, T))
 
         def padded(a):  # [n, H] -> [B, T, H]
             return scatter_rows(a, rows, B, T, self.dtype).reshape(B, T, -1)

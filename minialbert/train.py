@@ -192,6 +192,7 @@ def _build(pc, r, w, say):
     if w.size > 1:  # a CRC of every weight: only worth computing when there are ranks
         check_same(w, "the initial weights", checksum(r.model.params))
     r.model.unpad = True  # no work on padding (the same loss and gradients: chapter 10)
+    r.model.skip_unread = True  # the last layer only where the heads read (chapter 10)
     tc = tokenize_corpus(train_c, r.tok, r.out / "cache")
     r.data = PretrainingData(tc, r.tok, pc.seq_len, seed=pc.seed)
     if r.data.num_batches(pc.batch_size) < 1:

@@ -361,6 +361,100 @@ def test_padding_kept_where_removing_it_would_change_the_result(rng):
     assert qa.forward(b["input_ids"], attention_mask=b["attention_mask"])[1].enc.rows is None
 
 
+# ----------------------------------------------------------------------------- no work on rows no head reads
+
+def _step(m, b, **kw):
+    out, cache = m.forward(**b, **kw)
+    return out, cache, m.backward(cache)
+
+
+@given(lens=st.lists(st.integers(1, 9), min_size=1, max_size=4), extra=st.integers(0, 3),
+       seed=st.integers(0, 100), unpad=st.booleans(), dropout=st.booleans(),
+       inner=st.sampled_from([1, 2]))
+def test_last_layer_on_read_rows_gives_the_same_loss_and_gradients(lens, extra, seed, unpad,
+                                                                   dropout, inner):
+    """skip_unread: the last layer makes only the rows the heads read (the masked positions
+    and [CLS]). Loss, logits and every gradient equal the full run's in float64, padded and
+    packed, with dropout on (each kept row gets the mask it had) and with two layers per
+    group; the rows not made are NaN in last_hidden_state."""
+    r = np.random.default_rng(seed)
+    T = max(lens) + extra
+    b = _ragged_batch(r, lens, T)
+    p = 0.2 if dropout else 0.0
+    m = AlbertForPreTraining(tiny(hidden_dropout_prob=p, attention_probs_dropout_prob=p,
+                                  inner_group_num=inner), seed=seed, dtype=np.float64)
+    m.unpad = unpad
+    kw = dict(mlm_path="masked", train=True, seed=seed, step=3)
+    out, _, g = _step(m, b, **kw)
+    m.skip_unread = True
+    out_s, cache_s, g_s = _step(m, b, **kw)
+    rows = cache_s.enc.encoder.layers[-1].attention.rows
+    read = (b["labels"] != -100)
+    read[:, 0] = True  # [CLS]: the pooler
+    real = b["attention_mask"].astype(bool)
+    if read[real].all():  # every real row is read: nothing to skip
+        assert rows is None
+    else:
+        assert len(rows) == read.sum()
+        assert cache_s.enc.encoder.layers[-1].ffn.h.shape[0] == read.sum()
+        assert np.isnan(out_s["last_hidden_state"][real & ~read]).all()
+    assert all(c.attention.rows is None for c in cache_s.enc.encoder.layers[:-1])
+    assert_close(out_s["loss"], out["loss"], rtol=1e-12, atol=1e-13)
+    assert_close(out_s["prediction_logits"], out["prediction_logits"], rtol=1e-10, atol=1e-12)
+    assert_close(out_s["sop_logits"], out["sop_logits"], rtol=1e-10, atol=1e-12)
+    assert_close(out_s["last_hidden_state"][read], out["last_hidden_state"][read], rtol=1e-10,
+                 atol=1e-12)
+    for k in g:
+        assert_close(g_s[k], g[k], rtol=1e-9, atol=1e-12, what=k)
+
+
+def test_last_layer_on_read_rows_only_where_a_head_reads_few(rng):
+    """Skipped for a pooled head ([CLS] only) and the masked MLM path; not for the MLM at
+    every position, token classification, or with skip_unread off (the default)."""
+    from minialbert.heads import (AlbertForMultipleChoice, AlbertForSequenceClassification,
+                                  AlbertForTokenClassification)
+    b = _ragged_batch(rng, [6, 4, 7], 7)
+    m = AlbertForPreTraining(tiny(), seed=0, dtype=np.float64)
+    assert m.forward(**b, mlm_path="masked")[1].enc.encoder.layers[-1].attention.rows is None
+    m.skip_unread = True
+    assert m.forward(**b, mlm_path="all")[1].enc.encoder.layers[-1].attention.rows is None
+    assert m.forward(**b, mlm_path="masked")[1].enc.encoder.layers[-1].attention.rows is not None
+    tc = AlbertForTokenClassification(tiny(num_labels=3), seed=0, dtype=np.float64)
+    tc.skip_unread = True
+    assert tc.forward(b["input_ids"])[1].enc.encoder.layers[-1].attention.rows is None
+    for cls, ids, labels in [(AlbertForSequenceClassification, b["input_ids"], [0, 2, 1]),
+                             (AlbertForMultipleChoice, b["input_ids"][None], [1])]:
+        full = cls(tiny(num_labels=3), seed=0, dtype=np.float64)
+        out, c = full.forward(ids, labels=np.array(labels))
+        g = full.backward(c)
+        full.skip_unread = True
+        out_s, c_s = full.forward(ids, labels=np.array(labels))
+        g_s = full.backward(c_s)
+        assert len(c_s.enc.encoder.layers[-1].attention.rows) == ids.reshape(-1, 7).shape[0]
+        assert_close(out_s["loss"], out["loss"], rtol=1e-12, atol=1e-13)
+        for k in g:
+            assert_close(g_s[k], g[k], rtol=1e-9, atol=1e-12, what=k)
+
+
+def test_last_layer_on_read_rows_matches_transformers_float32(rng):
+    """The trainers' configuration (no padding work, last layer on the read rows, masked MLM
+    path) against transformers' padded full run: loss and every gradient."""
+    torch = require("torch")
+    cfg = tiny()
+    m = AlbertForPreTraining(cfg, seed=3, dtype=np.float32)
+    m.unpad = m.skip_unread = True
+    b = _ragged_batch(rng, [7, 2, 5, 6], 7)
+    hf = hf_model(cfg, m.params, torch.float32)
+    hf.eval()
+    o = hf(**{k: torch.from_numpy(np.asarray(v)) for k, v in b.items()})
+    o.loss.backward()
+    out, cache = m.forward(**b, mlm_path="masked")
+    assert cache.enc.encoder.layers[-1].attention.rows is not None
+    assert_close(out["loss"], n(o.loss), rtol=1e-4, atol=1e-4, what="loss")
+    grads = m.backward(cache)
+    assert_grads_match(grads, {k: n(p.grad) for k, p in hf.named_parameters()}, np.float32)
+
+
 def test_frozen_model_packs_once_and_gives_the_same_bits(rng):
     """freeze() (inference: Predictor calls it) keeps the packed matrices across calls:
     the outputs are bitwise those of the unfrozen model, a second call packs nothing new,

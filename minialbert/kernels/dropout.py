@@ -58,13 +58,19 @@ def _apply_mask(x, keep, scale):  # x: [n], keep: [n] -> x * keep * scale
     return y
 
 
-def dropout_forward(x, p, key):
-    """x: any shape -> (y, keep). p = 0 returns x itself and keep None (no work)."""
+def dropout_forward(x, p, key, rows=None, n=None):
+    """x: any shape -> (y, keep). p = 0 returns x itself and keep None (no work).
+    rows, n: x [len(rows), C] holds only these rows of an [n, C] array (a layer that runs
+    on the rows read after it): each row gets the mask it would have in the whole array."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     if p == 0.0:
         return x, None
-    keep = dropout_mask(x.size, float(p), np.uint64(key))
+    if rows is None:
+        keep = dropout_mask(x.size, float(p), np.uint64(key))
+    else:
+        C = x.shape[1]
+        keep = dropout_mask(n * C, float(p), np.uint64(key)).reshape(n, C)[rows].reshape(-1)
     scale = x.dtype.type(1.0 / (1.0 - p))
     y = _apply_mask(x.reshape(-1), keep, scale).reshape(x.shape)
     return y, keep
