@@ -61,6 +61,17 @@ class Sequences:
         return attention.attention_backward_qkv(dctx, qkv, probs.reshape(-1), starts, lens, T,
                                                 n_heads, p, key)
 
+    def attend_rows(self, q, rows, kv, n_heads, p, key):
+        # the queries q [m, H] of rows ``rows`` only, against kv [n, 2H] = k | v of every
+        # row -> ctx [m, H] (those rows of attend's), probs flat
+        return attention.attention_forward_rows_of(q, rows, kv, *self._rows(q.dtype), n_heads,
+                                                   p, key)
+
+    def attend_rows_backward(self, dctx, q, rows, kv, probs, n_heads, p, key):
+        starts, lens, bias, T = self._rows(q.dtype)  # -> dq [m, H], dkv [n, 2H]
+        return attention.attention_backward_rows_of(dctx, q, rows, kv, probs, starts, lens, T,
+                                                     n_heads, p, key)
+
     def _rows(self, dtype):  # -> starts, lens, mask bias, T: where each sequence's rows are
         if self.packed:
             zeros = np.zeros((len(self.lens), max(int(np.max(self.lens)), 1)), dtype=dtype)
@@ -96,6 +107,14 @@ class Weights:
             W, b = qkv_params(self.params, name)
             self._qkv[name] = (PackedWeight(W), b)
         return self._qkv[name]
+
+    def q_kv(self, name):  # the query's projection and the key|value one, each packed
+        if (name, "q|kv") not in self._qkv:
+            W, b = self.qkv(name)
+            H = W.shape[1]
+            self._qkv[name, "q|kv"] = (PackedWeight(W.W[:H]), b[:H], PackedWeight(W.W[H:]),
+                                       b[H:])
+        return self._qkv[name, "q|kv"]
 
 
 # ------------------------------------------------------------------------------- dense
@@ -167,10 +186,19 @@ def qkv_params(params, name):
             np.concatenate([params[name + p + ".bias"] for p in QKV]))
 
 
+def q_kv_params(params, name):
+    # the query's projection, and the key and value projections stacked: (W_q [H, H], b_q,
+    # W_k|v [2H, H], b_k|v) — for a block that makes queries at some rows only
+    W, b = qkv_params(params, name)
+    H = W.shape[1]
+    return W[:H], b[:H], W[H:], b[H:]
+
+
 class AttentionCache(NamedTuple):
     x: np.ndarray  # [n, H] the block's input (the residual)
-    qkv: np.ndarray  # [n, 3H] q | k | v
-    W: object  # [3H, H] the stacked projection (a PackedWeight inside the encoder)
+    qkv: object  # [n, 3H] q | k | v; with rows: (q [len(rows), H], k | v [n, 2H])
+    W: object  # [3H, H] the stacked projection (a PackedWeight inside the encoder); with
+    # rows: (W_q [H, H], W_k|v [2H, H])
     ctx: np.ndarray  # [n, H] the heads' outputs side by side
     probs: np.ndarray  # the attention probabilities ([B, N, T, T] padded, flat when packed)
     p_attn: float  # dropout rate on the probabilities
@@ -188,16 +216,23 @@ def attention_block_forward(x, params, name, seqs, cfg, drop, rows=None):
     # encoder's: its stacked q|k|v is made once per forward pass).
     # rows: None, or the (sorted) rows of the output that will be read: the last layer of a
     # model whose head reads a few rows (the masked positions and [CLS]). The keys and
-    # values still come from every row; from the attention's output on, the block runs on
-    # these rows alone, and returns y: [len(rows), H].
-    W, b = params.qkv(name) if isinstance(params, Weights) else qkv_params(params, name)
-    qkv = matmul_nt(x, W, bias=b)  # [n, 3H] = q | k | v
+    # values still come from every row; the queries, and everything after attention, only
+    # from these rows: the block returns y: [len(rows), H].
     p_attn = drop.p(cfg.attention_probs_dropout_prob)
     key_attn = drop.key() if p_attn > 0 else np.uint64(0)
-    ctx, probs = seqs.attend(qkv, cfg.num_attention_heads, p_attn, key_attn)
-    res = x
-    if rows is not None:
-        ctx, res = ctx[rows], x[rows]
+    if rows is None:
+        W, b = params.qkv(name) if isinstance(params, Weights) else qkv_params(params, name)
+        qkv = matmul_nt(x, W, bias=b)  # [n, 3H] = q | k | v
+        ctx, probs = seqs.attend(qkv, cfg.num_attention_heads, p_attn, key_attn)
+        res = x
+    else:
+        Wq, bq, Wkv, bkv = (params.q_kv(name) if isinstance(params, Weights) else
+                            q_kv_params(params, name))
+        res = x[rows]
+        qkv = (matmul_nt(res, Wq, bias=bq), matmul_nt(x, Wkv, bias=bkv))  # q | k, v
+        W = (Wq, Wkv)
+        ctx, probs = seqs.attend_rows(qkv[0], rows, qkv[1], cfg.num_attention_heads, p_attn,
+                                      key_attn)
     p_out = drop.p(cfg.hidden_dropout_prob)
     if p_out > 0:
         o, _ = dense_forward(ctx, params, name + "dense")
@@ -211,22 +246,15 @@ def attention_block_forward(x, params, name, seqs, cfg, drop, rows=None):
                              rows)
 
 
-def _scatter(d, rows, n):  # [len(rows), C] -> [n, C], zeros at the other rows
-    out = np.zeros((n, d.shape[1]), dtype=d.dtype)
-    out[rows] = d
-    return out
-
-
 def attention_block_backward(dy, cache, params, grads, name, cfg):  # dy: [n, H] -> dx: [n, H]
     # (dy: [len(rows), H] when the forward ran on some rows; dx is always [n, H])
     x, qkv, W, ctx, probs, p_attn, key_attn, keep, p_out, ln, seqs, rows = cache
     d = layernorm_bwd(dy, ln, params, grads, name + "LayerNorm")
     do = dropout_backward(d, keep, p_out)
     dctx = dense_backward(do, ctx, params, grads, name + "dense")
-    if rows is None:
-        dx = d.copy()  # the residual branch
-    else:  # the rows not read received no gradient
-        dx, dctx = _scatter(d, rows, x.shape[0]), _scatter(dctx, rows, x.shape[0])
+    if rows is not None:
+        return _attention_rows_backward(d, dctx, cache, grads, name, cfg)
+    dx = d.copy()  # the residual branch
     dqkv = seqs.attend_backward(dctx, qkv, probs, cfg.num_attention_heads, p_attn, key_attn)
     H = x.shape[1]
     dW = matmul_tn(dqkv, x)  # [3H, H]: the three weight gradients stacked
@@ -236,6 +264,28 @@ def attention_block_backward(dy, cache, params, grads, name, cfg):  # dy: [n, H]
         grads[name + p + ".weight"] += dW[i * H:(i + 1) * H]
         grads[name + p + ".bias"] += db[i * H:(i + 1) * H]
     matmul_nn(dqkv, W, out=dx, accumulate=True)  # dx += dq Wq + dk Wk + dv Wv
+    return dx
+
+
+def _attention_rows_backward(d, dctx, cache, grads, name, cfg):
+    # the block's backward from the attention's output on, when the forward made some rows
+    # only: d [m, H] (the residual's gradient at those rows), dctx [m, H] -> dx [n, H]
+    x, (q, kv), (Wq, Wkv), _, probs, p_attn, key_attn, _, _, _, seqs, rows = cache
+    dq, dkv = seqs.attend_rows_backward(dctx, q, rows, kv, probs, cfg.num_attention_heads,
+                                        p_attn, key_attn)
+    H = x.shape[1]
+    xr = x[rows]
+    dWq, dWkv = matmul_tn(dq, xr), matmul_tn(dkv, x)  # [H, H], [2H, H]
+    dbq, dbkv = np.zeros(H, dtype=x.dtype), np.zeros(2 * H, dtype=x.dtype)
+    bias_grad(dq, dbq)
+    bias_grad(dkv, dbkv)
+    for i, p in enumerate(QKV):  # += : a shared layer sums over its applications
+        dW, db = (dWq, dbq) if i == 0 else (dWkv[(i - 1) * H:i * H], dbkv[(i - 1) * H:i * H])
+        grads[name + p + ".weight"] += dW
+        grads[name + p + ".bias"] += db
+    dx = matmul_nn(dkv, Wkv)  # dk Wk + dv Wv, every row
+    d += matmul_nn(dq, Wq)  # the read rows: their residual and dq Wq
+    dx[rows] += d
     return dx
 
 

@@ -18,7 +18,9 @@ from . import heads, layers, model, optim
 # kind -> the kernel names (as imported into layers/model/heads) that belong to it
 KINDS = {
     "GEMM (dense layers, MLM decoder)": ("matmul_nt", "matmul_nn", "matmul_tn"),
-    "attention (QK^T, softmax, PV)": ("attention_forward_qkv", "attention_backward_qkv"),
+    "attention (QK^T, softmax, PV)": ("attention_forward_qkv", "attention_backward_qkv",
+                                      "attention_forward_rows_of",
+                                      "attention_backward_rows_of"),
     "LayerNorm": ("layernorm_forward", "layernorm_backward"),
     "activation (gelu_new)": ("gelu_new_forward", "gelu_new_backward", "tanh_forward",
                               "tanh_backward"),

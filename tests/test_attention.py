@@ -132,3 +132,43 @@ def test_naive_against_torch_with_the_same_dropout(dt, rng):
     for a, b, name in zip(at.attention_backward_naive(do, q, k, v, pn, N, p, key),
                           (tq.grad, tk.grad, tv.grad), "qkv"):
         assert_close(a, n(b), **_tol(dt), what="d" + name)
+
+
+@given(lens=st.lists(st.integers(1, 20), min_size=1, max_size=4), N=st.integers(1, 3),
+       D=st.sampled_from([1, 5, 16, 17]), frac=st.floats(0.0, 1.0), p=st.sampled_from([0.0, 0.3]),
+       padded=st.booleans(), seed=st.integers(0, 999))
+def test_queries_at_some_rows_give_those_rows_of_full_attention(lens, N, D, frac, p, padded,
+                                                                seed):
+    """attention_forward_rows_of / _backward (the last layer's queries at the rows a head
+    reads, keys and values from every row): ctx equals those rows of the full attention's,
+    bitwise, and so do the gradients when the full run's dctx is zero at the other rows —
+    with dropout (each query keeps its position's mask), padded with a mask or packed, and
+    sequences with no query at all (their dk and dv are zero)."""
+    r = np.random.default_rng(seed)
+    H, B = N * D, len(lens)
+    T = max(lens)
+    if padded:  # every sequence T rows, the padding masked
+        starts, lens_a = np.arange(B, dtype=np.int64) * T, np.full(B, T, np.int64)
+        real = np.arange(T)[None] < np.asarray(lens)[:, None]
+        bias = mask_bias(real, np.float64)
+    else:
+        lens_a = np.asarray(lens, np.int64)
+        starts = np.concatenate([[0], np.cumsum(lens_a)[:-1]]).astype(np.int64)
+        bias = np.zeros((B, T))
+    n_rows = int(starts[-1] + lens_a[-1])
+    qkv = r.standard_normal((n_rows, 3 * H))
+    rows = np.flatnonzero(r.random(n_rows) < frac).astype(np.int64)
+    key = dropout_key(3, 4, 5)
+    ctx, probs = at.attention_forward_qkv(qkv, starts, lens_a, bias, T, N, p, key)
+    q, kv = np.ascontiguousarray(qkv[rows, :H]), np.ascontiguousarray(qkv[:, H:])
+    ctx_r, probs_r = at.attention_forward_rows_of(q, rows, kv, starts, lens_a, bias, T, N, p,
+                                                  key)
+    assert np.array_equal(ctx_r, ctx[rows])
+    dctx = np.zeros((n_rows, H))
+    dctx_r = r.standard_normal((len(rows), H))
+    dctx[rows] = dctx_r
+    dqkv = at.attention_backward_qkv(dctx, qkv, probs, starts, lens_a, T, N, p, key)
+    dq, dkv = at.attention_backward_rows_of(dctx_r, q, rows, kv, probs_r, starts, lens_a, T, N,
+                                            p, key)
+    assert_close(dq, dqkv[rows, :H], rtol=1e-12, atol=1e-13, what="dq")
+    assert_close(dkv, dqkv[:, H:], rtol=1e-12, atol=1e-13, what="dk|dv")
