@@ -361,7 +361,7 @@ def test_padding_kept_where_removing_it_would_change_the_result(rng):
     assert qa.forward(b["input_ids"], attention_mask=b["attention_mask"])[1].enc.rows is None
 
 
-# ----------------------------------------------------------------------------- no work on rows no head reads
+# ----------------------------------------------------------------------------- rows no head reads
 
 def _step(m, b, **kw):
     out, cache = m.forward(**b, **kw)
