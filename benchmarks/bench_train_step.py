@@ -14,8 +14,9 @@ layer runs only on the rows the heads read (model.skip_unread, as the trainers r
 a full one and one with --pad of it padding (default 0.5). Each side runs in its own
 subprocess, pinned to the same number of threads, so that its peak memory (max RSS) is
 its own; all of them stay alive, and the timed steps are taken in rounds (every side a
-few steps in turn, each round), so that the host's slow moments fall on every side alike. Prints tokens/s (padding included, as a batch's size) and the
-ratio against the fastest HF row (> 1 means we are faster). HF runs with eager and with
+few steps in turn, each round), so that the host's slow moments fall on every side alike.
+Prints tokens/s (padding included, as a batch's size) and the ratio against the fastest
+HF row (> 1 means we are faster). HF runs with eager and with
 sdpa attention, each also with "+keep": glibc told to keep freed memory for the next step,
 as our trainers do (minialbert/memory.py), so that setting is not counted as our gain.
 """
