@@ -230,7 +230,8 @@ class AlbertModel:
     # last layer's keys and values need them all); from the last layer's attention output
     # on, the rows no head reads are not computed: the loss and every gradient are the
     # same, and last_hidden_state (and the last of hidden_states) holds NaN at those rows.
-    # Off by default; the trainers turn it on (chapter 10 times it).
+    # Not with output_attentions (every map is [B, N, T, T]). Off by default; the trainers
+    # turn it on (chapter 10 times it).
     skip_unread = False
     _frozen = None
 
@@ -298,7 +299,8 @@ class AlbertModel:
         h, emb = embeddings_forward(params, cfg, input_ids, token_type_ids, drop, rows,
                                     self._frozen)
         h, hidden_states, enc = encoder_forward(h, params, cfg, seqs, drop, self._frozen,
-                                                self._read_rows(read, rows, B, T))
+                                                self._read_rows(None if output_attentions
+                                                                else read, rows, B, T))
 
         def padded(a):  # [n, H] -> [B, T, H]
             return scatter_rows(a, rows, B, T, self.dtype).reshape(B, T, -1)

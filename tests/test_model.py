@@ -411,7 +411,8 @@ def test_last_layer_on_read_rows_gives_the_same_loss_and_gradients(lens, extra, 
 
 def test_last_layer_on_read_rows_only_where_a_head_reads_few(rng):
     """Skipped for a pooled head ([CLS] only) and the masked MLM path; not for the MLM at
-    every position, token classification, or with skip_unread off (the default)."""
+    every position, token classification, attention maps asked for, or with skip_unread off
+    (the default)."""
     from minialbert.heads import (AlbertForMultipleChoice, AlbertForSequenceClassification,
                                   AlbertForTokenClassification)
     b = _ragged_batch(rng, [6, 4, 7], 7)
@@ -420,6 +421,9 @@ def test_last_layer_on_read_rows_only_where_a_head_reads_few(rng):
     m.skip_unread = True
     assert m.forward(**b, mlm_path="all")[1].enc.encoder.layers[-1].attention.rows is None
     assert m.forward(**b, mlm_path="masked")[1].enc.encoder.layers[-1].attention.rows is not None
+    out, c = m.forward(**b, mlm_path="masked", output_attentions=True)  # the maps: all rows
+    assert c.enc.encoder.layers[-1].attention.rows is None
+    assert out["attentions"][-1].shape == (3, 3, 7, 7)
     tc = AlbertForTokenClassification(tiny(num_labels=3), seed=0, dtype=np.float64)
     tc.skip_unread = True
     assert tc.forward(b["input_ids"])[1].enc.encoder.layers[-1].attention.rows is None
