@@ -284,7 +284,7 @@ def _attention_rows_backward(d, dctx, cache, grads, name, cfg):
         grads[name + p + ".weight"] += dW
         grads[name + p + ".bias"] += db
     dx = matmul_nn(dkv, Wkv)  # dk Wk + dv Wv, every row
-    d += matmul_nn(dq, Wq)  # the read rows: their residual and dq Wq
+    matmul_nn(dq, Wq, out=d, accumulate=True)  # the read rows: their residual and dq Wq
     dx[rows] += d
     return dx
 
