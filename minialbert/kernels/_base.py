@@ -60,7 +60,25 @@ def set_threads(n=None):
 
 
 def get_threads():
-    return numba.get_num_threads()
+    """The number of threads parallel kernels use now (numba.get_num_threads, through
+    the C function it calls: the GEMM asks on every call, and the public function costs
+    ~1.4 us of Python, its C function ~0.2)."""
+    return _num_threads()
+
+
+def _first_num_threads():
+    global _num_threads
+    n = numba.get_num_threads()  # launches the thread pool, once
+    try:
+        from numba.np.ufunc import parallel
+        if parallel._get_num_threads() == n:
+            _num_threads = parallel._get_num_threads
+    except (ImportError, AttributeError, TypeError):  # another Numba: the public call
+        _num_threads = numba.get_num_threads
+    return n
+
+
+_num_threads = _first_num_threads
 
 
 def keeps_threads(run):
@@ -83,11 +101,14 @@ def check_float(*arrays):
     """Kernels are compiled for float32 (training) and float64 (gradient checks) only."""
     dt = arrays[0].dtype
     for a in arrays:
-        if a.dtype != dt:
+        if a.dtype is not dt and a.dtype != dt:
             raise TypeError(f"dtype mismatch: {a.dtype} vs {dt}; convert explicitly")
-        if a.dtype not in (np.float32, np.float64):
-            raise TypeError(f"kernels take float32 or float64 arrays, got {a.dtype}")
+    if dt not in _FLOATS:  # (a tuple of dtype objects: `in` finds them by identity first)
+        raise TypeError(f"kernels take float32 or float64 arrays, got {dt}")
     return dt
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 # ----------------------------------------------------------------------------------

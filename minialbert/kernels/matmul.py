@@ -376,26 +376,32 @@ def packing_buffers(m, n, K, MR, NR, KC, dtype):
             np.empty(MR * NR, dtype=dtype))
 
 
-@njit(parallel=True, cache=True)
-def _pack_all(A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp):
-    # Both operands, whole, into panels, in parallel: one task a (KC block, panel).
-    # Reduction block p0 of A starts at p0 * Mp (Mp = M rounded up to MR), its panel r at
-    # p0 * Mp + r * kc * MR; the same for B with N and NR. Each element is copied once,
-    # however many blocks of C will read it.
+@njit(cache=True)
+def _pack_one(t, A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp):
+    # Task t of _pack_all: one (KC block, panel) of A or of B. Reduction block p0 of A
+    # starts at p0 * Mp (Mp = M rounded up to MR), its panel r at p0 * Mp + r * kc * MR;
+    # the same for B with N and NR.
     Mp = (M + MR - 1) // MR
     Np = (N + NR - 1) // NR
-    nk = (K + KC - 1) // KC
-    for t in prange(nk * (Mp + Np)):
-        p0 = (t // (Mp + Np)) * KC
-        kc = min(KC, K - p0)
-        r = t % (Mp + Np)
-        if r < Mp:
-            o = p0 * Mp * MR + r * kc * MR
-            _pack(A, a_trans, p0, kc, r * MR, min(MR, M - r * MR), MR, Ap[o:o + kc * MR])
-        else:
-            r -= Mp
-            o = p0 * Np * NR + r * kc * NR
-            _pack(B, not b_trans, p0, kc, r * NR, min(NR, N - r * NR), NR, Bp[o:o + kc * NR])
+    p0 = (t // (Mp + Np)) * KC
+    kc = min(KC, K - p0)
+    r = t % (Mp + Np)
+    if r < Mp:
+        o = p0 * Mp * MR + r * kc * MR
+        _pack(A, a_trans, p0, kc, r * MR, min(MR, M - r * MR), MR, Ap[o:o + kc * MR])
+    else:
+        r -= Mp
+        o = p0 * Np * NR + r * kc * NR
+        _pack(B, not b_trans, p0, kc, r * NR, min(NR, N - r * NR), NR, Bp[o:o + kc * NR])
+
+
+@njit(parallel=True, cache=True)
+def _pack_all(A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp):
+    # Both operands, whole, into panels, in parallel: one task a (KC block, panel). Each
+    # element is copied once, however many blocks of C will read it.
+    n_tasks = ((K + KC - 1) // KC) * ((M + MR - 1) // MR + (N + NR - 1) // NR)
+    for t in prange(n_tasks):
+        _pack_one(t, A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp)
 
 
 @njit(cache=True)
@@ -442,6 +448,67 @@ def _epilogue(Cf, c0, ldc, m, n, bias, j0, act, Xf, Rf):
                 c[j] = gelu_new_grad_at(c, c[j], x[j])
 
 
+@njit(cache=True)
+def _gemm_task(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap, Bp,
+               copy_a, bias, act, Xf, Rf, b_in_task):
+    # Task t of _gemm_fused (below): the block of C it owns, from the first KC block of
+    # the reduction to the last, then its epilogue.
+    M, N = C.shape
+    K = A.shape[0] if a_trans else A.shape[1]
+    Cf = C.reshape(M * N)
+    Af = A.reshape(A.size)
+    rs, cs = (1, M) if a_trans else (K, 1)  # where opA(A)[i, p] lies: Af[i*rs + p*cs]
+    Np = (N + NR - 1) // NR * NR
+    n_nb = (N + NC - 1) // NC
+    per_task = fused_a_size(MC, K, MR, KC)
+    i0 = (t // n_nb) * MC
+    m = min(MC, M - i0)
+    j0 = (t % n_nb) * NC
+    n = min(NC, N - j0)
+    edge = np.empty(MR * NR, dtype=C.dtype)
+    Al = Ap[t * per_task:(t + 1) * per_task]  # this task's packed block of A
+    epi = bias.shape[0] > 0 or act != EPI_NONE or Rf.shape[0] > 0
+    if b_in_task:
+        per_task_b = fused_a_size(NC, K, NR, KC)
+        _gemm_block(Af, i0 * rs, rs, cs, m, B, b_trans, j0, n, K, Cf, i0 * N + j0, N,
+                    accumulate, isa, MR, NR, KC, Al, Bp[t * per_task_b:(t + 1) * per_task_b],
+                    edge, True)
+        if epi:
+            _epilogue(Cf, i0 * N + j0, N, m, n, bias, j0, act, Xf, Rf)
+        return
+    _zero_if_empty(K, accumulate, Cf, i0 * N + j0, N, m, n)
+    if epi and K == 0:
+        _epilogue(Cf, i0 * N + j0, N, m, n, bias, j0, act, Xf, Rf)
+    for p0 in range(0, K, KC):
+        kc = min(KC, K - p0)
+        add = accumulate or p0 > 0
+        # With an epilogue, the last KC block runs EPI_PANELS panels of columns at a
+        # time, and each chunk of C goes to the epilogue as soon as it is done, while
+        # it is in L2 (a whole block of C, MC x NC, would not be).
+        last = epi and p0 + KC >= K
+        step = EPI_PANELS * NR if last else max(n, 1)
+        for q0 in range(0, n, step):
+            qn = min(step, n - q0)
+            c = i0 * N + j0 + q0
+            b = p0 * Np + (j0 + q0) * kc  # the chunk's first panel of B
+            if copy_a:  # opA's values lie M apart in A (A's rows are p). Read in place,
+                # a panel's values would collide in L1's sets when M*4 bytes is a
+                # multiple of 4 KiB; then the block is copied first (a plain pass, into
+                # this task's buffer, which stays in cache). Otherwise (measured on a
+                # 2-core Sapphire Rapids: 1.0-1.4x faster) they are read in place, as
+                # for the NN/NT forms.
+                if q0 == 0:
+                    _pack(A, True, p0, kc, i0, m, MR, Al)
+                _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, edge)
+            elif q0 == 0:  # the first chunk packs the block of A on the way
+                _macrokernel_packing(Af, i0 * rs + p0 * cs, rs, cs, Al, Bp, b, kc, m, qn,
+                                     Cf, c, N, add, isa, MR, NR, edge)
+            else:
+                _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, edge)
+            if last:
+                _epilogue(Cf, c, N, m, qn, bias, j0 + q0, act, Xf, Rf)
+
+
 @njit(parallel=True, cache=True)
 def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap, Bp,
                 pack_b, copy_a, bias, act, Xf, Rf, b_in_task=False):
@@ -453,66 +520,33 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
     #      of C: no races) walking the reduction in KC blocks, always in the same order;
     #      each block of A is packed by the first column of micro-kernel calls that reads
     #      it (_macrokernel_packing), into a buffer of the task's own (with copy_a, by a
-    #      copy before the block's first use: see below);
+    #      copy before the block's first use: see _gemm_task);
     #   3. the block's epilogue (bias, activation: _epilogue), when asked for.
     M, N = C.shape
     K = A.shape[0] if a_trans else A.shape[1]
-    Cf = C.reshape(M * N)
-    Af = A.reshape(A.size)
-    rs, cs = (1, M) if a_trans else (K, 1)  # where opA(A)[i, p] lies: Af[i*rs + p*cs]
-    Np = (N + NR - 1) // NR * NR
     if pack_b and not b_in_task:
         _pack_all(A, a_trans, 0, B, b_trans, N, K, MR, NR, KC, Bp[:0], Bp)
-    n_mb = (M + MC - 1) // MC
-    n_nb = (N + NC - 1) // NC
-    per_task = fused_a_size(MC, K, MR, KC)
-    per_task_b = fused_a_size(NC, K, NR, KC)
-    for t in prange(n_mb * n_nb):
-        i0 = (t // n_nb) * MC
-        m = min(MC, M - i0)
-        j0 = (t % n_nb) * NC
-        n = min(NC, N - j0)
-        edge = np.empty(MR * NR, dtype=C.dtype)
-        Al = Ap[t * per_task:(t + 1) * per_task]  # this task's packed block of A
-        if b_in_task:
-            _gemm_block(Af, i0 * rs, rs, cs, m, B, b_trans, j0, n, K, Cf, i0 * N + j0, N,
-                        accumulate, isa, MR, NR, KC, Al, Bp[t * per_task_b:(t + 1) * per_task_b],
-                        edge, True)
-            if bias.shape[0] > 0 or act != EPI_NONE or Rf.shape[0] > 0:
-                _epilogue(Cf, i0 * N + j0, N, m, n, bias, j0, act, Xf, Rf)
-            continue
-        epi = bias.shape[0] > 0 or act != EPI_NONE or Rf.shape[0] > 0
-        _zero_if_empty(K, accumulate, Cf, i0 * N + j0, N, m, n)
-        if epi and K == 0:
-            _epilogue(Cf, i0 * N + j0, N, m, n, bias, j0, act, Xf, Rf)
-        for p0 in range(0, K, KC):
-            kc = min(KC, K - p0)
-            add = accumulate or p0 > 0
-            # With an epilogue, the last KC block runs EPI_PANELS panels of columns at a
-            # time, and each chunk of C goes to the epilogue as soon as it is done, while
-            # it is in L2 (a whole block of C, MC x NC, would not be).
-            last = epi and p0 + KC >= K
-            step = EPI_PANELS * NR if last else max(n, 1)
-            for q0 in range(0, n, step):
-                qn = min(step, n - q0)
-                c = i0 * N + j0 + q0
-                b = p0 * Np + (j0 + q0) * kc  # the chunk's first panel of B
-                if copy_a:  # opA's values lie M apart in A (A's rows are p). Read in place,
-                    # a panel's values would collide in L1's sets when M*4 bytes is a
-                    # multiple of 4 KiB; then the block is copied first (a plain pass, into
-                    # this task's buffer, which stays in cache). Otherwise (measured on a
-                    # 2-core Sapphire Rapids: 1.0-1.4x faster) they are read in place, as
-                    # for the NN/NT forms.
-                    if q0 == 0:
-                        _pack(A, True, p0, kc, i0, m, MR, Al)
-                    _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, edge)
-                elif q0 == 0:  # the first chunk packs the block of A on the way
-                    _macrokernel_packing(Af, i0 * rs + p0 * cs, rs, cs, Al, Bp, b, kc, m, qn,
-                                         Cf, c, N, add, isa, MR, NR, edge)
-                else:
-                    _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, edge)
-                if last:
-                    _epilogue(Cf, c, N, m, qn, bias, j0 + q0, act, Xf, Rf)
+    n_tasks = ((M + MC - 1) // MC) * ((N + NC - 1) // NC)
+    for t in prange(n_tasks):
+        _gemm_task(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap,
+                   Bp, copy_a, bias, act, Xf, Rf, b_in_task)
+
+
+@njit(cache=True)
+def _gemm_serial(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap, Bp,
+                 pack_b, copy_a, bias, act, Xf, Rf, b_in_task=False):
+    # _gemm_fused on the calling thread alone, the same tasks in order (so the same bits):
+    # for one thread, and for products too small to pay for waking a second one.
+    M, N = C.shape
+    K = A.shape[0] if a_trans else A.shape[1]
+    if pack_b and not b_in_task:
+        n_pack = ((K + KC - 1) // KC) * ((N + NR - 1) // NR)
+        for t in range(n_pack):
+            _pack_one(t, A, a_trans, 0, B, b_trans, N, K, MR, NR, KC, Bp[:0], Bp)
+    n_tasks = ((M + MC - 1) // MC) * ((N + NC - 1) // NC)
+    for t in range(n_tasks):
+        _gemm_task(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap,
+                   Bp, copy_a, bias, act, Xf, Rf, b_in_task)
 
 
 ISA = host_isa()  # 'avx512', 'avx2' or 'sse': the micro-kernel this CPU runs
@@ -549,7 +583,11 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None, b_packed
     the reduction's length, when given), it is packed once, whole, by all threads together:
     each task packing all of it was a pass over B per task for a product that is short
     anyway (a 2-core EPYC, Zen 5, AVX-512: 256^3 242-276 -> 277-294 GFLOP/s over the three
-    forms, 512^3 305-335 -> 339-356; with the AVX2 tile about half of that gain)."""
+    forms, 512^3 305-335 -> 339-356; with the AVX2 tile about half of that gain). When the
+    rows fit one block (M at most _MC) and were cut only to give each thread a share, the
+    columns are cut instead: each task packs its own share of B and all of A on the way,
+    in the one parallel region (a 2-core EPYC, Zen 3, AVX2, 128^2 and 256^2: ~10 % less
+    time, median of eight interleaved rounds)."""
     return dict(_blocking(np.dtype(dtype), M, N, isa or ISA, threads or get_threads(), KC,
                           kernel, bool(b_packed), bool(b_trans), K))
 
@@ -592,7 +630,12 @@ def _blocking(dtype, M, N, isa, threads, KC, kernel, b_packed, b_trans, K=None):
         n_mb <= (1 if b_trans else 2) * threads and b_block <= _B_BLOCK))
     if b_in_task and n_mb > 1 and n_nb == 1 and K is not None and \
             K * N * np.dtype(dtype).itemsize <= _B_BLOCK:  # shared by every task, and small:
-        b_in_task = False  # packed once, whole, by all threads (see blocking)
+        if M <= _MC and max_nb >= threads:  # the rows were cut only to give each thread
+            # work: cut the columns instead, each task packs its own share of B, and
+            # there is one parallel region, not two (see blocking)
+            MC, NC = MR * -(-M // MR), NR * -(-(-(-N // threads)) // NR)
+        else:
+            b_in_task = False  # packed once, whole, by all threads (see blocking)
     return dict(code=code, MR=MR, NR=NR, KC=KC, MC=MC, NC=NC, b_in_task=b_in_task)
 
 
@@ -608,33 +651,59 @@ def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None, bias=No
     ``isa`` picks the ISA's best tile for the shape; ``kernel`` (a code of
     microkernel.KERNELS) forces one, for tests and benchmarks. ``bias``, ``act`` and ``X``
     (an [M, N] array: gelu_new's output, or the pre-activation its gradient needs) and
-    ``residual`` (an [M, N] array added after the bias) ask for the epilogue (_epilogue)."""
+    ``residual`` (an [M, N] array added after the bias) ask for the epilogue (_epilogue).
+    Everything it works out from the shape is kept per shape (_plan): a training step makes
+    the same few hundred products every step, and on a small one the Python around the
+    kernel is a good part of the time."""
     M, N = out.shape
     if M == 0 or N == 0:
         return out
-    none = _NONE[out.dtype.itemsize]  # an empty array: no bias, no X, no residual
-    bias = none if bias is None else bias
-    Xf = none if X is None else X.reshape(M * N)
-    Rf = none if residual is None else residual.reshape(M * N)
-    isa = isa or ISA
+    dt = out.dtype
     packed = isinstance(B, PackedWeight)
     K = A.shape[0] if a_trans else A.shape[1]
-    b = _blocking(out.dtype, M, N, isa, get_threads(), None, kernel, packed, bool(b_trans), K)
-    tasks = -(-M // b["MC"]) * -(-N // b["NC"])
-    kc = max(1, min(b["KC"], K))  # fused_a_size's arithmetic (a jitted call costs ~0.4 us)
-    Ap = _workspace.get("A", out.dtype, tasks * -(-b["MC"] // b["MR"]) * b["MR"] * kc)
-    in_task = False
+    (run, code, MR, NR, KC, MC, NC, a_size, b_size, pack_b, in_task, copy_a, blk) = _plan(
+        dt, M, N, K, isa or ISA, get_threads(), kernel, packed, a_trans, b_trans)
+    ws = _workspace.buffers
+    Ap = ws.get(("A", dt))
+    if Ap is None or Ap.size < a_size:
+        Ap = _workspace.get("A", dt, a_size)
     if packed:
-        Bp, B, pack_b = B.panels(b_trans, b), B.W, False
-    elif b["b_in_task"]:  # one KC block of each task's columns at a time
-        Bp = _workspace.get("B", out.dtype, tasks * -(-b["NC"] // b["NR"]) * b["NR"] * kc)
-        pack_b = in_task = True
+        Bp, B = B.panels(b_trans, blk), B.W
     else:
-        Bp, pack_b = _workspace.get("B", out.dtype, -(-N // b["NR"]) * b["NR"] * K), True
-    _gemm_fused(A, a_trans, B, b_trans, out, accumulate, b["code"], b["MR"], b["NR"],
-                b["KC"], b["MC"], b["NC"], Ap, Bp, pack_b,
-                a_trans and (M * out.itemsize) % 4096 == 0, bias, act, Xf, Rf, in_task)
+        Bp = ws.get(("B", dt))
+        if Bp is None or Bp.size < b_size:
+            Bp = _workspace.get("B", dt, b_size)
+    none = _NONE[dt.itemsize]  # an empty array: no bias, no X, no residual
+    run(A, a_trans, B, b_trans, out, accumulate, code, MR, NR, KC, MC, NC, Ap, Bp, pack_b,
+        copy_a, none if bias is None else bias, act, none if X is None else X.reshape(M * N),
+        none if residual is None else residual.reshape(M * N), in_task)
     return out
+
+
+_SERIAL_FLOPS = 1 << 19  # a product under this many flops runs on the calling thread
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(dtype, M, N, K, isa, threads, kernel, packed, a_trans, b_trans):
+    # gemm's arguments for one shape: the kernel to run (parallel, or serial when one
+    # thread would do: one thread asked for, one task, or a product so small that waking
+    # a second thread costs more than it saves), the blocking, and the workspace sizes.
+    b = _blocking(dtype, M, N, isa, threads, None, kernel, packed, bool(b_trans), K)
+    MR, NR, KC, MC, NC = b["MR"], b["NR"], b["KC"], b["MC"], b["NC"]
+    tasks = -(-M // MC) * -(-N // NC)
+    kc = max(1, min(KC, K))  # fused_a_size's arithmetic
+    a_size = tasks * -(-MC // MR) * MR * kc
+    in_task = b["b_in_task"] and not packed
+    if packed:
+        b_size = 0
+    elif in_task:  # one KC block of each task's columns at a time
+        b_size = tasks * -(-NC // NR) * NR * kc
+    else:  # all of B, packed before the products
+        b_size = -(-N // NR) * NR * K
+    serial = threads == 1 or tasks == 1 or 2 * M * N * K < _SERIAL_FLOPS
+    copy_a = bool(a_trans) and (M * dtype.itemsize) % 4096 == 0
+    return (_gemm_serial if serial else _gemm_fused, b["code"], MR, NR, KC, MC, NC, a_size,
+            b_size, not packed, in_task, copy_a, b)
 
 
 class PackedWeight:
@@ -683,7 +752,7 @@ class Workspace(threading.local):
     def __init__(self):
         self.buffers = {}
 
-    def get(self, name, dtype, size):
+    def get(self, name, dtype, size):  # (gemm looks in self.buffers first, by (name, dtype))
         key = (name, np.dtype(dtype))
         buf = self.buffers.get(key)
         if buf is None or buf.size < size:
@@ -701,7 +770,7 @@ def _prepare_out(out, shape, dtype, accumulate):
     if out is None:
         if accumulate:
             raise ValueError("accumulate=True needs an out array to add into")
-        return np.empty(shape, dtype=dtype)
+        return np.empty(shape, dtype)
     if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous {dtype} of shape {shape}, "
                          f"got {out.dtype} {out.shape}")
@@ -717,7 +786,12 @@ def _blas(a, b, out, accumulate):
 
 
 def _b_operand(B):  # an array (made contiguous) or a PackedWeight, as it is
-    return B if isinstance(B, PackedWeight) else np.ascontiguousarray(B)
+    return B if isinstance(B, PackedWeight) or B.flags.c_contiguous else \
+        np.ascontiguousarray(B)
+
+
+def _contiguous(A):  # (np.ascontiguousarray costs ~0.3 us even on a contiguous array)
+    return A if A.flags.c_contiguous else np.ascontiguousarray(A)
 
 
 def _array(B):
@@ -754,8 +828,9 @@ def matmul_nt(A, B, out=None, accumulate=False, bias=None, gelu_out=None, residu
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
         raise ValueError(f"matmul_nt: shapes {A.shape} and {B.shape} do not fit A @ B.T")
     out = _prepare_out(out, (A.shape[0], B.shape[0]), A.dtype, accumulate)
-    _epilogue_args(out, accumulate, bias, gelu_out, "matmul_nt")
-    _epilogue_args(out, accumulate, None, residual, "matmul_nt")
+    if bias is not None or gelu_out is not None or residual is not None:
+        _epilogue_args(out, accumulate, bias, gelu_out, "matmul_nt")
+        _epilogue_args(out, accumulate, None, residual, "matmul_nt")
     if _USE_BLAS:
         _blas(A, _array(B).T, out, accumulate)
         if bias is not None:
@@ -765,7 +840,7 @@ def matmul_nt(A, B, out=None, accumulate=False, bias=None, gelu_out=None, residu
         if gelu_out is not None:
             gelu_out[...] = gelu_new_forward(out.reshape(-1)).reshape(out.shape)
         return out
-    return gemm(np.ascontiguousarray(A), False, _b_operand(B), True, out, accumulate,
+    return gemm(_contiguous(A), False, _b_operand(B), True, out, accumulate,
                 bias=bias, act=EPI_NONE if gelu_out is None else EPI_GELU, X=gelu_out,
                 residual=residual)
 
@@ -778,14 +853,15 @@ def matmul_nn(A, B, out=None, accumulate=False, gelu_grad_of=None):
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[0]:
         raise ValueError(f"matmul_nn: shapes {A.shape} and {B.shape} do not fit A @ B")
     out = _prepare_out(out, (A.shape[0], B.shape[1]), A.dtype, accumulate)
-    _epilogue_args(out, accumulate, None, gelu_grad_of, "matmul_nn")
+    if gelu_grad_of is not None:
+        _epilogue_args(out, accumulate, None, gelu_grad_of, "matmul_nn")
     if _USE_BLAS:
         _blas(A, _array(B), out, accumulate)
         if gelu_grad_of is not None:
             out[...] = gelu_new_backward(out.reshape(-1),
                                          gelu_grad_of.reshape(-1)).reshape(out.shape)
         return out
-    return gemm(np.ascontiguousarray(A), False, _b_operand(B), False, out, accumulate,
+    return gemm(_contiguous(A), False, _b_operand(B), False, out, accumulate,
                 act=EPI_NONE if gelu_grad_of is None else EPI_GELU_GRAD, X=gelu_grad_of)
 
 
@@ -796,7 +872,7 @@ def matmul_tn(A, B, out=None, accumulate=False):  # [K,M] x [K,N] -> [M,N] = A.T
     out = _prepare_out(out, (A.shape[1], B.shape[1]), A.dtype, accumulate)
     if _USE_BLAS:
         return _blas(A.T, B, out, accumulate)
-    return gemm(np.ascontiguousarray(A), True, np.ascontiguousarray(B), False, out, accumulate)
+    return gemm(_contiguous(A), True, _contiguous(B), False, out, accumulate)
 
 
 def transpose(A):  # A: [R,S] -> [S,R], a new C-contiguous array
