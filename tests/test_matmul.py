@@ -383,6 +383,52 @@ def test_blocking_is_kept_per_shape_and_packs_a_transposed_b_once():
     assert mm.blocking(np.float32, 512, 768, "avx512", threads=2, K=4096)["b_in_task"]
     # one block of rows: nothing is shared, each task packs its own columns
     assert mm.blocking(np.float32, 256, 1024, "avx512", threads=2, K=128)["b_in_task"]
+    # rows that fit one block, cut only to give each thread work: the columns are cut
+    # instead, each task packs its own share of B (one parallel region, not two)
+    b = mm.blocking(np.float32, 256, 256, "avx2", threads=2, b_trans=True, K=256)
+    assert (b["MC"], b["NC"], b["b_in_task"]) == (258, 128, True)
+    # ... but not when the rows need two blocks anyway
+    assert not mm.blocking(np.float32, 520, 256, "avx2", threads=2, K=256)["b_in_task"]
+
+
+def test_small_products_and_one_thread_run_serially():
+    """gemm's plan: one thread, one task, or a product under _SERIAL_FLOPS runs on the
+    calling thread (_gemm_serial: no parallel region to wake); the rest in parallel.
+    Which path gives the same bits: test_packed_gemm_bitwise_across_threads_and_runs."""
+    from minialbert.kernels import matmul as mm
+    f32 = np.dtype(np.float32)
+
+    def run(M, N, K, threads):
+        return mm._plan(f32, M, N, K, "avx2", threads, None, False, False, True)[0]
+    assert run(8, 8, 8, 2) is mm._gemm_serial
+    assert run(60, 64, 64, 2) is mm._gemm_serial  # 2 M N K just under 2^19
+    assert run(64, 64, 64, 2) is mm._gemm_fused  # 2^19
+    assert run(128, 128, 128, 2) is mm._gemm_fused
+    assert run(512, 512, 512, 1) is mm._gemm_serial
+
+
+@given(data=st.data())
+def test_transposing_pack_matches_numpy(data):
+    """The NT form's pack: a [kc, n] block of X.T (X is [*, K], rows of unit stride but
+    any row stride) into panels [kc, R], 8 x 8 blocks through the register transpose
+    (float32) or loops (float64), ragged edges a value at a time, columns past n zero."""
+    from minialbert.kernels import matmul as mm
+    dt = data.draw(st.sampled_from([np.float32, np.float64]))
+    R = data.draw(st.sampled_from([8, 12, 16, 48]))
+    n = data.draw(st.integers(1, 2 * R + 9))
+    kc = data.draw(st.integers(1, 40))
+    j0, p0 = data.draw(st.integers(0, 5)), data.draw(st.integers(0, 5))
+    pad = data.draw(st.integers(0, 3))  # X a column slice of a wider array: row stride > K
+    r = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    wide = r.standard_normal((j0 + n + 2, p0 + kc + 1 + pad)).astype(dt)
+    X = wide[:, :p0 + kc + 1]
+    panels = -(-n // R)
+    out = np.full(panels * kc * R, np.nan, dt)
+    mm._pack(X, False, p0, kc, j0, n, R, out)
+    block = np.zeros((kc, panels * R), dt)
+    block[:, :n] = X[j0:j0 + n, p0:p0 + kc].T
+    ref = np.concatenate([block[:, q * R:(q + 1) * R].reshape(-1) for q in range(panels)])
+    assert np.array_equal(out, ref), (dt, R, n, kc, j0, p0, pad)
 
 
 def test_packed_gemm_bitwise_across_threads_and_runs(rng):
@@ -419,7 +465,7 @@ def test_gemm_runs_as_plain_python_under_disable_jit():
     import subprocess
     import sys
     code = ("import numpy as np; from minialbert.kernels import matmul as mm;"
-            "r = np.random.default_rng(0); A = r.standard_normal((5, 9)); B = r.standard_normal((7, 9));"
+            "r = np.random.default_rng(0); A = r.standard_normal((5, 19)); B = r.standard_normal((17, 19));"
             "assert mm.ISA == 'loops', mm.ISA;"
             "assert np.allclose(mm.matmul_nt(A, B), A @ B.T, rtol=1e-12, atol=1e-12);"
             "assert np.allclose(mm.matmul_tn(A, A), A.T @ A, rtol=1e-12, atol=1e-12); print('ok')")

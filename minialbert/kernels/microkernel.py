@@ -328,6 +328,84 @@ def _prefetch_l2_overload(X, i):
     return lambda X, i: _prefetch_l2(X, i)
 
 
+# ----------------------------------------------------------------------------------
+# an 8 x 8 transpose in registers, for the GEMM's transposing pack (the NT form's B)
+
+
+def transpose_8x8(S, si, sj, D, di, dj):
+    """D[di + k, dj + m] = S[si + m, sj + k] for k, m < 8: an 8 x 8 block of S, transposed,
+    into D (both 2-D, rows of unit stride). What it computes; float32 runs the intrinsic
+    below (three rounds of shuffles on eight <8 x float> rows), float64 these loops."""
+    for k in range(8):
+        for m in range(8):
+            D[di + k, dj + m] = S[si + m, sj + k]
+
+
+def _row_ptr(context, builder, aty, arr, i, j, fty):
+    # pointer to element [i, j] of a 2-D array whose rows have unit stride
+    a = context.make_array(aty)(context, builder, arr)
+    s0 = cgutils.unpack_tuple(builder, a.strides, 2)[0]
+    base = builder.ptrtoint(a.data, ir.IntType(64))
+    esize = 4 if fty == ir.FloatType() else 8
+    off = builder.add(builder.mul(i, s0), builder.mul(j, ir.Constant(ir.IntType(64), esize)))
+    return builder.inttoptr(builder.add(base, off), fty.as_pointer()), s0
+
+
+@intrinsic
+def _transpose_8x8_f32(typingctx, S, si, sj, D, di, dj):
+    # r_m = S[si + m, sj:sj+8]; out_k = (r_0[k], ..., r_7[k]) -> D[di + k, dj:dj+8]
+    def codegen(context, builder, signature, args):
+        S_, si_, sj_, D_, di_, dj_ = args
+        f32 = ir.FloatType()
+        vty = ir.VectorType(f32, 8)
+        i64 = ir.IntType(64)
+        src, s0 = _row_ptr(context, builder, signature.args[0], S_, si_, sj_, f32)
+        dst, d0 = _row_ptr(context, builder, signature.args[3], D_, di_, dj_, f32)
+
+        def row(base, stride, m):  # <8 x float>* to row m of a block
+            addr = builder.add(builder.ptrtoint(base, i64), builder.mul(ir.Constant(i64, m),
+                                                                        stride))
+            return builder.inttoptr(addr, vty.as_pointer())
+
+        def shuf(a, b, mask):
+            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 8),
+                                                            mask))
+
+        r = [builder.load(row(src, s0, m), align=4) for m in range(8)]
+        # 1: pairs of rows interleaved within each 128-bit half (unpcklps / unpckhps)
+        lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+        t = []
+        for m in range(0, 8, 2):
+            t += [shuf(r[m], r[m + 1], lo), shuf(r[m], r[m + 1], hi)]
+        # 2: pairs of pairs (shufps): u holds columns (0|4), (1|5), (2|6), (3|7) of four
+        # rows, for rows 0-3 and rows 4-7
+        lo2, hi2 = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+        u = []
+        for g in (0, 4):
+            u += [shuf(t[g], t[g + 2], lo2), shuf(t[g], t[g + 2], hi2),
+                  shuf(t[g + 1], t[g + 3], lo2), shuf(t[g + 1], t[g + 3], hi2)]
+        # 3: the 128-bit halves of rows 0-3 and 4-7 together (vperm2f128)
+        first, second = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+        for k in range(4):
+            builder.store(shuf(u[k], u[k + 4], first), row(dst, d0, k), align=4)
+            builder.store(shuf(u[k], u[k + 4], second), row(dst, d0, k + 4), align=4)
+        return context.get_dummy_value()
+
+    return types.void(S, si, sj, D, di, dj), codegen
+
+
+@overload(transpose_8x8, inline="always")
+def _transpose_8x8_overload(S, si, sj, D, di, dj):
+    if S.dtype == types.float32 and D.dtype == types.float32:
+        return lambda S, si, sj, D, di, dj: _transpose_8x8_f32(S, si, sj, D, di, dj)
+
+    def loops(S, si, sj, D, di, dj):
+        for k in range(8):
+            for m in range(8):
+                D[di + k, dj + m] = S[si + m, sj + k]
+    return loops
+
+
 @njit(parallel=True, cache=True)
 def _peak_loop(isa, Ap, Bp, C, kc, MR, NR, reps):
     n = C.shape[0]
