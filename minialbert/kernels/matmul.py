@@ -205,14 +205,20 @@ def _pack(X, k_major, p0, kc, j0, n, R, out):
     if k_major:  # rows of X[p0:p0+kc, ...] are rows of the panels
         n_full = n // R
         src = X[p0:p0 + kc, j0:j0 + n]
-        if R == 8:  # the tiles' widths and heights (microkernel.KERNELS), as constants
+        if R == 6:  # the tiles' widths and heights (microkernel.KERNELS), as constants
+            _copy_strips(src, out, kc, n_full, 6)
+        elif R == 8:
             _copy_strips(src, out, kc, n_full, 8)
+        elif R == 4:
+            _copy_strips(src, out, kc, n_full, 4)
         elif R == 12:
             _copy_strips(src, out, kc, n_full, 12)
         elif R == 16:
             _copy_strips(src, out, kc, n_full, 16)
         elif R == 32:
             _copy_strips(src, out, kc, n_full, 32)
+        elif R == 24:
+            _copy_strips(src, out, kc, n_full, 24)
         elif R == 48:
             _copy_strips(src, out, kc, n_full, 48)
         else:
@@ -593,9 +599,9 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None, b_packed
     anyway (a 2-core EPYC, Zen 5, AVX-512: 256^3 242-276 -> 277-294 GFLOP/s over the three
     forms, 512^3 305-335 -> 339-356; with the AVX2 tile about half of that gain). When the
     rows fit one block (M at most _MC) and were cut only to give each thread a share, the
-    columns are cut instead: each task packs its own share of B and all of A on the way,
-    in the one parallel region (a 2-core EPYC, Zen 3, AVX2, 128^2 and 256^2: ~10 % less
-    time, median of eight interleaved rounds)."""
+    columns are cut instead, unless A has more rows than B columns: each task packs its
+    own share of B and all of A on the way, in the one parallel region (a 2-core EPYC,
+    Zen 3, AVX2, 128^2 and 256^2: ~10 % less time, median of eight interleaved rounds)."""
     return dict(_blocking(np.dtype(dtype), M, N, isa or ISA, threads or get_threads(), KC,
                           kernel, bool(b_packed), bool(b_trans), K))
 
@@ -638,9 +644,9 @@ def _blocking(dtype, M, N, isa, threads, KC, kernel, b_packed, b_trans, K=None):
         n_mb <= (1 if b_trans else 2) * threads and b_block <= _B_BLOCK))
     if b_in_task and n_mb > 1 and n_nb == 1 and K is not None and \
             K * N * np.dtype(dtype).itemsize <= _B_BLOCK:  # shared by every task, and small:
-        if M <= _MC and max_nb >= threads:  # the rows were cut only to give each thread
-            # work: cut the columns instead, each task packs its own share of B, and
-            # there is one parallel region, not two (see blocking)
+        if M <= min(_MC, N) and max_nb >= threads:  # the rows were cut only to give
+            # each thread work: cut the columns instead, each task packs its own share of
+            # B, and there is one parallel region, not two (see blocking)
             MC, NC = MR * -(-M // MR), NR * -(-(-(-N // threads)) // NR)
         else:
             b_in_task = False  # packed once, whole, by all threads (see blocking)
