@@ -55,9 +55,13 @@ import numpy as np  # noqa: E402
 
 
 def _warm_matmul(dt, a):
+    from .matmul import _gemm_fused, _gemm_serial, gemm
+    out = np.empty((5, 5), dt)
+    for run in (_gemm_fused, _gemm_serial):  # both drivers (gemm's plan picks per shape)
+        gemm(a, False, a, True, out, False, run=run)  # the NT, NN and TN forms
+        gemm(a, False, a.T.copy(), False, out, False, run=run)
+        gemm(a, True, a, False, np.empty((6, 6), dt), False, run=run)
     matmul_nt(a, a)
-    matmul_nn(a, a.T.copy())
-    matmul_tn(a, a)
     bias_add(a.copy(), a[0])
     bias_grad(a, np.zeros(6, dt))
 

@@ -659,7 +659,7 @@ _B_BLOCK = 2 << 20  # bytes of a task's packed KC block of B that its caches kee
 
 
 def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None, bias=None,
-         act=EPI_NONE, X=None, residual=None):
+         act=EPI_NONE, X=None, residual=None, run=None):
     """out [M,N] (+)= opA(A) @ opB(B): the one driver behind matmul_nt/_nn/_tn.
     B may be a PackedWeight (its panels are then reused, not packed again).
     ``isa`` picks the ISA's best tile for the shape; ``kernel`` (a code of
@@ -668,15 +668,17 @@ def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None, bias=No
     ``residual`` (an [M, N] array added after the bias) ask for the epilogue (_epilogue).
     Everything it works out from the shape is kept per shape (_plan): a training step makes
     the same few hundred products every step, and on a small one the Python around the
-    kernel is a good part of the time."""
+    kernel is a good part of the time. ``run`` forces a driver (_gemm_fused or
+    _gemm_serial: the warm-up compiles both, a test compares their bits)."""
     M, N = out.shape
     if M == 0 or N == 0:
         return out
     dt = out.dtype
     packed = isinstance(B, PackedWeight)
     K = A.shape[0] if a_trans else A.shape[1]
-    (run, code, MR, NR, KC, MC, NC, a_size, b_size, pack_b, in_task, copy_a, blk) = _plan(
+    (chosen, code, MR, NR, KC, MC, NC, a_size, b_size, pack_b, in_task, copy_a, blk) = _plan(
         dt, M, N, K, isa or ISA, get_threads(), kernel, packed, a_trans, b_trans)
+    run = run or chosen
     ws = _workspace.buffers
     Ap = ws.get(("A", dt))
     if Ap is None or Ap.size < a_size:
