@@ -21,7 +21,7 @@ from numba import njit, prange
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import OUT, QUICK, plt, savefig, write_table  # noqa: E402
 
-from minialbert.demo import best_time, blas_info, cpu_name  # noqa: E402
+from minialbert.demo import best_time, best_times, blas_info, cpu_name  # noqa: E402
 from minialbert.kernels import matmul_nn, matmul_nt, matmul_nt_4x4, matmul_tn  # noqa: E402
 from minialbert.kernels import matmul as mm  # noqa: E402
 from minialbert.kernels._base import FASTMATH_REASSOC  # noqa: E402
@@ -153,7 +153,11 @@ for name, f in steps:
     C = f(A, B)
     err = float(np.abs(C - reference).max() / np.abs(reference).max())
     assert err < 1e-5, (name, err)
-    t = best_time(lambda: f(A, B), min_total=0.1 if QUICK else 0.5)
+# timed in turn, a few rounds, with a rest before each block (demo.best_times): OpenBLAS's
+# threads, and ours, spin for a while after a call, and a step timed right after another
+# one ran while those still held the cores (on a 2-core Zen 3 EPYC: 5-10x slower)
+times = best_times([lambda f=f: f(A, B) for _, f in steps], min_total=0.1 if QUICK else 0.3)
+for (name, _), t in zip(steps, times):
     results[name] = flops / t / 1e9
     rows.append((name, f"{t * 1e3:.2f}", f"{flops / t / 1e9:.1f}"))
 write_table("01_matmul_steps.md", ["step", "ms", "GFLOP/s"], rows)
@@ -169,7 +173,7 @@ form_rows = []
 for name, ours, blas in [("NN dx = dy @ W", lambda: matmul_nn(dy, B), lambda: dy @ B),
                          ("TN dW = dy.T @ x", lambda: matmul_tn(dy, A), lambda: dy.T @ A)]:
     assert np.allclose(ours(), blas(), rtol=1e-4, atol=1e-3)
-    to, tb = best_time(ours), best_time(blas)
+    to, tb = best_times([ours, blas])
     form_rows.append((name, f"{flops / to / 1e9:.1f}", f"{flops / tb / 1e9:.1f}", f"{tb / to:.2f}"))
 write_table("01_matmul_forms.md", ["form", "ours GFLOP/s", "BLAS GFLOP/s", "ratio"], form_rows)
 
@@ -217,6 +221,7 @@ def _copy(a, b):  # b[:] = a, every thread a slice: reads + writes 2 * a.nbytes
 big = np.ones((64 if QUICK else 256) * 2 ** 18, np.float32)  # 64 / 256 MB
 dst = np.empty_like(big)
 bandwidth = 2 * big.nbytes / best_time(lambda: _copy(big, dst), min_total=0.2) / 1e9  # GB/s
+time.sleep(0.5)  # let other threads (BLAS's, ours) stop spinning first, as bench_matmul
 peak = measured_peak_gflops(np.float32, mm.ISA, numba.get_num_threads())
 shapes = [(128, 128, 128), (512, 512, 512), (4096 if not QUICK else 1024, 128, 256),
           (1024, 768, 768), (4096 if not QUICK else 1024, 256, 1024)]
@@ -228,8 +233,8 @@ for M, K, N in shapes:
     w = rng.standard_normal((N, K)).astype(np.float32)
     intensity = 2 * M * K * N / (4 * (M * K + K * N + M * N))
     roof = min(peak, bandwidth * intensity)
-    ours = 2 * M * K * N / best_time(lambda: matmul_nt(a, w), min_total=0.1) / 1e9
-    blas = 2 * M * K * N / best_time(lambda: a @ w.T, min_total=0.1) / 1e9
+    t_ours, t_blas = best_times([lambda: matmul_nt(a, w), lambda: a @ w.T], min_total=0.1)
+    ours, blas = 2 * M * K * N / t_ours / 1e9, 2 * M * K * N / t_blas / 1e9
     points.append((intensity, ours, blas))
     roof_rows.append((f"{M}x{K}x{N}", f"{intensity:.0f}", f"{roof:.0f}", f"{ours:.0f}",
                       f"{ours / roof:.2f}", f"{blas:.0f}", f"{blas / roof:.2f}"))
