@@ -573,8 +573,8 @@ def blocking(dtype, M, N, isa=None, threads=None, KC=None, kernel=None, b_packed
     for the same few shapes hundreds of times, and the arithmetic cost ~4 us a call.
 
     The tile comes from the ISA and the shape (microkernel.pick_kernel), or is the given
-    ``kernel``. KC (reduction block) fixes the order of the sum, so it depends on the dtype
-    only. One
+    ``kernel``. KC (reduction block) fixes the order of the sum, so it depends on the ISA
+    and the dtype only (_KC), not on the tile or the thread count. One
     task computes an MC x NC block of C; its packed block of A (MC*KC) stays in L2 and
     one NR-wide panel of B (KC*NR) in L1. NC is all of N where the threads can be kept
     busy by cuts across M alone (so each row of A is packed once). MC and NC only divide
@@ -612,7 +612,7 @@ def _blocking(dtype, M, N, isa, threads, KC, kernel, b_packed, b_trans, K=None):
         code, MR, NR = pick_kernel(dtype, isa, M, N)
     else:
         code, (MR, NR) = kernel, kernel_tile(dtype, kernel)
-    KC = KC or (_KC if np.dtype(dtype).itemsize == 4 else _KC // 2)
+    KC = KC or _KC.get(isa, 128) * 4 // np.dtype(dtype).itemsize
     # Blocks span all of N (a cut across N would pack the same rows of A again) and at
     # most _MC rows; more cuts across M, then N, until every thread has equal work.
     n_mb, n_nb = -(-M // _MC), 1
@@ -653,7 +653,14 @@ def _blocking(dtype, M, N, isa, threads, KC, kernel, b_packed, b_trans, K=None):
     return dict(code=code, MR=MR, NR=NR, KC=KC, MC=MC, NC=NC, b_in_task=b_in_task)
 
 
-_KC, _MC = 128, 288
+# KC, the reduction block, in float32 values (float64: half as many, the same bytes). One
+# NR-wide panel of B (KC x NR values) is read by every micro-kernel call down a column of
+# tiles and should stay in L1 with room for A's panels: AVX2's 6 x 16 tile at KC = 256 holds
+# 16 KiB of Zen 3's 32 KiB (measured on a 2-core EPYC, Zen 3: 128 -> 256 lifted
+# bench_matmul's shapes by ~3 % in geometric mean, and the E->H weight gradient, TN
+# 4096 x 256 x 128, from 74 to 101 GFLOP/s); AVX-512's 8 x 48 tile at KC = 128 holds 24
+# KiB of 48. KC fixes the order of each sum, so it depends on the ISA and dtype only.
+_KC, _MC = {"avx512": 128, "avx2": 256, "sse": 256, "loops": 128}, 288
 _NONE = {4: np.empty(0, np.float32), 8: np.empty(0, np.float64)}  # by itemsize
 _B_BLOCK = 2 << 20  # bytes of a task's packed KC block of B that its caches keep (L2/L3)
 
