@@ -398,12 +398,7 @@ def _transpose_8x8_f32(typingctx, S, si, sj, D, di, dj):
 def _transpose_8x8_overload(S, si, sj, D, di, dj):
     if S.dtype == types.float32 and D.dtype == types.float32:
         return lambda S, si, sj, D, di, dj: _transpose_8x8_f32(S, si, sj, D, di, dj)
-
-    def loops(S, si, sj, D, di, dj):
-        for k in range(8):
-            for m in range(8):
-                D[di + k, dj + m] = S[si + m, sj + k]
-    return loops
+    return transpose_8x8  # float64: the loops above, compiled as they are
 
 
 @njit(parallel=True, cache=True)
