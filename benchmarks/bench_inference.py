@@ -10,11 +10,14 @@ float32, the same random weights. Each side runs in its own subprocess with the 
 thread count, all alive at once and timed in rounds, the sides in turn
 (benchmarks/_sides.py). Prints each one's latency and the ratio
 (HF time / ours: > 1 means we are faster), and the CPU, ISA and threads it ran on.
+Then, for ours, where the time of each forward pass goes and how far a faster GEMM could
+take the ratio on this machine (where_the_time_goes; --no-profile skips it).
 """
 import argparse
 import os
 import sys
 import tempfile
+import time
 
 import _isa
 
@@ -74,11 +77,52 @@ def jobs(side, name, path, weights, threads):
     return out
 
 
+def where_the_time_goes(name, weights, threads, fastest_hf, calls=10):
+    """Ours, in this process after the rounds: each shape's forward pass timed by kind of
+    kernel (profiler.KernelProfile), the GEMMs' GFLOP/s as a fraction of the measured peak
+    (the micro-kernel on L1-resident panels), and two bounds on the ratio to the fastest HF:
+    the GEMMs at that peak with everything else as measured, and the GEMMs at that peak
+    with nothing else costing any time. Where the second is under the 1.5x target, no
+    faster kernel reaches it on this machine: only less arithmetic would."""
+    from minialbert.kernels.matmul import ISA
+    from minialbert.kernels.microkernel import measured_peak_gflops
+    from minialbert.profiler import GEMM, KernelProfile
+
+    runs = jobs("ours", name, "-", weights, threads)
+    peak = measured_peak_gflops(np.float32, ISA, threads)
+    print(f"\n{name}, ours, where the time goes (KernelProfile, {calls} calls a shape; "
+          f"measured peak {peak:.0f} GFLOP/s on {threads} threads):")
+    print(f"{'':<24}{'ms/call':>8}{'GEMM ms':>9}{'GFLOP/s':>9}{'of peak':>8}{'attention':>10}"
+          f"{'other':>7}{'rest':>6}{'HF ms':>7}{'bound: GEMM at peak':>21}{'only GEMM':>11}")
+    for i, (label, B, T) in enumerate(SHAPES):
+        f = runs[str(i)]
+        t_end = time.perf_counter() + 0.3  # settle, as the rounds do (_sides.serve)
+        while time.perf_counter() < t_end:
+            f()
+        with KernelProfile() as prof:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                f()
+            total = (time.perf_counter() - t0) / calls
+        ms = {k: s * 1e3 / calls for k, s in prof.seconds.items()}
+        gemm, att = ms[GEMM], ms["attention (QK^T, softmax, PV)"]
+        other = sum(ms.values()) - gemm - att
+        rest = total * 1e3 - sum(ms.values())
+        at_peak = prof.gemm_flops / calls / (peak * 1e6)  # ms
+        hf = fastest_hf[i]
+        print(f"{f'{label} (B{B} x T{T})':<24}{total * 1e3:>8.2f}{gemm:>9.2f}"
+              f"{prof.gemm_gflops():>9.0f}{prof.gemm_gflops() / peak:>8.2f}{att:>10.2f}"
+              f"{other:>7.2f}{rest:>6.2f}{hf:>7.2f}"
+              f"{hf / (total * 1e3 - gemm + at_peak):>20.2f}x{hf / at_peak:>10.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-profile", action="store_true",
+                    help="skip the section on where our time goes")
     ap.add_argument("--worker", nargs=4, metavar=("SIDE", "CONFIG", "PATH", "WEIGHTS"))
     _isa.add_option(ap)
     a = ap.parse_args()
@@ -100,16 +144,21 @@ def main():
                      name, path, w] for side, path in sides]
             steps = 3 if name == "base" else 10
             best, _, _ = rounds(cmds, [str(i) for i in range(len(SHAPES))], steps, a.rounds)
-        print(f"\n{name}: {CONFIGS[name]}, AlbertModel forward, float32, latency (the median "
-              f"of the best of {a.rounds} rounds of {steps} calls, the sides in turn)")
-        print("(HF's four rows: eager and sdpa attention, each as it comes and with the "
-              "allocator setting ours uses,\n +keep: memory.keep_freed_memory)")
-        print(f"{'':<24}{'HF eager':>9}{'sdpa':>8}{'eager+keep':>11}{'sdpa+keep':>10}"
-              f"{'ours ms':>9}{'vs fastest HF':>15}")
-        for i, (label, B, T) in enumerate(SHAPES):
-            *hf, o = (best[k][str(i)] * 1e3 for k in range(len(sides)))
-            print(f"{f'{label} (B{B} x T{T})':<24}{hf[0]:>9.2f}{hf[1]:>8.2f}{hf[2]:>11.2f}"
-                  f"{hf[3]:>10.2f}{o:>9.2f}{min(hf) / o:>14.2f}x")
+            fastest_hf = [min(best[k][str(i)] for k in range(len(sides) - 1)) * 1e3
+                          for i in range(len(SHAPES))]
+            print(f"\n{name}: {CONFIGS[name]}, AlbertModel forward, float32, latency (the "
+                  f"median of the best of {a.rounds} rounds of {steps} calls, the sides in "
+                  "turn)")
+            print("(HF's four rows: eager and sdpa attention, each as it comes and with the "
+                  "allocator setting ours uses,\n +keep: memory.keep_freed_memory)")
+            print(f"{'':<24}{'HF eager':>9}{'sdpa':>8}{'eager+keep':>11}{'sdpa+keep':>10}"
+                  f"{'ours ms':>9}{'vs fastest HF':>15}")
+            for i, (label, B, T) in enumerate(SHAPES):
+                *hf, o = (best[k][str(i)] * 1e3 for k in range(len(sides)))
+                print(f"{f'{label} (B{B} x T{T})':<24}{hf[0]:>9.2f}{hf[1]:>8.2f}"
+                      f"{hf[2]:>11.2f}{hf[3]:>10.2f}{o:>9.2f}{min(hf) / o:>14.2f}x")
+            if not a.no_profile:
+                where_the_time_goes(name, w, a.threads, fastest_hf, steps)
 
 
 if __name__ == "__main__":

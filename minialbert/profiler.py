@@ -17,7 +17,7 @@ from . import heads, layers, model, optim
 
 # kind -> the kernel names (as imported into layers/model/heads) that belong to it
 KINDS = {
-    "GEMM (dense layers, MLM decoder)": ("matmul_nt", "matmul_nn", "matmul_tn"),
+    "GEMM (dense layers, MLM decoder)": ("matmul_nt", "matmul_nn", "matmul_tn"),  # GEMM
     "attention (QK^T, softmax, PV)": ("attention_forward_qkv", "attention_backward_qkv",
                                       "attention_forward_rows_of",
                                       "attention_backward_rows_of"),
@@ -32,13 +32,25 @@ KINDS = {
 }
 
 
+GEMM = "GEMM (dense layers, MLM decoder)"
+
+
+def gemm_flops(name, A, B):
+    """2 M N K of one call of matmul_nt (A [M, K], B [N, K]: an array or a PackedWeight),
+    matmul_nn (A [M, K], B [K, N]) or matmul_tn (A [K, M], B [K, N])."""
+    K, M = A.shape if name == "matmul_tn" else A.shape[::-1]
+    N = B.shape[0] if name == "matmul_nt" else B.shape[1]
+    return 2 * M * N * K
+
+
 class KernelProfile:
     def __init__(self):
         self.seconds = {k: 0.0 for k in KINDS}
         self.calls = {k: 0 for k in KINDS}
+        self.gemm_flops = 0  # the arithmetic of every GEMM call timed (gemm_gflops)
         self._saved = []
 
-    def _wrap(self, fn, kind):
+    def _wrap(self, fn, kind, name=None):
         def timed(*a, **kw):
             t0 = time.perf_counter()
             try:
@@ -46,13 +58,20 @@ class KernelProfile:
             finally:
                 self.seconds[kind] += time.perf_counter() - t0
                 self.calls[kind] += 1
+                if kind == GEMM:
+                    self.gemm_flops += gemm_flops(name, a[0], a[1])
         return timed
+
+    def gemm_gflops(self):
+        """The GEMM calls' arithmetic over their time: GFLOP/s (0 when none ran)."""
+        s = self.seconds[GEMM]
+        return self.gemm_flops / s / 1e9 if s > 0 else 0.0
 
     def _patch(self, owner, name, kind):
         fn = getattr(owner, name, None)
         if fn is None or getattr(fn, "_profiled", False):
             return
-        w = self._wrap(fn, kind)
+        w = self._wrap(fn, kind, name)
         w._profiled = True
         self._saved.append((owner, name, fn))
         setattr(owner, name, w)

@@ -1,0 +1,52 @@
+"""profiler.KernelProfile: what it times, the GEMMs' arithmetic it counts, and that it puts
+every kernel back when the block ends (chapter 10 and bench_inference print from it)."""
+import numpy as np
+import pytest
+
+from minialbert import layers
+from minialbert.config import AlbertConfig
+from minialbert.kernels import PackedWeight, matmul_nn, matmul_nt, matmul_tn
+from minialbert.model import AlbertModel
+from minialbert.profiler import GEMM, KernelProfile, gemm_flops
+
+
+@pytest.mark.parametrize("name, a, b, mnk", [
+    ("matmul_nt", (5, 7), (3, 7), (5, 3, 7)),  # A [M, K], B [N, K]
+    ("matmul_nn", (5, 7), (7, 3), (5, 3, 7)),  # A [M, K], B [K, N]
+    ("matmul_tn", (7, 5), (7, 3), (5, 3, 7)),  # A [K, M], B [K, N]
+])
+def test_gemm_flops_reads_each_form(name, a, b, mnk):
+    A, B = np.ones(a, np.float32), np.ones(b, np.float32)
+    M, N, K = mnk
+    assert gemm_flops(name, A, B) == 2 * M * N * K
+    f = {"matmul_nt": matmul_nt, "matmul_nn": matmul_nn, "matmul_tn": matmul_tn}[name]
+    assert f(A, B).shape == (M, N)  # the shapes above are the forms' own
+    if name == "matmul_nt":
+        assert gemm_flops(name, A, PackedWeight(B)) == 2 * M * N * K
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_profile_counts_every_gemm_of_a_forward_pass(frozen):
+    V, E, H, I, L, nh = 40, 8, 12, 20, 3, 3
+    cfg = AlbertConfig(vocab_size=V, embedding_size=E, hidden_size=H, num_hidden_layers=L,
+                       num_attention_heads=nh, intermediate_size=I, max_position_embeddings=16)
+    m = AlbertModel(cfg, seed=0)
+    if frozen:
+        m.freeze()
+    B, T = 2, 5
+    ids = np.random.default_rng(0).integers(1, V, (B, T))
+    original = layers.matmul_nt
+    with KernelProfile() as prof:
+        assert layers.matmul_nt is not original  # wrapped while the block runs
+        out, _ = m.forward(ids)
+    assert layers.matmul_nt is original  # and put back after it
+    n = B * T
+    expected = (2 * n * E * H  # the embeddings' projection to H
+                + L * 2 * n * H * (3 * H + H + I + I)  # q|k|v, attention output, FFN in, out
+                + 2 * B * H * H)  # the pooler
+    assert prof.gemm_flops == expected
+    assert prof.calls[GEMM] == 1 + 4 * L + 1
+    assert prof.seconds[GEMM] > 0 and prof.gemm_gflops() > 0
+    assert prof.calls["attention (QK^T, softmax, PV)"] == L
+    ref, _ = m.forward(ids)  # the profile changes no value
+    np.testing.assert_array_equal(out["last_hidden_state"], ref["last_hidden_state"])
