@@ -144,12 +144,16 @@ for k in kinds:
         cells.append(f"{sec * 1e3 / reps:.1f} ({sec / total:.0%})")
     rows.append([k] + cells)
 rows.append(["**step**"] + [f"**{profiles[u][1] * 1e3 / reps:.1f}**" for u in (False, True)])
+rows.append(["the GEMMs' arithmetic rate (GFLOP/s)"] +  # counted by KernelProfile
+            [f"{profiles[u][0].gemm_gflops():.0f}" for u in (False, True)])
 write_table("10_profile.md", [f"ms per step (share): {pc.batch_size} x {pc.seq_len}, "
                               f"{pad:.0%} padding", "padding kept", "padding removed"], rows)
 (OUT / "10_profile_machine.md").write_text(
     f"Measured on: {cpu_name()}, vector ISA {ISA}, {kernels.get_threads()} threads; "
     f"{'quick mode' if QUICK else 'the ten-minute run'}'s model, optimizer {pc.optimizer}.\n")
 assert all(profiles[u][0].calls["GEMM (dense layers, MLM decoder)"] > 0 for u in (False, True))
+# removing the padding removes arithmetic: fewer flops counted in the same number of steps
+assert profiles[True][0].gemm_flops < profiles[False][0].gemm_flops or pad == 0
 
 # %% [markdown]
 # ## No work on rows no head reads
