@@ -9,15 +9,19 @@ While the ``with`` block runs, every kernel the layers call (the names ``layers`
 added to its kind: GEMM, attention, LayerNorm, activation, ... Whatever the step spends
 outside these calls (NumPy adds and copies, Python, allocation) is the "rest". Kernels
 already run in parallel, so timing each call adds only a ``perf_counter`` pair per call.
+The GEMM calls' arithmetic (2 M N K each, from the operands' shapes) is counted too:
+``prof.gemm_gflops()`` is the rate the products ran at inside the step.
 Chapter 10's "where the time goes" is printed from this.
 """
 import time
 
 from . import heads, layers, model, optim
 
+GEMM = "GEMM (dense layers, MLM decoder)"  # the kind whose calls' arithmetic is counted
+
 # kind -> the kernel names (as imported into layers/model/heads) that belong to it
 KINDS = {
-    "GEMM (dense layers, MLM decoder)": ("matmul_nt", "matmul_nn", "matmul_tn"),  # GEMM
+    GEMM: ("matmul_nt", "matmul_nn", "matmul_tn"),
     "attention (QK^T, softmax, PV)": ("attention_forward_qkv", "attention_backward_qkv",
                                       "attention_forward_rows_of",
                                       "attention_backward_rows_of"),
@@ -30,9 +34,6 @@ KINDS = {
     "cross-entropy": ("cross_entropy",),
     "optimizer": ("step",),
 }
-
-
-GEMM = "GEMM (dense layers, MLM decoder)"
 
 
 def gemm_flops(name, A, B):
