@@ -23,7 +23,8 @@ name plus the bookkeeping Hugging Face does:
     head); weights the file has but the head does not use are reported and dropped.
 
 ``pytorch_model.bin`` is a pickle: reading it can run code. We never read one unless the
-caller says ``allow_pickle=True`` (``--allow-pickle``), and then with torch (weights_only).
+caller says ``allow_pickle=True`` (``--allow-pickle``), and then with an unpickler of our
+own that knows only tensors (_read_bin): torch is not needed.
 """
 import json
 import os
@@ -112,20 +113,85 @@ def read_safetensors(path):
     return out
 
 
+# torch.save's format (torch >= 1.6): a zip holding ``<name>/data.pkl``, a pickle of the
+# state dict in which each tensor is a call of torch._utils._rebuild_tensor_v2(storage,
+# offset, size, stride, ...) and each storage a "persistent id" ('storage', storage type,
+# key, device, numel) whose bytes are the entry ``<name>/data/<key>`` (little-endian). We
+# unpickle it ourselves, with an Unpickler that knows only those few names and refuses
+# every other (so no torch, and no code the file could name runs), and build each tensor
+# as a NumPy view of its storage's bytes.
+_TORCH_STORAGES = {"FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2",
+                   "BFloat16Storage": "bf16", "LongStorage": "<i8", "IntStorage": "<i4",
+                   "ShortStorage": "<i2", "CharStorage": "i1", "ByteStorage": "u1",
+                   "BoolStorage": "?"}
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_):
+    item = storage.itemsize
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+                                           strides=tuple(s * item for s in stride))
+    out = np.array(view)  # a copy, C-contiguous
+    return out.astype(np.float32) if out.dtype.kind == "f" else out  # as HF loads floats
+
+
 def _read_bin(path, allow_pickle):
     if not allow_pickle:
         raise HFCheckpointError(
             f"{path} is a PyTorch pickle, and unpickling can run arbitrary code. Pass "
             "allow_pickle=True (CLI: --allow-pickle) if you trust this file, or convert it to "
             "model.safetensors first")
+    import collections
+    import pickle
+    import zipfile
+
     try:
-        import torch
-    except ImportError:
-        raise HFCheckpointError(f"{path} is a PyTorch pickle: reading it needs torch, which is "
-                                "not installed (pip install torch), or a model.safetensors "
-                                "version of the checkpoint") from None
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise HFCheckpointError(f"{path}: not a PyTorch checkpoint in the zip format torch.save "
+                                f"writes since torch 1.6 ({e}); convert it to "
+                                "model.safetensors") from None
+    with zf:
+        pkl = [n for n in zf.namelist() if n.endswith("data.pkl")]
+        if len(pkl) != 1:
+            raise HFCheckpointError(f"{path}: a zip without one data.pkl, not a PyTorch "
+                                    "checkpoint")
+        prefix = pkl[0][:-len("data.pkl")]
+
+        def storage(kind, key):
+            raw = zf.read(f"{prefix}data/{key}")
+            if kind == "bf16":  # the top half of a float32
+                return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+            return np.frombuffer(raw, kind)
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module, name):
+                if module == "torch._utils" and name == "_rebuild_tensor_v2":
+                    return _rebuild_tensor
+                if module == "torch._utils" and name == "_rebuild_parameter":
+                    return lambda data, *_: data
+                if module == "torch" and name in _TORCH_STORAGES:
+                    return _TORCH_STORAGES[name]
+                if module == "collections" and name == "OrderedDict":
+                    return collections.OrderedDict
+                raise HFCheckpointError(f"{path}: the pickle names {module}.{name}, which a "
+                                        "checkpoint of tensors does not need: not read")
+
+            def persistent_load(self, pid):
+                if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"
+                        and pid[1] in _TORCH_STORAGES.values()):
+                    raise HFCheckpointError(f"{path}: a storage we cannot read: {pid!r:.80}")
+                return storage(pid[1], pid[2])
+
+        try:
+            sd = Unpickler(zf.open(pkl[0])).load()
+        except HFCheckpointError:
+            raise
+        except Exception as e:  # a truncated or altered file
+            raise HFCheckpointError(f"{path}: cannot read this PyTorch checkpoint: "
+                                    f"{type(e).__name__}: {e}") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, np.ndarray) for v in sd.values()):
+        raise HFCheckpointError(f"{path}: not a state dict of tensors")
+    return dict(sd)
 
 
 def read_weights(folder, allow_pickle=False):
@@ -394,7 +460,7 @@ def add_commands(sub):
     p.add_argument("--head", default=None, help="load into this head (default: the folder's "
                    "architecture)")
     p.add_argument("--allow-pickle", action="store_true", help="read pytorch_model.bin "
-                   "(a pickle: only for files you trust; needs torch)")
+                   "(a pickle: only for files you trust; read without torch, tensors only)")
     p.set_defaults(func=_cmd_convert)
 
 

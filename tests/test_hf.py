@@ -243,7 +243,7 @@ def test_bfloat16_weights_are_widened(tmp_path):
     np.testing.assert_array_equal(back.params[WORD], ref)
 
 
-def test_pytorch_bin_needs_consent_and_torch(tmp_path, monkeypatch):
+def test_pytorch_bin_needs_consent_not_torch(tmp_path, monkeypatch):
     torch = require("torch")
     cfg = tiny()
     m = AlbertForPreTraining(cfg, seed=0)
@@ -252,11 +252,47 @@ def test_pytorch_bin_needs_consent_and_torch(tmp_path, monkeypatch):
                tmp_path / "pytorch_model.bin")
     with pytest.raises(hf.HFCheckpointError, match="allow_pickle=True"):
         hf.from_pretrained(tmp_path)
-    back = hf.from_pretrained(tmp_path, allow_pickle=True)
-    np.testing.assert_array_equal(back.params[WORD], m.params[WORD])
     monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
-    with pytest.raises(hf.HFCheckpointError, match="needs torch"):
-        hf.from_pretrained(tmp_path, allow_pickle=True)
+    back = hf.from_pretrained(tmp_path, allow_pickle=True)
+    for k, v in m.params.items():
+        np.testing.assert_array_equal(back.params[k], v)
+
+
+def test_pytorch_bin_reader_dtypes_views_and_refusals(tmp_path):
+    """Our own reader of torch.save's zip (no torch): every dtype HF checkpoints hold,
+    tensors that are views (a transpose, a slice at an offset, shared storage), and a
+    pickle that names anything but tensors is refused, not run."""
+    import pickle
+    import zipfile
+    torch = require("torch")
+    r = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 5, generator=r)
+    sd = {"f32": torch.randn(3, 4, generator=r), "bf16": torch.randn(7, generator=r).bfloat16(),
+          "f16": torch.randn(2, 3, generator=r).half(),
+          "f64": torch.randn(4, generator=r).double(), "i64": torch.arange(5),
+          "scalar": torch.tensor(2.5), "T": base.t(), "slice": base[2:4, 1:],
+          "param": torch.nn.Parameter(torch.ones(2, 2))}
+    f = tmp_path / "x.bin"
+    torch.save(sd, f)
+    got = hf._read_bin(f, True)
+    assert set(got) == set(sd)
+    for k, v in sd.items():
+        want = v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+        assert got[k].dtype == want.dtype and got[k].shape == want.shape, k
+        np.testing.assert_array_equal(got[k], want, err_msg=k)
+    bad = tmp_path / "bad.bin"  # a zip whose pickle calls os.system
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("archive/data.pkl", b"cos\nsystem\n(S'echo pwned'\ntR.")
+    with pytest.raises(hf.HFCheckpointError, match="os.system"):
+        hf._read_bin(bad, True)
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"a": 1}))
+    with pytest.raises(hf.HFCheckpointError, match="not a state dict of tensors"):
+        hf._read_bin(bad, True)
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(f.read_bytes()[:200])
+    with pytest.raises(hf.HFCheckpointError, match="cut.bin"):
+        hf._read_bin(cut, True)
 
 
 def test_corrupt_or_missing_files_are_clear(tmp_path):
