@@ -312,9 +312,10 @@ def _exp_all(x, out):
 
 def test_exp_float32_over_its_whole_range():
     """The float32 exp the softmax and the loss use, against float64 exp
-    on three million points of [-104, 90]: within 1 ulp of the exact value where the
-    result is a normal float32; 0 below (subnormals flushed), inf above, NaN stays NaN,
-    exp(finfo.min) (a masked key) is exactly 0."""
+    on three million points of [-104, 90]: within 0.69 ulp of the exact value where the
+    result is a normal float32 (measured on every float32 once: 0.683 at most; a correctly
+    rounded exp would be within 0.5); 0 below (subnormals flushed), inf above, NaN stays
+    NaN, exp(finfo.min) (a masked key) is exactly 0."""
     edge = np.float32([np.nan, -np.inf, np.inf, np.finfo(np.float32).min, 0, -0.0,
                        88.72283, 88.7229, -87.33654, -87.3366])
     x = np.concatenate([np.linspace(-104, 90, 3_000_001).astype(np.float32), edge])
@@ -323,7 +324,7 @@ def test_exp_float32_over_its_whole_range():
     exact = np.exp(x.astype(np.float64))
     normal = (exact >= np.finfo(np.float32).tiny) & (exact <= np.finfo(np.float32).max)
     ulp = np.spacing(exact[normal].astype(np.float32)).astype(np.float64)
-    assert np.max(np.abs(y[normal] - exact[normal]) / ulp) <= 1.0
+    assert np.max(np.abs(y[normal] - exact[normal]) / ulp) <= 0.69
     assert np.all(y[exact < np.finfo(np.float32).tiny] == 0)
     assert np.all(np.isinf(y[(exact > np.finfo(np.float32).max) & ~np.isnan(x)]))
     assert np.isnan(y[-10]) and y[-9] == 0 and y[-7] == 0 and y[-6] == 1 and y[-5] == 1

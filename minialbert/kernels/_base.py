@@ -115,12 +115,22 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # exp, written out: the same bits in every process, and vectorisable
 
 # exp(x) = 2^k * exp(r),  k = round(x / ln 2),  r = x - k ln 2 in [-ln2/2, ln2/2]
-# (ln 2 split in a short high part, exact in float32 when multiplied by k, and the rest:
-# Cody & Waite), exp(r) a degree-7 polynomial (Cephes' expf coefficients: < 2 ulp on the
-# whole range), 2^k built from its bits. The scale is applied in two halves so that k =
-# 128 (x just below 88.72) does not overflow. Below -87.34 the result is 0 (float32's
-# subnormals are flushed, as a masked softmax key wants), above 88.72 it is inf, NaN
-# stays NaN.
+# (ln 2 split in a short high part C1, so that k * C1 is exact, and the rest C2: Cody &
+# Waite), exp(r) = 1 + r + r^2 q(r) with Cephes' expf polynomial for q, 2^k built from its
+# bits. All of it in float32 arithmetic (eight lanes an AVX2 vector, sixteen on AVX-512),
+# made accurate by two pairs that carry what a rounding lost:
+#   r  = (x - k C1) - k C2 rounds; rlo = ((x - k C1) - r) - k C2 is what it lost
+#        (x - k C1 is exact: the two are within a factor 2 of each other);
+#   1 + r rounds to h; e = (1 - h) + r is what it lost (Fast2Sum: |1| >= |r|);
+#   exp(r) = h + (e + (r^2 q(r) + rlo)): one rounding at the end that matters.
+# Measured on every float32 whose exp is a normal number (all 2.1 billion of them, both
+# signs, against float64 exp): at most 0.69 ulp from the exact value. (The form before
+# this one did the same in float64 to get under 1 ulp, four lanes a vector: twice the
+# time of this one on AVX2.) k = 128 (x just below 88.72) would overflow 2^k's bits, so
+# there p is doubled and k is 127. Below -87.34 the result is 0 (float32's subnormals are
+# flushed, as a masked softmax key wants), above 88.72 it is inf, NaN stays NaN. Every
+# choice is a select, not a branch: the loop stays a vector loop. The compensation terms
+# rely on the flags above having no "reassoc" (which would fold (r1 - r) - t to 0).
 #
 # Why not math.exp: Numba calls libm for it, and a function compiled in this process
 # and the same function loaded from Numba's on-disk cache then differ in the last bit of
@@ -144,19 +154,27 @@ def exp_float32(x):
 def _exp_float32_overload(x):
     if x != numba.types.float32:
         return lambda x: math.exp(x)
-    log2e, c1, c2 = _EXP_LOG2E, _EXP_C1, _EXP_C2
-    p0, p1, p2, p3, p4, p5 = _EXP_P
-    lo, hi = np.float32(_EXP_LO), np.float32(_EXP_HI)
-    zero, inf = np.float32(0.0), np.float32(np.inf)
+    f = np.float32
+    log2e, c1, c2 = f(_EXP_LOG2E), f(_EXP_C1), f(_EXP_C2)
+    p0, p1, p2, p3, p4, p5 = (f(c) for c in _EXP_P)
+    lo, hi = f(_EXP_LO), f(_EXP_HI)
+    zero, half, one, inf, k_max = f(0.0), f(0.5), f(1.0), f(np.inf), f(127.0)
 
     def impl(x):
-        xc = np.float64(min(max(x, lo), hi))
-        k = np.floor(xc * log2e + 0.5)  # a float: np.floor keeps the type (math.floor
-        r = (xc - k * c1) - k * c2      # would give an int64, and a loop that will not vectorise)
-        p = (((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5) * (r * r) + r + 1.0
-        scale = np.int64((np.int64(k) + 1023) << 52).view(np.float64)  # 2^k
-        y = np.float32(p * scale)
-        y = zero if x < lo else y  # selects, not branches: the loop stays a vector loop
+        xc = min(max(x, lo), hi)
+        k = np.floor(xc * log2e + half)  # a float: np.floor keeps the type
+        r1 = xc - k * c1  # exact
+        t = k * c2
+        r = r1 - t
+        rlo = (r1 - r) - t  # r + rlo = r1 - t
+        q = ((((p0 * r + p1) * r + p2) * r + p3) * r + p4) * r + p5
+        h = one + r
+        e = (one - h) + r  # h + e = 1 + r
+        p = h + (e + (q * (r * r) + rlo))  # exp(r)
+        p = p + p if k > k_max else p  # k = 128: 2 * 2^127
+        scale = np.int32((np.int32(min(k, k_max)) + 127) << 23).view(np.float32)  # 2^k
+        y = p * scale
+        y = zero if x < lo else y
         y = inf if x > hi else y
         return x if x != x else y
 
