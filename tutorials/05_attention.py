@@ -8,7 +8,6 @@
 # %%
 import pathlib
 import sys
-import time
 
 import numpy as np
 
@@ -99,20 +98,20 @@ mask = np.ones((B, T), np.int64)
 bias = mask_bias(mask, np.float32)
 
 
-def timeit(f, n=3):
-    f()
-    t = time.perf_counter()
-    for _ in range(n):
-        f()
-    return (time.perf_counter() - t) / n
-
-
+from minialbert import kernels  # noqa: E402
+from minialbert.demo import best_times, cpu_name  # noqa: E402
 from minialbert.kernels.attention import attention_forward_rows  # noqa: E402
 
-t_ours = timeit(lambda: attention_forward(q, k, v, bias, N, 0.0, np.uint64(0)))
-t_rows = timeit(lambda: attention_forward_rows(q, k, v, bias, N, 0.0, np.uint64(0)))
-t_np = timeit(lambda: attention_numpy(q, k, v, mask, N))
-write_table("05_speed.md", ["forward", "ms"],
+# the best time of each, timed in turn (demo.best_times: a slow moment of a shared host
+# is not charged to one of them only)
+t_ours, t_rows, t_np = best_times([
+    lambda: attention_forward(q, k, v, bias, N, 0.0, np.uint64(0)),
+    lambda: attention_forward_rows(q, k, v, bias, N, 0.0, np.uint64(0)),
+    lambda: attention_numpy(q, k, v, mask, N)])
+where = (f"B {B}, T {T}, H {H}, {N} heads; CPU {cpu_name()}, "
+         f"{kernels.get_threads()} threads")
+print(where)
+write_table("05_speed.md", ["forward (" + where + ")", "ms"],
             [("packed GEMM per head (attention_forward)", f"{t_ours * 1e3:.1f}"),
              ("row at a time (attention_forward_rows)", f"{t_rows * 1e3:.1f}"),
              ("NumPy (BLAS batched matmul)", f"{t_np * 1e3:.1f}")])
