@@ -120,17 +120,18 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # bits. All of it in float32 arithmetic (eight lanes an AVX2 vector, sixteen on AVX-512),
 # made accurate by two pairs that carry what a rounding lost:
 #   r  = (x - k C1) - k C2 rounds; rlo = ((x - k C1) - r) - k C2 is what it lost
-#        (x - k C1 is exact: the two are within a factor 2 of each other);
+#        (x - k C1 is exact: a multiple of x's ulp, and no larger than ln 2);
 #   1 + r rounds to h; e = (1 - h) + r is what it lost (Fast2Sum: |1| >= |r|);
 #   exp(r) = h + (e + (r^2 q(r) + rlo)): one rounding at the end that matters.
-# Measured on every float32 whose exp is a normal number (all 2.1 billion of them, both
-# signs, against float64 exp): at most 0.69 ulp from the exact value. (The form before
-# this one did the same in float64 to get under 1 ulp, four lanes a vector: twice the
-# time of this one on AVX2.) k = 128 (x just below 88.72) would overflow 2^k's bits, so
-# there p is doubled and k is 127. Below -87.34 the result is 0 (float32's subnormals are
-# flushed, as a masked softmax key wants), above 88.72 it is inf, NaN stays NaN. Every
-# choice is a select, not a branch: the loop stays a vector loop. The compensation terms
-# rely on the flags above having no "reassoc" (which would fold (r1 - r) - t to 0).
+# Measured on every float32 whose exp is a normal number (all 2.2 billion of them, both
+# signs, against float64 exp: benchmarks/exp_every_float32.py): at most 0.683 ulp from
+# the exact value. (The form before this one did the same in float64 to get under 1 ulp,
+# four lanes a vector: twice the time of this one on AVX2.) k = 128 (x just below 88.72)
+# would overflow 2^k's bits, so there p is doubled and k is 127. Below -87.34 the result
+# is 0 (float32's subnormals are flushed, as a masked softmax key wants), above 88.72 it
+# is inf, NaN stays NaN. Every choice is a select, not a branch: the loop stays a vector
+# loop. The correction terms rely on the flags above having no "reassoc" (which would
+# fold (r1 - r) - t to 0).
 #
 # Why not math.exp: Numba calls libm for it, and a function compiled in this process
 # and the same function loaded from Numba's on-disk cache then differ in the last bit of
