@@ -11,7 +11,9 @@ thread count, all alive at once and timed in rounds, the sides in turn
 (benchmarks/_sides.py). Prints each one's latency and the ratio
 (HF time / ours: > 1 means we are faster), and the CPU, ISA and threads it ran on.
 Then, for ours, where the time of each forward pass goes and how far a faster GEMM could
-take the ratio on this machine (where_the_time_goes; --no-profile skips it).
+take the ratio on this machine (where_the_time_goes; --no-profile skips it), and the same
+products alone, ours against torch's, which splits the ratio into the GEMMs' share and
+everything else's (products_alone).
 """
 import argparse
 import os
@@ -123,6 +125,63 @@ def where_the_time_goes(name, weights, threads, fastest_hf, calls=10):
               f"{prof.gemm_gflops():>9.0f}{prof.gemm_gflops() / peak:>8.2f}{att:>10.2f}"
               f"{other:>7.2f}{rest:>7.2f}{hf:>9.2f}"
               f"{hf / (total * 1e3 - gemm + at_peak):>20.2f}x{hf / at_peak:>10.2f}x")
+    products_alone(name, threads, [(label, B, T, total * 1e3)
+                                   for label, B, T, _, _, total in rows], fastest_hf)
+
+
+def products_of_a_pass(cfg_kw, B, T):
+    """(label, M, N, K, calls) of every dense layer's product in one AlbertModel forward
+    pass (x [M, K] -> [M, N] with W [N, K] and a bias), from the config: the embeddings'
+    mapping to H, then per layer the stacked q|k|v, attention's output, the FFN and its
+    output, and the pooler on the [CLS] rows."""
+    n, E, H, I = B * T, cfg_kw["embedding_size"], cfg_kw["hidden_size"], \
+        cfg_kw["intermediate_size"]
+    L = cfg_kw["num_hidden_layers"] * cfg_kw.get("inner_group_num", 1)
+    return [("E->H", n, H, E, 1), ("q|k|v", n, 3 * H, H, L), ("attn out", n, H, H, L),
+            ("FFN", n, I, H, L), ("FFN out", n, H, I, L), ("pooler", B, H, H, 1)]
+
+
+def products_alone(name, threads, rows, fastest_hf, rest=0.3):
+    """The products of each shape's pass alone, ours (matmul_nt on packed weights, as the
+    frozen model runs them) against HF's (torch.nn.functional.linear: the BLAS torch was
+    built with), timed in turn in this process (demo.best_times; `rest` seconds between
+    blocks, longer than OpenMP's spin after a call), and what that leaves for everything
+    else in each side's pass. It splits the ratio in two: how much faster our GEMMs are
+    than torch's here, and how much faster the rest of our pass is than the rest of HF's."""
+    import torch
+
+    from minialbert.demo import best_times
+    from minialbert.kernels import PackedWeight, matmul_nt
+
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(1)
+    print(f"\n{name}: the products of a pass alone (each shape's best of blocks timed in turn, "
+          f"ours: matmul_nt on packed weights; HF: torch.nn.functional.linear, "
+          f"{'MKL' if torch.backends.mkl.is_available() else 'its BLAS'}), and the rest of the "
+          "pass (the pass's time less its products alone; ours: the profile's ms/call above, "
+          "HF: the fastest row):")
+    print(f"{'':<24}{'ours GEMM':>10}{'HF GEMM':>9}{'ratio':>7}{'ours rest':>10}{'HF rest':>9}"
+          f"{'ratio':>7}")
+    for i, (label, B, T, total_ms) in enumerate(rows):
+        ours = hf = 0.0
+        for _, M, N, K, calls in products_of_a_pass(CONFIGS[name], B, T):
+            x = rng.standard_normal((M, K)).astype(np.float32)
+            W = rng.standard_normal((N, K)).astype(np.float32)
+            b = rng.standard_normal(N).astype(np.float32)
+            Wp, out = PackedWeight(W), np.empty((M, N), np.float32)
+            xt, Wt, bt = torch.from_numpy(x), torch.from_numpy(W), torch.from_numpy(b)
+
+            def theirs():
+                with torch.inference_mode():
+                    torch.nn.functional.linear(xt, Wt, bt)
+            t_ours, t_hf = best_times([lambda: matmul_nt(x, Wp, out=out, bias=b), theirs],
+                                      rounds=3, rest=rest)
+            ours += calls * t_ours * 1e3
+            hf += calls * t_hf * 1e3
+        r_ours, r_hf = total_ms - ours, fastest_hf[i] - hf
+        print(f"{f'{label} (B{B} x T{T})':<24}{ours:>10.2f}{hf:>9.2f}{hf / ours:>6.2f}x"
+              f"{r_ours:>10.2f}{r_hf:>9.2f}"
+              + (f"{r_hf / r_ours:>6.2f}x" if r_ours > 0 and r_hf > 0 else f"{'-':>7}"))
 
 
 def main():
