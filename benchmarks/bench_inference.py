@@ -125,6 +125,12 @@ def where_the_time_goes(name, weights, threads, fastest_hf, calls=10):
               f"{prof.gemm_gflops():>9.0f}{prof.gemm_gflops() / peak:>8.2f}{att:>10.2f}"
               f"{other:>7.2f}{rest:>7.2f}{hf:>9.2f}"
               f"{hf / (total * 1e3 - gemm + at_peak):>20.2f}x{hf / at_peak:>10.2f}x")
+    for label, B, T, prof, n, _ in rows:  # the list below is the pass's, product for product
+        listed = sum(2 * M * N * K * c for _, M, N, K, c in products_of_a_pass(CONFIGS[name],
+                                                                               B, T))
+        if listed * n != prof.gemm_flops:
+            raise AssertionError(f"products_of_a_pass lists {listed} flops for B{B} x T{T}, "
+                                 f"the pass made {prof.gemm_flops // n}")
     products_alone(name, threads, [(label, B, T, total * 1e3)
                                    for label, B, T, _, _, total in rows], fastest_hf)
 
