@@ -14,9 +14,12 @@ import dataclasses
 import math
 import os
 import pathlib
+import statistics
 import sys
 import time
 import types
+
+import numpy as np
 
 from . import kernels
 from .memory import keep_freed_memory
@@ -32,7 +35,7 @@ from .evaluation import (evaluate_batches, evaluate_checkpoint, eval_set,  # noq
                          load_pretrained, unigram_cross_entropy)
 from .heads import AlbertForPreTraining
 from .options import OptionError
-from .optim import learning_rate, make_optimizer, no_decay
+from .optim import clip_by_global_norm, learning_rate, make_optimizer, no_decay
 from .settings import PRETRAIN_RESUMABLE as RESUMABLE, PretrainConfig
 from .plots import plot_pretraining
 
@@ -74,27 +77,68 @@ def _model_config(pc, vocab_size):
     return cfg
 
 
+def seconds_per_step(run_step, warm=2, timed=5, clock=time.perf_counter):
+    """The median wall time of ``timed`` calls run_step(i), after ``warm`` calls not timed.
+    The first step of a process loads every kernel it calls from Numba's cache, and the
+    second still pays for first uses (on a 2-core EPYC, Zen 3, the small preset: 1.9 s and
+    0.31 s, then 0.16-0.26 s a step); the median, not the fastest, because on a shared
+    machine steps vary by a quarter and the budget is for a typical one. (The rule before,
+    the fastest of a process's first three steps, ended runs at 68-82 % of their budget.)"""
+    for i in range(warm):
+        run_step(i)
+    times = []
+    for i in range(warm, warm + timed):
+        t0 = clock()
+        run_step(i)
+        times.append(clock() - t0)
+    return statistics.median(times)
+
+
+def steps_in_budget(budget, spent, per_step, eval_every, eval_cost):
+    """How many steps of ``per_step`` seconds fit in what is left of ``budget`` after the
+    ``spent`` seconds, with an evaluation (``eval_cost`` seconds) every ``eval_every``
+    steps (0: none) and one at the end (_finish): n per_step + (n / eval_every + 1)
+    eval_cost <= budget - spent. At least 1."""
+    left = budget - spent - eval_cost
+    per = per_step + (eval_cost / eval_every if eval_every else 0.0)
+    return max(1, int(left / per))
+
+
 def _calibrate(model, data, pc, eval_batches, t_start, say, w):
     """How many steps fit in the time budget: forward + backward of this rank's share of real
-    batches timed (the first pays one-time costs: the fastest of three), evaluations and
-    overhead allowed for. Every rank takes the root's count."""
-    per_step = float("inf")
-    for i in range(3):
+    batches timed (seconds_per_step), the optimizer step, logging and evaluations allowed
+    for. Every rank takes the root's count: it is fixed here, saved in every checkpoint, and
+    the learning-rate schedule follows it (so a resumed run continues the same schedule)."""
+    def run_step(i):
         b = data.batch(0, i, pc.batch_size)
-        t0 = time.perf_counter()
         for j in my_pieces(w, pc.micro_batches):
             mb = micro_batch(b, pc.micro_batches, j)
             o, c = model.forward(**model_inputs(model, mb), mlm_path=pc.mlm_path)
             model.backward(c)
-        per_step = min(per_step, time.perf_counter() - t0)
-    per_step *= 1.1  # the optimizer step, logging
-    evals = max(1, pc.time_budget / per_step / pc.eval_every) if pc.eval_every else 0
-    eval_cost = len(eval_batches) * per_step / 3
-    total = max(1, int((pc.time_budget - time.time() + t_start - evals * eval_cost)
-                       / (per_step * 1.05)))
+
+    # the update (clipping and the optimizer's step), timed on copies of the weights with a
+    # throwaway optimizer of the run's kind, so that nothing of the run changes
+    params = {k: v.copy() for k, v in model.params.items()}
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    opt = _optimizer(pc)
+
+    def update(i):
+        clip_by_global_norm(grads, pc.clip)
+        opt.step(params, grads, 1e-9)
+
+    # x 1.05: logging and the loop around the step
+    per_step = (seconds_per_step(run_step) + seconds_per_step(update, warm=1, timed=3)) * 1.05
+    eval_cost = len(eval_batches) * per_step / 3  # forward only: about a third of a step
+    total = steps_in_budget(pc.time_budget, time.time() - t_start, per_step, pc.eval_every,
+                            eval_cost)
     total = w.bcast(total)
     say(f"time budget {pc.time_budget:.0f} s at {per_step:.2f} s/step: {total} steps")
     return total
+
+
+def _optimizer(pc):
+    return make_optimizer(pc.optimizer, weight_decay=pc.weight_decay, **(
+        {"exclude": no_decay} if pc.optimizer == "adamw" else {}))
 
 
 def _resume_state(out, pc, given):
@@ -203,8 +247,7 @@ def _build(pc, r, w, say):
                                    w, say)
     r.unigram = unigram_cross_entropy(tc.tokens, r.cfg.vocab_size, r.eval_batches) \
         if r.eval_batches else None
-    r.opt = make_optimizer(pc.optimizer, weight_decay=pc.weight_decay, **(
-        {"exclude": no_decay} if pc.optimizer == "adamw" else {}))
+    r.opt = _optimizer(pc)
     if r.state is not None:
         r.opt.load_state_dict(r.opt_arrays, r.state["optimizer"])
     return r

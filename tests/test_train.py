@@ -9,7 +9,9 @@ from minialbert.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from minialbert.cli import main as cli
 from minialbert.data import DataError
 from minialbert.inference import fill_mask
-from minialbert.train import PretrainConfig, TrainingError, load_pretrained, pretrain
+from minialbert.optim import learning_rate
+from minialbert.train import (PretrainConfig, TrainingError, load_pretrained, pretrain,
+                              seconds_per_step, steps_in_budget)
 
 SMALL = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
              embedding_size=16)
@@ -216,3 +218,57 @@ def test_any_model_setting_from_the_command_line(tmp_path, capsys):
         assert cli(base + ["--out", str(tmp_path / "bad"), "--set", bad]) == 2
         assert said in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_time_budget_becomes_a_step_count_that_the_run_keeps(tmp_path, capsys):
+    # --time-budget without --steps: the steps are counted once, at the start (timed steps
+    # of the run's own model and batches, and its optimizer on copies), then fixed: saved
+    # in every checkpoint, the learning-rate schedule ends with them, and the counting
+    # changes nothing: the run is the run that --steps with its count makes
+    s = pretrain(cfg(tmp_path, steps=None, time_budget=6.0, eval_every=0, save_every=0))
+    said = capsys.readouterr().out
+    total = int(said.split("time budget 6 s at ")[1].split(": ")[1].split(" steps")[0])
+    assert s["step"] == total >= 1
+    recs = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if not r.get("eval")]
+    assert [r["step"] for r in steps] == list(range(1, total + 1))
+    pc = cfg(tmp_path)
+    assert [r["lr"] for r in steps] == [  # the schedule runs to the counted end
+        learning_rate(i, pc.lr, total, int(pc.warmup * total), pc.schedule)
+        for i in range(total)]
+    state = load_checkpoint(tmp_path / "run")[2]
+    assert state["total_steps"] == state["step"] == total
+    pretrain(cfg(tmp_path, out=str(tmp_path / "b"), steps=total, eval_every=0, save_every=0))
+    assert losses(tmp_path / "b") == losses(tmp_path / "run")  # bitwise
+
+
+def test_the_time_per_step_skips_the_first_steps_and_takes_the_median():
+    # a clock that each step moves on by that step's duration: the first two (kernels
+    # loaded from Numba's cache, first uses) are not timed, the median of the next five is
+    durations = [1.9, 0.31, 0.2, 0.16, 0.26, 0.18, 0.22, 99.0]
+    now, calls = [0.0], []
+
+    def run_step(i):
+        calls.append(i)
+        now[0] += durations[i]
+
+    assert seconds_per_step(run_step, clock=lambda: now[0]) == pytest.approx(0.2)
+    assert calls == [0, 1, 2, 3, 4, 5, 6]  # two not timed, five timed, no more
+    assert seconds_per_step(lambda i: None, warm=0, timed=4,
+                            clock=iter([0, 1, 0, 3, 0, 2, 0, 10]).__next__) == 2.5  # even
+
+
+@pytest.mark.parametrize("budget, spent, per_step, every, cost", [
+    (600, 11, 0.21, 50, 0.4), (120, 11, 0.28, 50, 0.6), (40, 5, 0.2, 0, 0.3),
+    (1000, 30, 4.0, 10, 7.0), (10, 9.99, 1.0, 50, 0.5)])
+def test_the_steps_and_evaluations_fit_the_budget(budget, spent, per_step, every, cost):
+    def seconds(n):  # n steps, an evaluation every `every` steps and one at the end
+        return n * per_step + ((n // every if every else 0) + 1) * cost
+
+    n = steps_in_budget(budget, spent, per_step, every, cost)
+    assert n >= 1
+    if n > 1 or spent + seconds(1) <= budget:
+        assert spent + seconds(n) <= budget + 1e-9
+    # and not far short of it: less than a step and two evaluations left over (the count
+    # is floored, and n / every evaluations are allowed for where n // every run)
+    assert n == 1 or budget - spent - seconds(n) < per_step + 2 * cost
