@@ -109,8 +109,10 @@ def _calibrate(model, data, pc, eval_batches, t_start, say, w):
     batches timed (seconds_per_step), the optimizer step, logging and evaluations allowed
     for. Every rank takes the root's count: it is fixed here, saved in every checkpoint, and
     the learning-rate schedule follows it (so a resumed run continues the same schedule)."""
-    def run_step(i):
-        b = data.batch(0, i, pc.batch_size)
+    n_batches = data.num_batches(pc.batch_size)
+
+    def run_step(i):  # batch i of the first epoch, round again when it has fewer
+        b = data.batch(0, i % n_batches, pc.batch_size)
         for j in my_pieces(w, pc.micro_batches):
             mb = micro_batch(b, pc.micro_batches, j)
             o, c = model.forward(**model_inputs(model, mb), mlm_path=pc.mlm_path)

@@ -272,3 +272,16 @@ def test_the_steps_and_evaluations_fit_the_budget(budget, spent, per_step, every
     # and not far short of it: less than a step and two evaluations left over (the count
     # is floored, and n / every evaluations are allowed for where n // every run)
     assert n == 1 or budget - spent - seconds(n) < per_step + 2 * cost
+
+
+def test_a_time_budget_on_a_corpus_of_a_few_batches(tmp_path, capsys):
+    # the count runs seven steps; an epoch of fewer batches (this corpus makes 4) is gone
+    # round again (it was an IndexError: "epoch 0 has 4 batches of 8; asked for batch 4")
+    words = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega".split()
+    (tmp_path / "c.txt").write_text("".join(
+        f"The {words[i % 11]} saw {words[(i * 3) % 11]} {i}. It met {words[(i * 7) % 11]}.\n\n"
+        for i in range(40)))
+    c = cfg(tmp_path, corpus=[str(tmp_path / "c.txt")], steps=None, time_budget=3.0,
+            vocab_size=50, eval_batches=1, eval_every=0, save_every=0)
+    s = pretrain(c)
+    assert s["step"] >= 1 and "time budget 3 s at" in capsys.readouterr().out
