@@ -37,7 +37,7 @@ from ._base import FASTMATH, cast_like, exp_float32
 from .dropout import _hash_uniform
 from .reduce import vdot, vmax, vsum
 from .dropout import dropout_mask
-from .matmul import _gemm_block, blocking, matmul_nn, matmul_nt, matmul_tn, packing_buffers
+from .matmul import I0, I1, NO, YES, _gemm_block, blocking, matmul_nn, matmul_nt, matmul_tn, packing_buffers
 from .softmax import softmax_backward, softmax_forward
 
 
@@ -245,7 +245,7 @@ def _attention_forward(q, qstarts, qlens, qpos, kv, k0, v0, starts, lens, mask_b
         P = P_f.reshape(Lq, L)
         Ap, Bp, edge = packing_buffers(Lq, max(L, D), max(L, D), MR, NR, KC, q.dtype)
         # S = Q K^T  (into probs, then softmax in place)
-        _gemm_block(q_f, qs0 * q_ld + c0, q_ld, 1, Lq, Kh, True, 0, L, D, P_f, 0, L, False,
+        _gemm_block(q_f, qs0 * q_ld + c0, q_ld, I1, Lq, Kh, YES, I0, L, D, P_f, I0, L, NO,
                     isa, MR, NR, KC, Ap, Bp, edge)
         for i in range(Lq):
             row = P[i]
@@ -261,8 +261,8 @@ def _attention_forward(q, qstarts, qlens, qpos, kv, k0, v0, starts, lens, mask_b
                     keep = _hash_uniform(key, base + j) >= p_drop
                     Pd[i, j] = P[i, j] * keep_scale if keep else cast_like(q, 0.0)
         # O = Pd V  -> ctx[qs0:qs0+Lq, c0:c0+D] (row stride H)
-        _gemm_block(Pd.reshape(Lq * L), 0, L, 1, Lq, Vh, False, 0, D, L, ctx_f, qs0 * H + c0,
-                    H, False, isa, MR, NR, KC, Ap, Bp, edge)
+        _gemm_block(Pd.reshape(Lq * L), I0, L, I1, Lq, Vh, NO, I0, D, L, ctx_f, qs0 * H + c0,
+                    H, NO, isa, MR, NR, KC, Ap, Bp, edge)
     return ctx, probs
 
 
@@ -309,7 +309,7 @@ def _attention_backward(dctx, q, qstarts, qlens, qpos, kv, k0, v0, starts, lens,
         dS = np.empty((Lq, L), dtype=q.dtype)  # first dPd, then dS, in place
         dS_f = dS.reshape(Lq * L)
         # dPd = dO V^T
-        _gemm_block(dctx_f, qs0 * H + c0, H, 1, Lq, Vh, True, 0, L, D, dS_f, 0, L, False, isa,
+        _gemm_block(dctx_f, qs0 * H + c0, H, I1, Lq, Vh, YES, I0, L, D, dS_f, I0, L, NO, isa,
                     MR, NR, KC, Ap, Bp, edge)
         Pd = P
         if p_drop > 0.0:
@@ -322,17 +322,17 @@ def _attention_backward(dctx, q, qstarts, qlens, qpos, kv, k0, v0, starts, lens,
                     Pd[i, j] = P[i, j] * kept
                     dS[i, j] *= kept  # back through dropout: dP = dPd * keep/(1-p)
         # dV = Pd^T dO
-        _gemm_block(Pd.reshape(Lq * L), 0, 1, L, L, dO, False, 0, D, Lq, dkv_f,
-                    s0 * kv_ld + v0 + c0, kv_ld, False, isa, MR, NR, KC, Ap, Bp, edge)
+        _gemm_block(Pd.reshape(Lq * L), I0, I1, L, L, dO, NO, I0, D, Lq, dkv_f,
+                    s0 * kv_ld + v0 + c0, kv_ld, NO, isa, MR, NR, KC, Ap, Bp, edge)
         for i in range(Lq):  # softmax backward, then the 1/sqrt(D): dS = P (dP - <dP, P>) s
             dot = vdot(dS[i], P[i])
             for j in range(L):
                 dS[i, j] = P[i, j] * (dS[i, j] - dot) * scale
         # dQ = dS K;  dK = dS^T Q
-        _gemm_block(dS_f, 0, L, 1, Lq, Kh, False, 0, D, L, dq_f, qs0 * dq_ld + c0, dq_ld,
-                    False, isa, MR, NR, KC, Ap, Bp, edge)
-        _gemm_block(dS_f, 0, 1, L, L, Qh, False, 0, D, Lq, dkv_f, s0 * kv_ld + k0 + c0, kv_ld,
-                    False, isa, MR, NR, KC, Ap, Bp, edge)
+        _gemm_block(dS_f, I0, L, I1, Lq, Kh, NO, I0, D, L, dq_f, qs0 * dq_ld + c0, dq_ld,
+                    NO, isa, MR, NR, KC, Ap, Bp, edge)
+        _gemm_block(dS_f, I0, I1, L, L, Qh, NO, I0, D, Lq, dkv_f, s0 * kv_ld + k0 + c0, kv_ld,
+                    NO, isa, MR, NR, KC, Ap, Bp, edge)
 
 
 def _tiles(dtype, T, D):

@@ -11,6 +11,13 @@ from .microkernel import (host_isa, kernel_tile, microkernel, microkernel_packin
 
 _USE_BLAS = False
 
+# Constants for one kernel calling another. Numba compiles a kernel once per signature
+# of its arguments' types, and it types a plain 0, 1, True or False in a call as that very
+# value (Literal[int](0), Literal[bool](True)): each call site with other constants got
+# a copy of the whole GEMM chain of its own, seconds of compile each on a clean install.
+# NumPy scalars are typed as plain int64 and bool: the calls below share one compile.
+I0, I1, YES, NO = np.int64(0), np.int64(1), np.bool_(True), np.bool_(False)
+
 
 class use_blas:
     """Switch every matmul to NumPy's BLAS, for comparison only::
@@ -351,7 +358,7 @@ def _prefetch_block(Xf, x0, ld, rows, cols):
 @njit(cache=True)
 def _prefetch_rows(X, r0, rows, c0, cols):  # as _prefetch_block, on X[r0:r0+rows, c0:c0+cols]
     for r in range(r0, r0 + rows):
-        _prefetch_block(X[r], c0, 0, 1, cols)
+        _prefetch_block(X[r], c0, I0, I1, cols)
 
 
 @njit(cache=True)
@@ -377,7 +384,7 @@ def _gemm_block(Af, a0, rs, cs, m, B, b_trans, j0, n, K, Cf, c0, ldc, accumulate
                 _prefetch_rows(B, j0, n, p0 + KC, nk)
             else:  # B is [K, N]
                 _prefetch_rows(B, p0 + KC, nk, j0, n)
-        _macrokernel_packing(Af, a0 + p0 * cs, rs, cs, Ap, Bp, 0, kc, m, n, Cf, c0, ldc,
+        _macrokernel_packing(Af, a0 + p0 * cs, rs, cs, Ap, Bp, I0, kc, m, n, Cf, c0, ldc,
                              accumulate or p0 > 0, isa, MR, NR, edge)
 
 
@@ -414,8 +421,8 @@ def _pack_all(A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp):
     # Both operands, whole, into panels, in parallel: one task a (KC block, panel). Each
     # element is copied once, however many blocks of C will read it.
     n_tasks = ((K + KC - 1) // KC) * ((M + MR - 1) // MR + (N + NR - 1) // NR)
-    for t in prange(n_tasks):
-        _pack_one(t, A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp)
+    for t in prange(n_tasks):  # t as an int64: one compile of _pack_one with _gemm_serial's
+        _pack_one(np.int64(t), A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp)
 
 
 @njit(cache=True)
@@ -512,7 +519,7 @@ def _gemm_task(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC
                 # 2-core Sapphire Rapids: 1.0-1.4x faster) they are read in place, as
                 # for the NN/NT forms.
                 if q0 == 0:
-                    _pack(A, True, p0, kc, i0, m, MR, Al)
+                    _pack(A, YES, p0, kc, i0, m, MR, Al)
                 _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, edge)
             elif q0 == 0:  # the first chunk packs the block of A on the way
                 _macrokernel_packing(Af, i0 * rs + p0 * cs, rs, cs, Al, Bp, b, kc, m, qn,
@@ -541,8 +548,9 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
     if pack_b and not b_in_task:
         _pack_all(A, a_trans, 0, B, b_trans, N, K, MR, NR, KC, Bp[:0], Bp)
     n_tasks = ((M + MC - 1) // MC) * ((N + NC - 1) // NC)
-    for t in prange(n_tasks):
-        _gemm_task(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap,
+    for t in prange(n_tasks):  # t as an int64 (prange's is a uint64): one compile of
+        # _gemm_task with _gemm_serial's
+        _gemm_task(np.int64(t), A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap,
                    Bp, copy_a, bias, act, Xf, Rf, b_in_task)
 
 
