@@ -49,7 +49,9 @@ class TokenizedCorpus:
 
     def document(self, d):
         s0, s1 = self.doc[d], self.doc[d + 1]
-        return [self.tokens[self.sent[s]:self.sent[s + 1]] for s in range(s0, s1)]
+        tokens = np.asarray(self.tokens)  # a plain array over the memory map (no per-item
+        # overhead of np.memmap's __getitem__ later)
+        return [tokens[self.sent[s]:self.sent[s + 1]] for s in range(s0, s1)]
 
     def __len__(self):
         return len(self.doc) - 1
@@ -96,26 +98,33 @@ def tokenize_corpus(corpus, tokenizer, cache_dir=None):
 # ------------------------------------------------------------------------------ SOP instances
 
 def truncate_seq_pair(a, b, max_num_tokens, rng):
-    """Drop tokens from the longer segment, from its front or back at random (in place).
-    The original deletes one token at a time; here each segment keeps a window [lo, hi)
-    that shrinks by one per draw — the same draws, the same result, in linear time (a
-    2-million-token line took minutes with ``del a[0]``)."""
-    win = [[0, len(a)], [0, len(b)]]
-    n = lambda w: w[1] - w[0]  # noqa: E731
-    while n(win[0]) + n(win[1]) > max_num_tokens:
-        w = win[0] if n(win[0]) > n(win[1]) else win[1]
-        if rng.random() < 0.5:
-            w[0] += 1
-        else:
-            w[1] -= 1
-    a[:] = a[win[0][0]:win[0][1]]
-    b[:] = b[win[1][0]:win[1][1]]
+    """Drop tokens from the longer segment, from its front or back at random, until the
+    pair fits: -> (a, b), slices of the two arrays. The original (google-research/albert)
+    deletes one token at a time, the longer segment's (b's on a tie), at its front when a
+    draw rng.random() is under 0.5. Here the same draws, all at once: which segment each
+    of the E draws trims follows from the lengths alone (the longer one until both are
+    equal, then b, a, b, a, ...), so each segment's front and back cuts are counts of
+    draws, in linear time (a 2-million-token line took minutes with ``del a[0]``)."""
+    la, lb = len(a), len(b)
+    E = la + lb - max_num_tokens  # the draws: one per token dropped
+    if E <= 0:
+        return a, b
+    coins = rng.random(E) < 0.5  # True: the front; the same stream as E scalar draws
+    first = min(E, abs(la - lb))  # draws on the longer segment until the two are equal
+    on_a = np.zeros(E, dtype=bool)
+    on_a[:first] = la > lb
+    on_a[first + 1::2] = True  # then, equal: b, a, b, a, ...
+    n_a = (first if la > lb else 0) + (E - first) // 2  # draws on a
+    front_a = np.count_nonzero(coins & on_a)
+    front_b = np.count_nonzero(coins) - front_a
+    return a[front_a:la - (n_a - front_a)], b[front_b:lb - (E - n_a - front_b)]
 
 
 def instances_from_document(document, max_seq_length, short_seq_prob, rng):
-    """One document (list of sentence id arrays) -> [(tokens_a, tokens_b, label)], label 1 =
-    swapped. As the original: fill a chunk with consecutive sentences up to a target
-    length, split it at a random sentence boundary, swap A and B half the time."""
+    """One document (list of sentence id arrays) -> [(tokens_a, tokens_b, label)] (int32
+    arrays), label 1 = swapped. As the original: fill a chunk with consecutive sentences
+    up to a target length, split it at a random sentence boundary, swap A and B half the
+    time."""
     max_num_tokens = max_seq_length - 3  # [CLS] A [SEP] B [SEP]
     target = max_num_tokens
     if rng.random() < short_seq_prob:
@@ -127,10 +136,9 @@ def instances_from_document(document, max_seq_length, short_seq_prob, rng):
         if i == len(document) - 1 or length >= target:
             if len(chunk) >= 2:
                 a_end = int(rng.integers(1, len(chunk)))  # 1 .. len-1
-                a = [t for s in chunk[:a_end] for t in s]
-                b = [t for s in chunk[a_end:] for t in s]
+                a, b = np.concatenate(chunk[:a_end]), np.concatenate(chunk[a_end:])
             else:  # one sentence: split it (the original took B from another document)
-                seg = list(chunk[0])
+                seg = chunk[0]
                 if len(seg) < 2:
                     chunk, length = [], 0
                     continue
@@ -139,7 +147,7 @@ def instances_from_document(document, max_seq_length, short_seq_prob, rng):
             label = 0
             if rng.random() < 0.5:
                 a, b, label = b, a, 1
-            truncate_seq_pair(a, b, max_num_tokens, rng)
+            a, b = truncate_seq_pair(a, b, max_num_tokens, rng)
             out.append((a, b, label))
             chunk, length = [], 0
     return out
