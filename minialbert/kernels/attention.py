@@ -37,7 +37,8 @@ from ._base import FASTMATH, cast_like, exp_float32
 from .dropout import _hash_uniform
 from .reduce import vdot, vmax, vsum
 from .dropout import dropout_mask
-from .matmul import I0, I1, NO, YES, _gemm_block, blocking, matmul_nn, matmul_nt, matmul_tn, packing_buffers
+from .matmul import (I0, I1, NO, YES, _gemm_block, blocking, matmul_nn, matmul_nt, matmul_tn,
+                     packing_buffers)
 from .softmax import softmax_backward, softmax_forward
 
 
