@@ -374,6 +374,8 @@ ctx, p = A.attention_forward_qkv(qkv, starts, lens, bias, 50, 4, 0.0, 0)
 dqkv = A.attention_backward_qkv(ctx, qkv, p, starts, lens, 50, 4, 0.0, 0)
 np.savez(sys.argv[1], loss=loss, dlogits=dlogits, probs=probs, dx=dx, ln=ln, dln=dln, dg=dg,
          db=db, ctx=ctx, p=p, dqkv=dqkv)
+from minialbert.kernels import matmul as M  # the GEMM chain's compiles in this process
+print(*(len(getattr(M, n).signatures) for n in ("_gemm_block", "_macrokernel_packing", "_pack")))
 """
 
 
@@ -383,7 +385,13 @@ def test_compiled_here_and_loaded_from_the_cache_agree(tmp_path):
     the first compiles and writes it, the second loads it. It failed twice before: with
     libm's exp, and with sums vectorised under fast-math reassociation (a compiled and a
     cached kernel summed a softmax row in different orders: kernels/reduce.py). Every
-    kernel with a row sum is here: cross-entropy, softmax, LayerNorm, attention."""
+    kernel with a row sum is here: cross-entropy, softmax, LayerNorm, attention.
+
+    The compiling child also counts the GEMM chain's compiles. Numba compiles a kernel once
+    per signature and types a plain 0 or True in a call as that very value, so a call site
+    with constants of its own compiles the chain again (seconds each, on a clean install):
+    attention's six products, one signature of their own, once made six copies
+    (matmul.I0, YES, NO). One each here, for float32."""
     import os
     import subprocess
     import sys
@@ -392,6 +400,8 @@ def test_compiled_here_and_loaded_from_the_cache_agree(tmp_path):
         r = subprocess.run([sys.executable, "-c", _SAME_BITS, str(tmp_path / name)], env=env,
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
+        if name == "compiled":  # _gemm_block, _macrokernel_packing, _pack
+            assert r.stdout.split() == ["1", "1", "1"], r.stdout
     assert any((tmp_path / "cache").rglob("*.nbc")), "the first child wrote no cache"
     a, b = np.load(tmp_path / "compiled.npz"), np.load(tmp_path / "cached.npz")
     assert [k for k in a if not np.array_equal(a[k], b[k])] == []
