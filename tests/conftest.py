@@ -37,6 +37,19 @@ def pytest_configure(config):
                             "(a real downloaded checkpoint); may skip, also in CI")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """With ``-n 2 --dist loadgroup`` (the README's command), a test file runs whole in one
+    test process, as with loadfile (its module fixtures, such as a reference training run,
+    are made once), except the tutorials: each is a subprocess of its own, and the dozen of
+    them (about 250 s) would otherwise all wait for one process."""
+    for item in items:
+        group = item.module.__name__
+        if group == "test_tutorials" and hasattr(item, "callspec"):
+            group += "::" + item.callspec.id
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
