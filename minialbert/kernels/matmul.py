@@ -550,8 +550,8 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
     n_tasks = ((M + MC - 1) // MC) * ((N + NC - 1) // NC)
     for t in prange(n_tasks):  # t as an int64 (prange's is a uint64): one compile of
         # _gemm_task with _gemm_serial's
-        _gemm_task(np.int64(t), A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap,
-                   Bp, copy_a, bias, act, Xf, Rf, b_in_task)
+        _gemm_task(np.int64(t), A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC,
+                   NC, Ap, Bp, copy_a, bias, act, Xf, Rf, b_in_task)
 
 
 @njit(cache=True)
