@@ -460,6 +460,33 @@ def test_transposing_pack_matches_numpy(data):
     assert np.array_equal(out, ref), (dt, R, n, kc, j0, p0, pad)
 
 
+@given(data=st.data())
+def test_row_pack_matches_the_transposing_pack_and_stays_in_its_block(data):
+    """AVX2's pack of A's rows (_pack_rows: eight steps of a panel at a time through
+    registers, each 8-wide store spilling past its MR values onto what is written next)
+    gives the panels of the plain transposing pack, for any rows, row stride, kc and
+    offset, both dtypes — and writes nothing past its ceil(m/MR) panels: in the GEMM the
+    next values belong to another task's block."""
+    from minialbert.kernels import matmul as mm
+    dt = data.draw(st.sampled_from([np.float32, np.float64]))
+    MR = data.draw(st.sampled_from([4, 6, 8]))
+    m = data.draw(st.integers(1, 4 * MR + 3))
+    kc = data.draw(st.sampled_from([1, 5, 7, 8, 9, 16, 23, 64]))
+    i0, p0 = data.draw(st.integers(0, 3)), data.draw(st.integers(0, 9))
+    pad = data.draw(st.integers(0, 5))  # row stride beyond p0 + kc
+    r = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    A = r.standard_normal((i0 + m + 2, p0 + kc + pad)).astype(dt)
+    size = -(-m // MR) * MR * kc
+    ref = np.full(size, np.nan, dt)
+    mm._pack(A, False, p0, kc, i0, m, MR, ref)
+    lead = data.draw(st.integers(0, 3))  # the block at an offset of its buffer
+    out = np.full(lead + size + 16, -7.0, dt)
+    mm._pack_rows(A.reshape(-1), i0 * A.shape[1] + p0, A.shape[1], kc, m, MR,
+                  out[lead:lead + size])
+    assert np.array_equal(out[lead:lead + size], ref), (dt, MR, m, kc, i0, p0, pad)
+    assert np.all(out[:lead] == -7.0) and np.all(out[lead + size:] == -7.0)
+
+
 def test_packed_gemm_bitwise_across_threads_and_runs(rng):
     """Float32, shapes that split into many blocks: 1 thread, all threads, and a repeat
     give the very same bits (each tile's sum runs in one fixed order)."""

@@ -14,6 +14,7 @@ import math
 
 import numba
 import numpy as np
+from numba import njit
 from numba.extending import overload
 
 FASTMATH = {"contract", "nsz", "arcp", "afn"}
@@ -180,3 +181,21 @@ def _exp_float32_overload(x):
         return x if x != x else y
 
     return impl
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def exp_shifted(x, m, y):
+    """y[j] = exp_float32(x[j] - m) for every j (y may be x: in place). Blocks of 32
+    values: LLVM makes each block four independent vectors, whose long chains of
+    dependent operations (the exp above is ~40 of them) then overlap; one vector an
+    iteration left the core waiting on each chain (on a Zen 3 EPYC, 16K values: 18-20 ->
+    14-16 us; attention's forward 1.07x). The same arithmetic on every value, so the same
+    bits. (The loss's rows of 8,000-30,000 logits did not gain: 0.97-0.98x, kept as
+    they were.)"""
+    n = x.shape[0]
+    n32 = n // 32 * 32
+    for j0 in range(0, n32, 32):
+        for j in range(j0, j0 + 32):
+            y[j] = exp_float32(x[j] - m)
+    for j in range(n32, n):
+        y[j] = exp_float32(x[j] - m)

@@ -33,7 +33,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._base import FASTMATH, cast_like, exp_float32
+from ._base import FASTMATH, cast_like, exp_shifted
 from .dropout import _hash_uniform
 from .reduce import vdot, vmax, vsum
 from .dropout import dropout_mask
@@ -101,8 +101,7 @@ def _softmax_row(row, bias, scale):
     for j in range(row.shape[0]):
         row[j] = row[j] * scale + bias[j]
     m = vmax(row)  # reduce.py: in the row's type (a float64 m would send the exp to libm)
-    for j in range(row.shape[0]):
-        row[j] = exp_float32(row[j] - m)
+    exp_shifted(row, m, row)
     return cast_like(row, 1.0) / vsum(row)  # reduce.py: a vector sum in a fixed order
 
 

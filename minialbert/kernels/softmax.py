@@ -10,7 +10,7 @@ score becomes finfo.min, comes out uniform (1/C) instead of NaN, as in transform
 import numpy as np
 from numba import njit, prange
 
-from ._base import FASTMATH, cast_like, exp_float32
+from ._base import FASTMATH, cast_like, exp_shifted
 from .reduce import vdot, vmax, vsum
 
 
@@ -25,8 +25,7 @@ def softmax_row(x, bias, y):  # x: [C] (+ bias: [C]) -> y: [C], stable: subtract
     for j in range(C):
         y[j] = x[j] + bias[j]
     m = vmax(y)  # reduce.py: vectorised; no rounding, so any order gives this value
-    for j in range(C):
-        y[j] = exp_float32(y[j] - m)
+    exp_shifted(y, m, y)
     inv = cast_like(y, 1.0) / vsum(y)  # reduce.py: a vector sum in a fixed order
     for j in range(C):
         y[j] *= inv
