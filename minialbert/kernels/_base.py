@@ -189,9 +189,8 @@ def exp_shifted(x, m, y):
     values: LLVM makes each block four independent vectors, whose long chains of
     dependent operations (the exp above is ~40 of them) then overlap; one vector an
     iteration left the core waiting on each chain (on a Zen 3 EPYC, 16K values: 18-20 ->
-    14-16 us; attention's forward 1.07x). The same arithmetic on every value, so the same
-    bits. (The loss's rows of 8,000-30,000 logits did not gain: 0.97-0.98x, kept as
-    they were.)"""
+    14-16 us). The same arithmetic on every value, so the same bits. (The loss's rows
+    of 8,000-30,000 logits did not gain, 0.97-0.98x, and keep the plain loop.)"""
     n = x.shape[0]
     n32 = n // 32 * 32
     for j0 in range(0, n32, 32):

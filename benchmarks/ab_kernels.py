@@ -1,0 +1,153 @@
+"""Old kernels against new, in one process: the same products from two versions of the
+package, timed in alternate rounds, their results checked bit for bit.
+
+    python benchmarks/ab_kernels.py HEAD~1            # this checkout against a commit
+    python benchmarks/ab_kernels.py 18f99de --only attention
+
+The commit's minialbert/ is written out (git archive) into a directory of the system's
+temporary files as the package minialbert_old — its imports are relative, so it runs as
+it is, with a Numba cache of its own; the first run compiles it (two minutes or so), a
+second run of the same commit reuses it. Both versions then run here with the same
+threads, in rounds taken in turn (old first in even rounds, new first in odd ones), each
+round the best of a short block of calls; the table gives the median over the rounds and
+the ratio, old time / new time (> 1: the new code is faster).
+
+Why this and not two runs of a benchmark: on a shared host the speed of the same code
+drifts 10-20 % from one minute to the next (RESULTS.md: one tiny batch's forward pass
+219 ms in one process, 271 in the next), so two processes minutes apart cannot see a
+change of a few per cent; rounds that alternate within seconds share the drift. The book's
+"old against new" figures (chapters 01 and 05) come from this.
+"""
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import _isa
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def old_package(rev):
+    """Import the package as it was at commit ``rev`` (as minialbert_old)."""
+    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", rev], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    root = pathlib.Path(tempfile.gettempdir()) / f"minialbert-ab-{sha[:12]}"
+    pkg = root / "minialbert_old"
+    if not pkg.exists():
+        tmp = root / "extract"
+        tmp.mkdir(parents=True, exist_ok=True)
+        tar = subprocess.run(["git", "-C", str(REPO), "archive", sha, "minialbert"],
+                             check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=tar, check=True)
+        os.replace(tmp / "minialbert", pkg)
+    sys.path.insert(0, str(root))
+    import minialbert_old
+    return sha, minialbert_old
+
+
+def best_of_block(f, seconds):
+    best, t_end, n = float("inf"), time.perf_counter() + seconds, 0
+    while time.perf_counter() < t_end or n < 3:
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
+        n += 1
+    return best
+
+
+def compare(label, old, new, rounds, seconds, flops=None):
+    """Time old() and new() in alternate rounds; their results must be the same bits."""
+    a, b = old(), new()
+    a, b = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
+    same = all(np.array_equal(x, y, equal_nan=True) for x, y in zip(a, b))
+    ts = ([], [])
+    for r in range(rounds):
+        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+            ts[i].append(best_of_block((old, new)[i], seconds))
+    t_old, t_new = float(np.median(ts[0])), float(np.median(ts[1]))
+    rate = (f"{flops / t_old / 1e9:>7.0f}{flops / t_new / 1e9:>7.0f}" if flops else
+            f"{'':>7}{'':>7}")
+    print(f"{label:<44}{t_old * 1e3:>10.3f}{t_new * 1e3:>10.3f}{rate}"
+          f"{t_old / t_new:>8.2f}x  {'same bits' if same else 'BITS DIFFER'}", flush=True)
+    return same
+
+
+GEMMS = [  # (label, M, N, K): tiny's batch (B32 x T128), base's (B8 x T128), one sentence
+    ("tiny E->H", 4096, 256, 128), ("tiny q|k|v", 4096, 768, 256),
+    ("tiny attention output", 4096, 256, 256), ("tiny FFN in", 4096, 1024, 256),
+    ("tiny FFN out", 4096, 256, 1024), ("base q|k|v", 1024, 2304, 768),
+    ("base FFN out", 1024, 768, 3072), ("base q|k|v, one sentence", 128, 2304, 768),
+    ("square 256", 256, 256, 256), ("square 1024", 1024, 1024, 1024),
+]
+ATTENTION = [("tiny", 32, 128, 256, 4), ("tiny, one sentence", 1, 128, 256, 4),
+             ("base", 8, 128, 768, 12)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("rev", help="the commit to compare this checkout against")
+    ap.add_argument("--only", choices=["gemm", "attention"], default=None)
+    ap.add_argument("--rounds", type=int, default=11)
+    ap.add_argument("--seconds", type=float, default=0.08, help="length of one block")
+    a = ap.parse_args()
+    sha, old = old_package(a.rev)
+    import minialbert as new
+    import minialbert_old.kernels  # noqa: F401
+    import minialbert.kernels  # noqa: F401
+    from minialbert.kernels import get_threads
+    threads = get_threads()
+    old.kernels.set_threads(threads)
+    new.kernels.set_threads(threads)
+    print(_isa.header(threads, torch_side=False))
+    print(f"old: {a.rev} ({sha[:12]}), new: this checkout ({REPO}); {threads} threads; "
+          f"median of {a.rounds} rounds, each the best of {a.seconds} s of calls")
+    print(f"{'':<44}{'old ms':>10}{'new ms':>10}{'GF/s':>7}{'GF/s':>7}{'old/new':>9}")
+    rng = np.random.default_rng(0)
+    same = True
+    if a.only in (None, "gemm"):
+        for label, M, N, K in GEMMS:
+            x = rng.standard_normal((M, K), dtype=np.float32)
+            W = rng.standard_normal((N, K), dtype=np.float32)
+            bias = rng.standard_normal(N, dtype=np.float32)
+            dy = rng.standard_normal((M, N), dtype=np.float32)
+            fl = 2.0 * M * N * K
+            Po, Pn = old.kernels.matmul.PackedWeight(W), new.kernels.matmul.PackedWeight(W)
+            same &= compare(f"{label} NT+bias (packed W)",
+                            lambda: old.kernels.matmul_nt(x, Po, bias=bias),
+                            lambda: new.kernels.matmul_nt(x, Pn, bias=bias), a.rounds,
+                            a.seconds, fl)
+            same &= compare(f"{label} NN", lambda: old.kernels.matmul_nn(dy, W),
+                            lambda: new.kernels.matmul_nn(dy, W), a.rounds, a.seconds, fl)
+            same &= compare(f"{label} TN", lambda: old.kernels.matmul_tn(dy, x),
+                            lambda: new.kernels.matmul_tn(dy, x), a.rounds, a.seconds, fl)
+    if a.only in (None, "attention"):
+        for label, B, T, H, heads in ATTENTION:
+            qkv = rng.standard_normal((B * T, 3 * H), dtype=np.float32)
+            starts, lens = np.arange(B, dtype=np.int64) * T, np.full(B, T, np.int64)
+            bias = np.zeros((B, T), np.float32)
+            dctx = rng.standard_normal((B * T, H), dtype=np.float32)
+            fo = old.kernels.attention.attention_forward_qkv
+            fn = new.kernels.attention.attention_forward_qkv
+            same &= compare(f"attention {label} forward",
+                            lambda: fo(qkv, starts, lens, bias, T, heads, 0.0, 0),
+                            lambda: fn(qkv, starts, lens, bias, T, heads, 0.0, 0),
+                            a.rounds, a.seconds)
+            probs = fn(qkv, starts, lens, bias, T, heads, 0.0, 0)[1]
+            bo = old.kernels.attention.attention_backward_qkv
+            bn = new.kernels.attention.attention_backward_qkv
+            same &= compare(f"attention {label} backward",
+                            lambda: bo(dctx, qkv, probs, starts, lens, T, heads, 0.0, 0),
+                            lambda: bn(dctx, qkv, probs, starts, lens, T, heads, 0.0, 0),
+                            a.rounds, a.seconds)
+    if not same:
+        print("some results differ in their bits between the two versions (see above)")
+
+
+if __name__ == "__main__":
+    main()
