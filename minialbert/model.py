@@ -94,7 +94,7 @@ class EncoderCache(NamedTuple):
     layers: list  # a LayerCache per layer application, in order
 
 
-def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None):
+def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None, keep=True):
     # h: [n, H] -> [n, H]; L steps, step l runs group g(l)'s inner_group_num layers.
     # seqs: layers.Sequences (padded with a mask bias, or packed without padding).
     # The layers read their matrices through Weights: each packed for the GEMM once, used by
@@ -103,6 +103,11 @@ def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None):
     # read: None, or the sorted rows of the output the caller will read. The last layer
     # application then makes only those (its keys and values still come from every row:
     # attention_block_forward); the output's other rows are NaN, so that reading one shows.
+    # keep: False for a pass no backward follows (a frozen model's): no layer's activations
+    # are kept for a backward, so each layer's are freed while the next one runs, and the
+    # pass holds about one layer's at a time, not all of them (base, a batch of 32 x 128:
+    # 2.6 GB more than a one-sentence call, against Hugging Face's 0.3 GB under
+    # inference_mode). The cache then has no layers, and encode_backward refuses it.
     weights = weights if weights is not None else Weights(params)
     hidden_states, caches = [h], []
     last = (cfg.num_hidden_layers - 1, cfg.inner_group_num - 1)
@@ -115,7 +120,9 @@ def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None):
             if rows is not None:
                 y = _unread_nan(y, rows, h.shape[0])
             h = y
-            caches.append(LayerCache(attn_name, ffn_name, ca, cf))
+            if keep:
+                caches.append(LayerCache(attn_name, ffn_name, ca, cf))
+            del ca, cf  # (else this layer's activations live until the next one's replace them)
             hidden_states.append(h)  # one per layer application, as Hugging Face returns
     return h, hidden_states, EncoderCache(weights, caches)
 
@@ -239,8 +246,11 @@ class AlbertModel:
         """Promise that the weights will not change (inference): the encoder's matrices are
         then packed for the GEMM once and kept for every later call, instead of once per
         forward pass — on a single sentence the packing costs as much as the products.
-        ``unfreeze()`` before training again (a frozen model would keep using the old
-        packs). Returns self."""
+        And a forward pass keeps nothing for a backward (encoder_forward's ``keep``): each
+        layer's activations are freed as the next one runs, as under torch's
+        inference_mode. ``unfreeze()`` before training again (a frozen model would keep
+        using the old packs, and its caches have nothing to go back through). Returns
+        self."""
         self._frozen = Weights(self.params)
         return self
 
@@ -300,7 +310,8 @@ class AlbertModel:
                                     self._frozen)
         h, hidden_states, enc = encoder_forward(h, params, cfg, seqs, drop, self._frozen,
                                                 self._read_rows(None if output_attentions
-                                                                else read, rows, B, T))
+                                                                else read, rows, B, T),
+                                                keep=self._frozen is None or output_attentions)
 
         def padded(a):  # [n, H] -> [B, T, H]
             return scatter_rows(a, rows, B, T, self.dtype).reshape(B, T, -1)
@@ -319,6 +330,10 @@ class AlbertModel:
 
     def encode_backward(self, dseq, dpooled, cache, grads):
         # dseq: [B*T, H] (or None), dpooled: [B, H] (or None) -> grads +=
+        if len(cache.encoder.layers) < self.config.num_hidden_layers:
+            raise RuntimeError("this forward pass kept nothing for a backward: the model is "
+                               "frozen (inference, as Predictor leaves it); call "
+                               "model.unfreeze() before training it")
         B, T, seqs, rows = cache.B, cache.T, cache.seqs, cache.rows
         H = self.config.hidden_size
         n = B * T if rows is None else len(rows)

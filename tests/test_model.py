@@ -460,6 +460,47 @@ def test_last_layer_on_read_rows_matches_transformers_float32(rng):
     assert_grads_match(grads, {k: n(p.grad) for k, p in hf.named_parameters()}, np.float32)
 
 
+def test_frozen_model_keeps_nothing_for_a_backward(rng):
+    """A frozen model's forward pass (inference) keeps no layer's activations: each layer's
+    are freed while the next one runs, so the pass holds about one layer's at a time.
+    Measured with tracemalloc (the arrays NumPy allocates: the GEMMs' outputs, most of a
+    layer's memory) on six layers: the frozen pass's peak is under half the training-mode
+    pass's. The outputs are the same bits, attention maps still come on request, and a
+    backward through such a cache is a clear error, not gradients without the encoder's."""
+    import tracemalloc
+
+    from minialbert.heads import AlbertForSequenceClassification
+    cfg = tiny(num_hidden_layers=6, num_labels=3, max_position_embeddings=32)
+    m = AlbertForSequenceClassification(cfg, seed=1)
+    ids = rng.integers(5, cfg.vocab_size, (4, 32))
+
+    def peak(f):
+        tracemalloc.start()
+        try:
+            out = f()
+            return out, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    (train_out, train_cache), train_peak = peak(lambda: m.forward(ids, labels=np.zeros(4, np.int64)))
+    assert len(train_cache.enc.encoder.layers) == 6
+    m.freeze()
+    m.forward(ids)  # the first frozen call packs the weights (kept: not the pass's memory)
+    (out, cache), frozen_peak = peak(lambda: m.forward(ids, labels=np.zeros(4, np.int64)))
+    assert cache.enc.encoder.layers == []
+    assert frozen_peak < 0.5 * train_peak, (frozen_peak, train_peak)
+    assert np.array_equal(out["logits"], train_out["logits"])
+    assert np.array_equal(out["loss"], train_out["loss"])
+    maps = m.forward(ids, output_attentions=True)[0]["attentions"]
+    assert len(maps) == 6 and maps[0].shape == (4, cfg.num_attention_heads, 32, 32)
+    with pytest.raises(RuntimeError, match="frozen.*unfreeze"):
+        m.backward(cache)
+    m.unfreeze()
+    _, cache = m.forward(ids, labels=np.zeros(4, np.int64))
+    assert len(cache.enc.encoder.layers) == 6
+    m.backward(cache)
+
+
 def test_frozen_model_packs_once_and_gives_the_same_bits(rng):
     """freeze() (inference: Predictor calls it) keeps the packed matrices across calls:
     the outputs are bitwise those of the unfrozen model, a second call packs nothing new,
