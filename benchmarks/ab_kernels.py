@@ -35,8 +35,11 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 def old_package(rev):
     """Import the package as it was at commit ``rev`` (as minialbert_old)."""
-    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", rev], check=True,
-                         capture_output=True, text=True).stdout.strip()
+    r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", rev + "^{commit}"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"ab_kernels: {rev!r} is not a commit of {REPO} ({r.stderr.strip()})")
+    sha = r.stdout.strip()
     root = pathlib.Path(tempfile.gettempdir()) / f"minialbert-ab-{sha[:12]}"
     pkg = root / "minialbert_old"
     if not pkg.exists():

@@ -98,6 +98,17 @@ emb = clf.embed(texts, pooling="mean")
 print("embedding shape", emb.shape)
 att, tokens = clf.attentions(texts[0])
 print("attention maps", att.shape, "rows sum to 1:", np.allclose(att.sum(-1), 1, atol=1e-5))
+# A predictor's model is frozen: its forward pass keeps nothing for a backward (each
+# layer's activations are freed as the next one runs), and a backward says so.
+enc = clf.tok.batch_encode(texts, max_length=clf.max_length)
+out, cache = clf.model.encode(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"])
+assert cache.encoder.layers == []
+try:
+    clf.model.encode_backward(None, np.ones_like(out["pooler_output"]), cache, {})
+except RuntimeError as e:
+    print("a backward through a frozen pass:", e)
+else:
+    raise AssertionError("a backward through a frozen pass ran")
 
 # %% [markdown]
 # ## Layer-wise learning-rate decay
