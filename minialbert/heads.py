@@ -74,12 +74,12 @@ class _Head(AlbertModel):
         return {}
 
     def _run(self, input_ids, token_type_ids, attention_mask, train, seed, step,
-             output_attentions, read=None):
+             output_attentions, read=None, output_hidden_states=False):
         # read: the flat positions of [B*T] the head reads (None: all; [CLS] is added when
         # the model is pooled): with skip_unread on, the last layer makes only those
         drop = Dropout(train, seed, step)
         out, enc = self.encode(input_ids, token_type_ids, attention_mask, drop, output_attentions,
-                               read)
+                               read, output_hidden_states)
         return drop, out, enc
 
     def _finish(self, cache, dseq, dpooled, grads):
@@ -177,9 +177,11 @@ class AlbertForMaskedLM(_Head):
     head_shapes = staticmethod(_mlm_shapes)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
-                train=False, seed=0, step=0, mlm_path="all", output_attentions=False):
+                train=False, seed=0, step=0, mlm_path="all", output_attentions=False,
+                output_hidden_states=False):
         drop, out, enc = self._run(input_ids, token_type_ids, attention_mask, train, seed, step,
-                                   output_attentions, _masked(labels, mlm_path))
+                                   output_attentions, _masked(labels, mlm_path),
+                                   output_hidden_states=output_hidden_states)
         x, rows, flat = mlm_rows(out["last_hidden_state"], labels, mlm_path)
         logits, mc = mlm_head_forward(x, self.params, self.config)
         out.update(logits=logits, mlm_rows=rows)
@@ -250,10 +252,11 @@ class AlbertForPreTraining(_Head):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
                 sentence_order_label=None, train=False, seed=0, step=0, mlm_path="all",
-                output_attentions=False):
+                output_attentions=False, output_hidden_states=False):
         cfg, params = self.config, self.params
         drop, out, enc = self._run(input_ids, token_type_ids, attention_mask, train, seed, step,
-                                   output_attentions, _masked(labels, mlm_path))
+                                   output_attentions, _masked(labels, mlm_path),
+                                   output_hidden_states=output_hidden_states)
         x, rows, flat_labels = mlm_rows(out["last_hidden_state"], labels, mlm_path)
         logits, mc = mlm_head_forward(x, params, cfg)
         sop_logits, sc = sop_head_forward(out["pooler_output"], params, cfg, drop)
@@ -317,9 +320,11 @@ class AlbertForSequenceClassification(_Head):
         return "multi_label_classification"
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
-                train=False, seed=0, step=0, output_attentions=False):
+                train=False, seed=0, step=0, output_attentions=False,
+                output_hidden_states=False):
         drop, out, enc = self._run(input_ids, token_type_ids, attention_mask, train, seed, step,
-                                   output_attentions, _CLS_ONLY)
+                                   output_attentions, _CLS_ONLY,
+                                   output_hidden_states=output_hidden_states)
         logits, hc = _drop_dense(out["pooler_output"], self.params, "classifier",
                                  self.config.classifier_dropout_prob, drop)
         out["logits"] = logits
@@ -352,9 +357,10 @@ class AlbertForTokenClassification(_Head):
     head_shapes = staticmethod(lambda cfg: _classifier("classifier", cfg.num_labels, cfg))
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
-                train=False, seed=0, step=0, output_attentions=False):
+                train=False, seed=0, step=0, output_attentions=False,
+                output_hidden_states=False):
         drop, out, enc = self._run(input_ids, token_type_ids, attention_mask, train, seed, step,
-                                   output_attentions)
+                                   output_attentions, output_hidden_states=output_hidden_states)
         B, T, H = out["last_hidden_state"].shape
         logits, hc = _drop_dense(out["last_hidden_state"].reshape(B * T, H), self.params,
                                  "classifier", self.config.classifier_dropout_prob, drop)
@@ -385,12 +391,13 @@ class AlbertForQuestionAnswering(_Head):
     unpad_exact = False  # its softmax over start/end positions spans the padding
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, start_positions=None,
-                end_positions=None, train=False, seed=0, step=0, output_attentions=False):
+                end_positions=None, train=False, seed=0, step=0, output_attentions=False,
+                output_hidden_states=False):
         if self.config.num_labels != 2:
             raise ValueError(f"question answering needs num_labels = 2 (start, end), the "
                              f"config has {self.config.num_labels}")
         drop, out, enc = self._run(input_ids, token_type_ids, attention_mask, train, seed, step,
-                                   output_attentions)
+                                   output_attentions, output_hidden_states=output_hidden_states)
         B, T, H = out["last_hidden_state"].shape
         x = out["last_hidden_state"].reshape(B * T, H)
         logits, _ = dense_forward(x, self.params, "qa_outputs")  # [n, 2]
@@ -429,7 +436,8 @@ class AlbertForMultipleChoice(_Head):
     head_shapes = staticmethod(lambda cfg: _classifier("classifier", 1, cfg))
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
-                train=False, seed=0, step=0, output_attentions=False):
+                train=False, seed=0, step=0, output_attentions=False,
+                output_hidden_states=False):
         input_ids = np.asarray(input_ids)
         if input_ids.ndim != 3:
             raise ValueError(f"multiple choice wants input_ids [batch, choices, seq], got "
@@ -438,7 +446,8 @@ class AlbertForMultipleChoice(_Head):
         flat = [None if a is None else np.asarray(a).reshape(B * K, T)
                 for a in (token_type_ids, attention_mask)]
         drop, out, enc = self._run(input_ids.reshape(B * K, T), flat[0], flat[1], train, seed,
-                                   step, output_attentions, _CLS_ONLY)
+                                   step, output_attentions, _CLS_ONLY,
+                                   output_hidden_states=output_hidden_states)
         logits, hc = _drop_dense(out["pooler_output"], self.params, "classifier",
                                  self.config.classifier_dropout_prob, drop)
         out["logits"] = logits.reshape(B, K)

@@ -130,16 +130,19 @@ class Predictor:
         model with a pooler). ``layer`` picks a hidden state (-1: the last)."""
         if isinstance(texts, str):
             texts = [texts]
+        cfg = self.model.config
+        last = layer in (-1, cfg.num_hidden_layers * cfg.inner_group_num)  # else ask for all
         out = []
         for enc in self._batches(texts):
-            o, _ = self.model.encode(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"])
+            o, _ = self.model.encode(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"],
+                                     output_hidden_states=not last)
             if pooling == "pooler":
                 if o["pooler_output"] is None:
                     raise ValueError(f"this {type(self.model).__name__} has no pooler; use "
                                      "pooling='mean' or 'cls'")
                 out.append(o["pooler_output"])
                 continue
-            h = o["hidden_states"][layer]
+            h = o["last_hidden_state"] if last else o["hidden_states"][layer]
             if pooling == "cls":
                 out.append(h[:, 0])
             elif pooling == "mean":

@@ -94,7 +94,8 @@ class EncoderCache(NamedTuple):
     layers: list  # a LayerCache per layer application, in order
 
 
-def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None, keep=True):
+def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None, keep=True,
+                    hidden=True):
     # h: [n, H] -> [n, H]; L steps, step l runs group g(l)'s inner_group_num layers.
     # seqs: layers.Sequences (padded with a mask bias, or packed without padding).
     # The layers read their matrices through Weights: each packed for the GEMM once, used by
@@ -108,8 +109,10 @@ def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None, keep=Tr
     # pass holds about one layer's at a time, not all of them (base, a batch of 32 x 128:
     # 2.6 GB more than a one-sentence call, against Hugging Face's 0.3 GB under
     # inference_mode). The cache then has no layers, and encode_backward refuses it.
+    # hidden: keep every layer application's output (hidden_states: [h_0, ..., h_L]);
+    # False: hidden_states is None, and no layer's output outlives the next layer's.
     weights = weights if weights is not None else Weights(params)
-    hidden_states, caches = [h], []
+    hidden_states, caches = [h] if hidden else None, []
     last = (cfg.num_hidden_layers - 1, cfg.inner_group_num - 1)
     for l in range(cfg.num_hidden_layers):
         for i in range(cfg.inner_group_num):
@@ -123,7 +126,8 @@ def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None, keep=Tr
             if keep:
                 caches.append(LayerCache(attn_name, ffn_name, ca, cf))
             del ca, cf  # (else this layer's activations live until the next one's replace them)
-            hidden_states.append(h)  # one per layer application, as Hugging Face returns
+            if hidden:
+                hidden_states.append(h)  # one per layer application, as Hugging Face's
     return h, hidden_states, EncoderCache(weights, caches)
 
 
@@ -291,7 +295,7 @@ class AlbertModel:
         return read
 
     def encode(self, input_ids, token_type_ids=None, attention_mask=None, drop=None,
-               output_attentions=False, read=None):
+               output_attentions=False, read=None, output_hidden_states=False):
         cfg, params = self.config, self.params
         input_ids = np.asarray(input_ids)
         if input_ids.ndim == 1:
@@ -311,13 +315,16 @@ class AlbertModel:
         h, hidden_states, enc = encoder_forward(h, params, cfg, seqs, drop, self._frozen,
                                                 self._read_rows(None if output_attentions
                                                                 else read, rows, B, T),
-                                                keep=self._frozen is None or output_attentions)
+                                                keep=self._frozen is None or output_attentions,
+                                                hidden=output_hidden_states)
 
         def padded(a):  # [n, H] -> [B, T, H]
             return scatter_rows(a, rows, B, T, self.dtype).reshape(B, T, -1)
 
-        out = {"last_hidden_state": padded(h), "pooler_output": None,
-               "hidden_states": [padded(s) for s in hidden_states]}
+        last = padded(h)
+        out = {"last_hidden_state": last, "pooler_output": None, "hidden_states": None}
+        if hidden_states is not None:  # (the last of them is h: scattered once)
+            out["hidden_states"] = [padded(s) for s in hidden_states[:-1]] + [last]
         first = pooled = None
         if self.pooled:  # tanh(dense(hidden state of [CLS]))
             first = np.ascontiguousarray(h[seqs.starts] if seqs.packed else
@@ -353,10 +360,12 @@ class AlbertModel:
         embeddings_backward(dh, cache.embeddings, self.params, grads, self.config)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
-                output_attentions=False, **_):
-        """AlbertModel's outputs: last_hidden_state [B,T,H], pooler_output [B,H],
-        hidden_states (L*inner + 1), attentions on request."""
-        return self.encode(input_ids, token_type_ids, attention_mask, None, output_attentions)
+                output_attentions=False, output_hidden_states=False, **_):
+        """AlbertModel's outputs: last_hidden_state [B,T,H], pooler_output [B,H]; on
+        request, as Hugging Face's: hidden_states (L*inner + 1 of [B,T,H]: the embeddings'
+        output, then each layer application's; None unless asked for) and attentions."""
+        return self.encode(input_ids, token_type_ids, attention_mask, None, output_attentions,
+                           output_hidden_states=output_hidden_states)
 
 
 def scatter_rows(x, rows, B, T, dtype):

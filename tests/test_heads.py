@@ -87,11 +87,15 @@ def test_head_parity_with_transformers(case, dt, rng):
         tb[k] = torch.from_numpy(v.astype(dt) if v.dtype.kind == "f" else v)
     o = hf(**tb, output_hidden_states=True, output_attentions=True)
     o.loss.backward()
-    out, cache = m.forward(**b, output_attentions=True)
+    out, cache = m.forward(**b, output_attentions=True, output_hidden_states=True)
     grads = m.backward(cache)
     f64 = dt == np.float64
     tol = dict(rtol=1e-9, atol=1e-10) if f64 else dict(rtol=1e-4, atol=1e-4)
     assert_close(out["loss"], n(o.loss), **tol, what="loss")
+    assert len(out["hidden_states"]) == len(o.hidden_states)
+    assert out["hidden_states"][-1] is out["last_hidden_state"]  # (NaN at rows a head
+    for i, (a, h) in enumerate(zip(out["hidden_states"][:-1], o.hidden_states)):  # skips)
+        assert_close(a.reshape(n(h).shape), n(h), **tol, what=f"hidden state {i}")
     for name in OUTPUTS.get(head, ("logits",)):
         ours = out[name]
         assert_close(ours.reshape(n(o[name]).shape), n(o[name]), **tol, what=name)

@@ -89,7 +89,7 @@ def test_full_size_albert_base_both_ways(spiece, tmp_path):
     pair = ours_tok(*PAIR)
     assert pair["input_ids"] == their_tok(*PAIR)["input_ids"]
     assert pair["token_type_ids"] == their_tok(*PAIR, return_token_type_ids=True)["token_type_ids"]
-    out, _ = model.forward(**enc, output_attentions=False)
+    out, _ = model.forward(**enc, output_hidden_states=True)
     with torch.no_grad():
         o = theirs(**{k: torch.from_numpy(v) for k, v in enc.items()}, output_hidden_states=True)
     tol = dict(rtol=1e-4, atol=2e-4)

@@ -103,7 +103,8 @@ def run_parity(cfg, dtype, rng, mlm_path="all"):
     o = hf(**{k: torch.from_numpy(np.asarray(v)) for k, v in b.items()},
            output_hidden_states=True, output_attentions=True)
     o.loss.backward()
-    out, cache = m.forward(**b, mlm_path=mlm_path, output_attentions=True)
+    out, cache = m.forward(**b, mlm_path=mlm_path, output_attentions=True,
+                           output_hidden_states=True)
     grads = m.backward(cache)
     return m, b, hf, o, out, grads
 
@@ -499,6 +500,54 @@ def test_frozen_model_keeps_nothing_for_a_backward(rng):
     _, cache = m.forward(ids, labels=np.zeros(4, np.int64))
     assert len(cache.enc.encoder.layers) == 6
     m.backward(cache)
+
+
+def test_hidden_states_only_on_request(rng):
+    """As Hugging Face's: hidden_states is None unless asked for (output_hidden_states),
+    then L + 1 arrays [B, T, H], the last of them last_hidden_state itself; padded and
+    packed (unpad) runs give the same ones at the real tokens; asking changes no other
+    output's bits; and a frozen pass that is not asked keeps no layer's output past the
+    next layer (tracemalloc: its peak is below the asked pass's by most of the L - 1
+    outputs that one keeps)."""
+    import tracemalloc
+
+    from minialbert.model import AlbertModel
+    cfg = tiny(num_hidden_layers=5, max_position_embeddings=32)
+    B, T, H = 4, 32, cfg.hidden_size
+    ids = rng.integers(5, cfg.vocab_size, (B, T))
+    mask = np.ones((B, T), np.int64)
+    mask[1, 20:] = mask[3, 9:] = 0
+    m = AlbertModel(cfg, seed=2, dtype=np.float64)
+    out, _ = m.forward(ids, attention_mask=mask)
+    assert out["hidden_states"] is None
+    asked, _ = m.forward(ids, attention_mask=mask, output_hidden_states=True)
+    hs = asked["hidden_states"]
+    assert len(hs) == 6 and all(h.shape == (B, T, H) for h in hs)
+    assert hs[-1] is asked["last_hidden_state"]
+    assert np.array_equal(asked["last_hidden_state"], out["last_hidden_state"])
+    assert np.array_equal(asked["pooler_output"], out["pooler_output"])
+    assert not np.array_equal(hs[0], hs[1])  # (each its own layer's output)
+    m.unpad = True
+    packed, cache = m.forward(ids, attention_mask=mask, output_hidden_states=True)
+    assert cache.rows is not None  # the packed path ran
+    real = mask.astype(bool)
+    for i, (a, b) in enumerate(zip(packed["hidden_states"], hs)):
+        assert_close(a[real], b[real], rtol=1e-10, atol=1e-12, what=f"hidden state {i}")
+        assert np.all(a[~real] == 0)  # packed: the padding's rows are zeros
+
+    m32 = AlbertModel(cfg, seed=2).freeze()
+    m32.forward(ids)  # packs the weights (kept: not the passes' memory)
+
+    def peak(**kw):
+        tracemalloc.start()
+        try:
+            m32.forward(ids, **kw)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    one_output = B * T * H * 4
+    kept, not_kept = peak(output_hidden_states=True), peak()
+    assert kept - not_kept > 0.75 * (cfg.num_hidden_layers - 1) * one_output, (kept, not_kept)
 
 
 def test_frozen_model_packs_once_and_gives_the_same_bits(rng):

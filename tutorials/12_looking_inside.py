@@ -56,7 +56,8 @@ batch = eval_set(tokenize_corpus(held, tok), tok, 64, 16, 1, seed=1)[0]
 # %%
 curves = {}
 for name, (m, _) in models.items():
-    o, _ = m.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    o, _ = m.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                     output_hidden_states=True)  # every layer's output, as HF gives them
     real = batch["attention_mask"].astype(bool)
     hs = [h[real] for h in o["hidden_states"]]
     curves[name] = layer_transitions(hs)
