@@ -108,7 +108,10 @@ def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None, keep=Tr
     # are kept for a backward, so each layer's are freed while the next one runs, and the
     # pass holds about one layer's at a time, not all of them (base, a batch of 32 x 128:
     # 2.6 GB more than a one-sentence call, against Hugging Face's 0.3 GB under
-    # inference_mode). The cache then has no layers, and encode_backward refuses it.
+    # inference_mode). The cache then has no layers, and encode_backward refuses it. Nor
+    # does such a pass write what only a backward reads: attention keeps each head's
+    # probabilities in a scratch block, not in a [B, N, T, T] array, and the FFN's gelu_new
+    # is applied in place by its GEMM's epilogue (layers.dense_act_forward).
     # hidden: keep every layer application's output (hidden_states: [h_0, ..., h_L]);
     # False: hidden_states is None, and no layer's output outlives the next layer's.
     weights = weights if weights is not None else Weights(params)
@@ -118,8 +121,8 @@ def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None, keep=Tr
         for i in range(cfg.inner_group_num):
             attn_name, ffn_name = layer_prefixes(cfg, l, i)
             rows = read if (l, i) == last else None
-            a, ca = attention_block_forward(h, weights, attn_name, seqs, cfg, drop, rows)
-            y, cf = ffn_block_forward(a, weights, ffn_name, cfg)
+            a, ca = attention_block_forward(h, weights, attn_name, seqs, cfg, drop, rows, keep)
+            y, cf = ffn_block_forward(a, weights, ffn_name, cfg, keep)
             if rows is not None:
                 y = _unread_nan(y, rows, h.shape[0])
             h = y

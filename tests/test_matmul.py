@@ -320,6 +320,9 @@ def test_epilogue_gives_the_bits_of_the_separate_kernels(data):
             g = np.full((M, N), np.nan, dt)
             h = matmul_nt(x, Wb, bias=b, gelu_out=g)
             assert np.array_equal(h, ref_h) and np.array_equal(g, ref_g), (M, K, N, threads)
+            g = np.full((M, N), np.nan, dt)  # in place: out is gelu_out
+            assert matmul_nt(x, Wb, out=g, bias=b, gelu_out=g) is g
+            assert np.array_equal(g, ref_g), (M, K, N, threads)
             assert np.array_equal(matmul_nn(x, Wt, gelu_grad_of=ref_h), ref_dh)
             assert np.array_equal(matmul_nt(x, Wb, bias=b, residual=dy), ref_h + dy)
     finally:
@@ -329,6 +332,9 @@ def test_epilogue_gives_the_bits_of_the_separate_kernels(data):
         h = matmul_nt(x, Wb, bias=b, gelu_out=g)
         assert_close(h, x @ W.T + b, **_tol(dt))
         assert np.array_equal(g, gelu_new_forward(h.reshape(-1)).reshape(M, N))
+        h2 = np.empty((M, N), dt)
+        matmul_nt(x, Wb, out=h2, bias=b, gelu_out=h2)
+        assert np.array_equal(h2, g)
         dh = matmul_nn(x, Wt, gelu_grad_of=ref_h)
         assert_close(dh, ref_dh, **_tol(dt))
         assert_close(matmul_nt(x, Wb, bias=b, residual=dy), x @ W.T + b + dy, **_tol(dt))

@@ -210,7 +210,7 @@ def attention_backward_rows(dctx, q, k, v, probs, n_heads, p_drop, key):
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _attention_forward(q, qstarts, qlens, qpos, kv, k0, v0, starts, lens, mask_bias, T, H,
-                       n_heads, p_drop, key, isa, MR, NR, KC):
+                       n_heads, p_drop, key, isa, MR, NR, KC, keep_probs=True):
     # q: [m, >= H], the queries in columns 0..H (q of q|k|v, or an array of their own);
     # sequence b's queries in rows qstarts[b]..qstarts[b]+qlens[b], at positions qpos[row]
     # of their sequence (qpos empty: the sequence's own rows, in order, from 0).
@@ -222,6 +222,9 @@ def _attention_forward(q, qstarts, qlens, qpos, kv, k0, v0, starts, lens, mask_b
     # -> ctx: [m, H], probs: flat, (b, h)'s [Lq, L] block at _prob_offsets[b] + h*Lq*L.
     # T is the padded length the dropout hash indexes with (the same keep mask whether
     # the batch runs padded or with its padding removed, all queries or a few).
+    # keep_probs False (inference, no attention maps asked for): probs is empty, and each
+    # head's P lives in a scratch block of its own that stays in cache, not in a [B, N, T,
+    # T] array that goes out to memory (8 MB a layer on tiny's batch of 32 x 128).
     m = q.shape[0]
     q_ld = q.shape[1]
     B = lens.shape[0]
@@ -231,7 +234,7 @@ def _attention_forward(q, qstarts, qlens, qpos, kv, k0, v0, starts, lens, mask_b
     ctx = np.empty((m, H), dtype=q.dtype)
     q_f = q.reshape(m * q_ld)  # the products read A in place: query row i at i*q_ld
     poff = _prob_offsets(qlens, lens, n_heads)
-    probs = np.empty(poff[B], dtype=q.dtype)
+    probs = np.empty(poff[B] if keep_probs else 0, dtype=q.dtype)
     ctx_f = ctx.reshape(m * H)
     for bh in prange(B * n_heads):
         b = bh // n_heads
@@ -241,7 +244,10 @@ def _attention_forward(q, qstarts, qlens, qpos, kv, k0, v0, starts, lens, mask_b
         qs0, Lq = qstarts[b], qlens[b]
         Kh = kv[s0:s0 + L, k0 + c0:k0 + c0 + D]  # [L, D] slices of this head
         Vh = kv[s0:s0 + L, v0 + c0:v0 + c0 + D]
-        P_f = probs[poff[b] + h * Lq * L:poff[b] + (h + 1) * Lq * L]
+        if keep_probs:
+            P_f = probs[poff[b] + h * Lq * L:poff[b] + (h + 1) * Lq * L]
+        else:
+            P_f = np.empty(Lq * L, dtype=q.dtype)
         P = P_f.reshape(Lq, L)
         Ap, Bp, edge = packing_buffers(Lq, max(L, D), max(L, D), MR, NR, KC, q.dtype)
         # S = Q K^T  (into probs, then softmax in place)
@@ -348,16 +354,19 @@ def _padded(B, T):
 _NO_POS = np.zeros(0, np.int64)  # qpos for "every row of each sequence, in order"
 
 
-def attention_forward_qkv(qkv, starts, lens, mask_bias, T, n_heads, p_drop, key):
+def attention_forward_qkv(qkv, starts, lens, mask_bias, T, n_heads, p_drop, key,
+                          keep_probs=True):
     """The layers' entry: qkv [n, 3H] (q | k | v from one GEMM), sequence b in rows
     starts[b]..starts[b]+lens[b]; mask_bias [B, >= max L] (zeros when nothing is masked);
     T the padded length (for the dropout hash). -> ctx [n, H], probs flat (the (b, h)
-    block [L, L] at _prob_offsets(lens, lens)[b] + h L L)."""
+    block [L, L] at _prob_offsets(lens, lens)[b] + h L L; None with keep_probs False:
+    inference without attention maps)."""
     L = max(int(np.max(lens)), 1)
     H = qkv.shape[1] // 3
-    return _attention_forward(qkv, starts, lens, _NO_POS, qkv, H, 2 * H, starts, lens,
-                              mask_bias, T, H, n_heads, p_drop, key,
-                              *_tiles(qkv.dtype, L, H // n_heads))
+    ctx, probs = _attention_forward(qkv, starts, lens, _NO_POS, qkv, H, 2 * H, starts, lens,
+                                    mask_bias, T, H, n_heads, p_drop, key,
+                                    *_tiles(qkv.dtype, L, H // n_heads), bool(keep_probs))
+    return ctx, probs if keep_probs else None
 
 
 def attention_backward_qkv(dctx, qkv, probs, starts, lens, T, n_heads, p_drop, key):
@@ -384,16 +393,20 @@ def query_rows(rows, starts, lens):
     return qstarts, qlens, (rows - starts[b]).astype(np.int64)
 
 
-def attention_forward_rows_of(q, rows, kv, starts, lens, mask_bias, T, n_heads, p_drop, key):
+def attention_forward_rows_of(q, rows, kv, starts, lens, mask_bias, T, n_heads, p_drop, key,
+                              keep_probs=True):
     """Attention for the queries at some rows only: q [len(rows), H] (the queries of rows
     ``rows``, sorted, of the [n, *] activations), kv [n, 2H] = k | v of every row, sequence
     b in rows starts[b]..starts[b]+lens[b]. -> ctx [len(rows), H]: those rows of what
-    attention_forward_qkv gives (the same bits), probs flat (blocks [Lq_b, L_b])."""
+    attention_forward_qkv gives (the same bits), probs flat (blocks [Lq_b, L_b]; None with
+    keep_probs False)."""
     H = q.shape[1]
     qstarts, qlens, qpos = query_rows(rows, starts, lens)
     L = max(int(np.max(lens)), 1)
-    return _attention_forward(q, qstarts, qlens, qpos, kv, 0, H, starts, lens, mask_bias, T,
-                              H, n_heads, p_drop, key, *_tiles(q.dtype, L, H // n_heads))
+    ctx, probs = _attention_forward(q, qstarts, qlens, qpos, kv, 0, H, starts, lens, mask_bias,
+                                    T, H, n_heads, p_drop, key,
+                                    *_tiles(q.dtype, L, H // n_heads), bool(keep_probs))
+    return ctx, probs if keep_probs else None
 
 
 def attention_backward_rows_of(dctx, q, rows, kv, probs, starts, lens, T, n_heads, p_drop,

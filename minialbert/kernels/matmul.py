@@ -470,7 +470,7 @@ def fused_a_size(MC, K, MR, KC):
 # task's block of C as soon as its sum is complete (the chunk is still in cache), instead
 # of in another pass over all of C. The arithmetic is exactly that of the separate kernels (bias_add below,
 # act.py's gelu_new_forward/_backward: the same inlined functions), so the bits are too.
-EPI_NONE, EPI_GELU, EPI_GELU_GRAD = 0, 1, 2
+EPI_NONE, EPI_GELU, EPI_GELU_GRAD, EPI_GELU_IN_PLACE = 0, 1, 2, 3
 EPI_PANELS = 4  # panels of B (NR columns each) per chunk of C handed to the epilogue
 
 
@@ -479,7 +479,9 @@ def _epilogue(Cf, c0, ldc, m, n, bias, j0, act, Xf, Rf):
     # C's block [m, n] at Cf[c0 + i*ldc + j]: first C += bias[j0 + j] (when bias is not
     # empty), then C += Rf[same index] (a residual, when Rf is not empty), then
     # act EPI_GELU: Xf[same index] = gelu_new(C) (C keeps the pre-activation, the
-    # backward needs it); EPI_GELU_GRAD: C *= gelu_new'(Xf[same index]) (C holds dg, Xf
+    # backward needs it); EPI_GELU_IN_PLACE: C = gelu_new(C) (a pass no backward follows:
+    # one array, not two, and its values changed while in cache; through Xf aliasing C the
+    # loop would not vectorise); EPI_GELU_GRAD: C *= gelu_new'(Xf[same index]) (C holds dg, Xf
     # the pre-activation h: C becomes dh).
     # error_model="numpy": a division does not check for zero and raise (Python's rule,
     # Numba's default outside parallel loops), so gelu's divide vectorises (2.6x faster).
@@ -498,6 +500,9 @@ def _epilogue(Cf, c0, ldc, m, n, bias, j0, act, Xf, Rf):
             x = Xf[r:r + n]
             for j in range(n):
                 x[j] = gelu_new_at(c, c[j])
+        elif act == EPI_GELU_IN_PLACE:
+            for j in range(n):
+                c[j] = gelu_new_at(c, c[j])
         elif act == EPI_GELU_GRAD:
             x = Xf[r:r + n]
             for j in range(n):
@@ -889,7 +894,9 @@ def matmul_nt(A, B, out=None, accumulate=False, bias=None, gelu_out=None, residu
     A dense layer's forward in one pass (the epilogue): ``bias`` [N] is added to the
     product, then ``residual`` ([M, N]: y = x W^T + b + residual), and with ``gelu_out``
     ([M, N]) gelu_new of the result is written there too — the same bits as bias_add, a
-    NumPy ``+=`` and gelu_new_forward after the product."""
+    NumPy ``+=`` and gelu_new_forward after the product. ``gelu_out`` may be ``out``
+    itself: then ``out`` holds gelu_new(x W^T + b) only (inference, where no backward
+    needs the pre-activation)."""
     check_float(A, B)
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
         raise ValueError(f"matmul_nt: shapes {A.shape} and {B.shape} do not fit A @ B.T")
@@ -906,8 +913,9 @@ def matmul_nt(A, B, out=None, accumulate=False, bias=None, gelu_out=None, residu
         if gelu_out is not None:
             gelu_out[...] = gelu_new_forward(out.reshape(-1)).reshape(out.shape)
         return out
+    act = EPI_NONE if gelu_out is None else EPI_GELU_IN_PLACE if gelu_out is out else EPI_GELU
     return gemm(_contiguous(A), False, _b_operand(B), True, out, accumulate,
-                bias=bias, act=EPI_NONE if gelu_out is None else EPI_GELU, X=gelu_out,
+                bias=bias, act=act, X=None if act == EPI_GELU_IN_PLACE else gelu_out,
                 residual=residual)
 
 
