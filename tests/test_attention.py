@@ -143,7 +143,9 @@ def test_queries_at_some_rows_give_those_rows_of_full_attention(lens, N, D, frac
     reads, keys and values from every row): ctx equals those rows of the full attention's,
     bitwise, and so do the gradients when the full run's dctx is zero at the other rows —
     with dropout (each query keeps its position's mask), padded with a mask or packed, and
-    sequences with no query at all (their dk and dv are zero)."""
+    sequences with no query at all (their dk and dv are zero). Without the probabilities
+    kept (keep_probs False: inference, each head's in a scratch block) both give the same
+    ctx bits and no probs."""
     r = np.random.default_rng(seed)
     H, B = N * D, len(lens)
     T = max(lens)
@@ -164,6 +166,11 @@ def test_queries_at_some_rows_give_those_rows_of_full_attention(lens, N, D, frac
     ctx_r, probs_r = at.attention_forward_rows_of(q, rows, kv, starts, lens_a, bias, T, N, p,
                                                   key)
     assert np.array_equal(ctx_r, ctx[rows])
+    ctx_n, none = at.attention_forward_qkv(qkv, starts, lens_a, bias, T, N, p, key, False)
+    assert none is None and np.array_equal(ctx_n, ctx)
+    ctx_n, none = at.attention_forward_rows_of(q, rows, kv, starts, lens_a, bias, T, N, p, key,
+                                               False)
+    assert none is None and np.array_equal(ctx_n, ctx_r)
     dctx = np.zeros((n_rows, H))
     dctx_r = r.standard_normal((len(rows), H))
     dctx[rows] = dctx_r
