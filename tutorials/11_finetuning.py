@@ -109,6 +109,14 @@ except RuntimeError as e:
     print("a backward through a frozen pass:", e)
 else:
     raise AssertionError("a backward through a frozen pass ran")
+# As in Hugging Face, the hidden states of every layer come only when asked for (without
+# them, a layer's output is freed once the next layer has read it).
+assert out["hidden_states"] is None
+asked, _ = clf.model.encode(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"],
+                            output_hidden_states=True)
+print("hidden states on request:", len(asked["hidden_states"]), "arrays of",
+      asked["hidden_states"][0].shape)
+assert np.array_equal(asked["hidden_states"][-1], out["last_hidden_state"])
 
 # %% [markdown]
 # ## Layer-wise learning-rate decay
