@@ -3,6 +3,7 @@ package, timed in alternate rounds, their results checked bit for bit.
 
     python benchmarks/ab_kernels.py HEAD~1            # this checkout against a commit
     python benchmarks/ab_kernels.py 18f99de --only attention
+    python benchmarks/ab_kernels.py ebc15ac --only pass    # a frozen model's forward pass
 
 The commit's minialbert/ is written out (git archive) into a directory of the system's
 temporary files as the package minialbert_old — its imports are relative, so it runs as
@@ -16,9 +17,15 @@ Why this and not two runs of a benchmark: on a shared host the speed of the same
 drifts 10-20 % from one minute to the next (RESULTS.md: one tiny batch's forward pass
 219 ms in one process, 271 in the next), so two processes minutes apart cannot see a
 change of a few per cent; rounds that alternate within seconds share the drift. The book's
-"old against new" figures (chapters 01 and 05) come from this.
+"old against new" figures (chapters 01, 05 and 06) come from this.
+
+``--only pass`` times whole forward passes of a frozen AlbertModel (as Predictor runs it:
+weights packed once, freed memory kept) of each version, on the same random weights:
+tiny's sentence, long sentence and batch, and base's long sentence; last_hidden_state's
+bits are compared.
 """
 import argparse
+import importlib
 import os
 import pathlib
 import subprocess
@@ -90,12 +97,39 @@ GEMMS = [  # (label, M, N, K): tiny's batch (B32 x T128), base's (B8 x T128), on
 ]
 ATTENTION = [("tiny", 32, 128, 256, 4), ("tiny, one sentence", 1, 128, 256, 4),
              ("base", 8, 128, 768, 12)]
+PASSES = [("tiny", 1, 32), ("tiny", 1, 128), ("tiny", 32, 128), ("base", 1, 128)]
+
+
+def frozen_passes(old, new, rounds, seconds):
+    """A frozen model's forward pass, each version on the same weights (see the top)."""
+    from minialbert.config import preset, shape_of
+    from minialbert.heads import init_params
+    from minialbert.memory import keep_freed_memory
+    keep_freed_memory()  # as Predictor does (the process's allocator: both versions alike)
+    for pkg in (old, new):
+        importlib.import_module(pkg.__name__ + ".model")
+    same, models = True, {}
+    for name, B, T in PASSES:
+        if name not in models:
+            kw = shape_of(preset("tiny") if name == "tiny" else
+                          preset("albert-base-v2", vocab_size=30000))
+            params = init_params(new.config.AlbertConfig(**kw), seed=0, head="base")
+            models[name] = [pkg.model.AlbertModel(pkg.config.AlbertConfig(**kw),
+                                                  params=params).freeze()
+                            for pkg in (old, new)]
+        mo, mn = models[name]
+        ids = np.random.default_rng(0).integers(5, mn.config.vocab_size, (B, T))
+        same &= compare(f"{name} forward pass B{B} x T{T} (frozen)",
+                        lambda: mo.forward(ids)[0]["last_hidden_state"],
+                        lambda: mn.forward(ids)[0]["last_hidden_state"], rounds,
+                        max(seconds, 0.3))
+    return same
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("rev", help="the commit to compare this checkout against")
-    ap.add_argument("--only", choices=["gemm", "attention"], default=None)
+    ap.add_argument("--only", choices=["gemm", "attention", "pass"], default=None)
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--seconds", type=float, default=0.08, help="length of one block")
     a = ap.parse_args()
@@ -148,6 +182,8 @@ def main():
                             lambda: bo(dctx, qkv, probs, starts, lens, T, heads, 0.0, 0),
                             lambda: bn(dctx, qkv, probs, starts, lens, T, heads, 0.0, 0),
                             a.rounds, a.seconds)
+    if a.only in (None, "pass"):
+        same &= frozen_passes(old, new, a.rounds, a.seconds)
     if not same:
         print("some results differ in their bits between the two versions (see above)")
 

@@ -22,6 +22,13 @@ settings.register_profile("dev", deadline=None, max_examples=30,
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 IN_CI = bool(os.environ.get("CI"))
+_GROUP = pytest.StashKey[str]()
+# the xdist groups that take longest (the CI's --durations on a 2-core EPYC, Zen 3: 20-80 s
+# each), handed out first; every other group after them, in file order
+SLOW_FIRST = ["test_kernels", "test_book", "test_tutorials::09_optimizers",
+              "test_tutorials::10_pretraining", "test_tutorials::12_looking_inside",
+              "test_tutorials::11_finetuning", "test_tutorials::01_matmul",
+              "test_tutorials::15_scaling_out", "test_tutorials::13_hf_checkpoints"]
 ALL_THREADS = numba.config.NUMBA_NUM_THREADS
 
 
@@ -33,6 +40,8 @@ def pytest_configure(config):
         # minialbert/numba_cache.py), and every test process then loads them
         from minialbert.kernels import warmup
         warmup(processes=2)
+    if hasattr(config.option, "loadscopereorder"):  # xdist: hand out the groups in the
+        config.option.loadscopereorder = False  # order pytest_collection_modifyitems gives
     config.addinivalue_line("markers", "opt_in: needs a resource that cannot be made here "
                             "(a real downloaded checkpoint); may skip, also in CI")
 
@@ -42,12 +51,20 @@ def pytest_collection_modifyitems(config, items):
     """With ``-n 2 --dist loadgroup`` (the README's command), a test file runs whole in one
     test process, as with loadfile (its module fixtures, such as a reference training run,
     are made once), except the tutorials: each is a subprocess of its own, and the dozen of
-    them (about 250 s) would otherwise all wait for one process."""
+    them (about 250 s) would otherwise all wait for one process.
+
+    The groups are handed out longest first (SLOW_FIRST, then the rest in file order; xdist
+    by itself orders them by their number of tests, which put single slow tests at the
+    end, where one process ran them while the other had nothing left)."""
     for item in items:
         group = item.module.__name__
         if group == "test_tutorials" and hasattr(item, "callspec"):
             group += "::" + item.callspec.id
         item.add_marker(pytest.mark.xdist_group(group))
+        item.stash[_GROUP] = group
+    rank = {g: i for i, g in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda it: rank.get(it.stash[_GROUP], rank.get(it.module.__name__,
+                                                                   len(SLOW_FIRST))))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -52,7 +52,8 @@ texts = ["ALBERT shares one layer's weights across all twelve layers.",
          "Return a new sorted list from the items in iterable (3.14 is not 1,000)."]
 enc = ours_tok.batch_encode(texts)
 same_ids = (enc["input_ids"] == their_tok(texts, padding=True, return_tensors="np")["input_ids"]).all()
-out, _ = model.forward(**enc, output_attentions=True, output_hidden_states=True)
+out, _ = model.forward(**enc, output_attentions=True,
+                       output_hidden_states=True)
 with torch.no_grad():
     o = theirs(**{k: torch.from_numpy(v) for k, v in enc.items()}, output_hidden_states=True,
                output_attentions=True)
