@@ -136,8 +136,9 @@ def dense_act_forward(x, params, name, act, keep=True):
     # its own by more than the noise (tutorial 06's table; book chapter 06), so training
     # does not use it. keep False (a pass no backward follows): (None, g), gelu_new
     # applied by the epilogue in place, over the product while it is in cache: one
-    # [n, out] array and no pass of its own (tiny's FFN, 4096 x 256 -> 1024, on a 2-core
-    # EPYC, Zen 3: ~3 % less time for the block, median of 40 alternate rounds).
+    # [n, out] array and no pass of its own (with attention's scratch block, a frozen pass
+    # on tiny's batch 1.02-1.03x faster, same bits, on a 2-core EPYC, Zen 3:
+    # benchmarks/ab_kernels.py ebc15ac --only pass).
     if not keep and act == "gelu_new":
         W = params[name + ".weight"]
         g = np.empty((x.shape[0], W.shape[0]), dtype=x.dtype)
