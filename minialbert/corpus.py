@@ -12,12 +12,15 @@ standard library's modules, classes and functions, read from the source files wi
 records the Python version and the corpus checksum.
 """
 import ast
+import gzip
 import hashlib
+import json
 import os
 import pathlib
 import re
 import sys
 import sysconfig
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 
@@ -135,19 +138,99 @@ class Corpus:
 
 def default_corpus(min_sentences=2, min_chars=200):
     """The documentation of the running Python: pydoc topics + standard-library docstrings.
-    Read once per process (parsing the standard library takes ~4 s; a run, its evaluation
-    and a tutorial each ask for it); every call gets a Corpus of its own."""
+    Read once per process, and kept on disk between processes (``cache_dir()``): parsing
+    the standard library takes ~5 s, and a run, its evaluation, a resumed run and a
+    tutorial each ask for it. Every call gets a Corpus of its own."""
     key = (min_sentences, min_chars)
     if key not in _DEFAULT:
-        _DEFAULT[key] = _read_default_corpus(min_sentences, min_chars)
+        _DEFAULT[key] = _cached_default_corpus(min_sentences, min_chars)
     c = _DEFAULT[key]
     return Corpus(list(c.documents), list(c.names), c.source, dict(c.info), list(c.keys))
 
 
 _DEFAULT = {}  # (min_sentences, min_chars) -> the Corpus read
+_SKIP = {"test", "tests", "site-packages", "dist-packages", "idlelib", "lib2to3", "__pycache__",
+         "ensurepip", "turtledemo", "tkinter"}
 
 
-def _read_default_corpus(min_sentences, min_chars):
+def cache_dir():
+    """Where minialbert keeps what it can always rebuild (the default corpus's sentences):
+    $MINIALBERT_CACHE, else $XDG_CACHE_HOME/minialbert, else ~/.cache/minialbert. Deleting
+    it loses nothing but time."""
+    if os.environ.get("MINIALBERT_CACHE"):
+        return pathlib.Path(os.environ["MINIALBERT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "minialbert"
+
+
+def _stdlib_sources(stdlib):
+    """The standard library's .py files the corpus reads, in the order it reads them."""
+    for root, dirs, files in os.walk(stdlib):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP)
+        for f in sorted(files):
+            if f.endswith(".py"):
+                yield pathlib.Path(root) / f
+
+
+def _fingerprint(stdlib, min_sentences, min_chars):
+    """What the default corpus is a function of: this file (the extraction rules), the
+    Python, and every source file it reads, by path, size and modification time (a stat
+    each: ~50 ms for the whole standard library, against ~5 s to parse it)."""
+    h = hashlib.sha256(pathlib.Path(__file__).read_bytes())
+    h.update(repr((sys.version, str(stdlib), min_sentences, min_chars)).encode())
+    try:
+        import pydoc_data.topics as t
+        files = [pathlib.Path(t.__file__)]
+    except ImportError:
+        files = []
+    for path in files + list(_stdlib_sources(stdlib)):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _cached_default_corpus(min_sentences, min_chars):
+    # the cache file holds the documents, their names and the checksum of the text; a file
+    # that does not load, or whose text does not give its checksum, is read again from the
+    # sources and replaced. Written to a temporary name and renamed: a reader never sees
+    # half a file, and two processes writing at once leave one whole file.
+    stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    v = sys.version_info
+    stem = f"python-docs-{v.major}.{v.minor}.{v.micro}-{min_sentences}-{min_chars}-"
+    path = cache_dir() / (stem + _fingerprint(stdlib, min_sentences, min_chars)[:24] + ".json.gz")
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            d = json.load(f)
+        c = Corpus(d["documents"], d["names"], "python-docs",
+                   dict(python=d["python"], source="python-docs"))
+        if c.checksum == d["sha256"]:
+            return c
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        pass  # no cache yet, or a damaged one: read the sources
+    c = _read_default_corpus(min_sentences, min_chars, stdlib)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json.gz")
+        try:
+            with os.fdopen(fd, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as f:
+                json.dump(dict(documents=c.documents, names=c.names, python=c.info["python"],
+                               sha256=c.checksum), f)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        for old in path.parent.glob(stem + "*.json.gz"):  # this Python's older versions
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only or full disk: the next process reads the sources again
+    return c
+
+
+def _read_default_corpus(min_sentences, min_chars, stdlib):
     docs, names = [], []
     try:
         from pydoc_data.topics import topics
@@ -158,29 +241,21 @@ def _read_default_corpus(min_sentences, min_chars):
         if len(sents) >= min_sentences:
             docs.append(sents)
             names.append(f"topic:{name}")
-    stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    skip = {"test", "tests", "site-packages", "dist-packages", "idlelib", "lib2to3", "__pycache__",
-            "ensurepip", "turtledemo", "tkinter"}
-    for root, dirs, files in os.walk(stdlib):
-        dirs[:] = sorted(d for d in dirs if d not in skip)
-        for f in sorted(files):
-            if not f.endswith(".py"):
-                continue
-            path = pathlib.Path(root) / f
-            try:
-                tree = ast.parse(path.read_text(encoding="utf-8"))
-            except (SyntaxError, UnicodeDecodeError, OSError):
-                continue
-            mod = ".".join(path.relative_to(stdlib).with_suffix("").parts)
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                    doc = ast.get_docstring(node)
-                    if not doc or len(doc) < min_chars:
-                        continue
-                    sents = text_to_sentences(doc)
-                    if len(sents) >= min_sentences:
-                        docs.append(sents)
-                        names.append(f"{mod}:{getattr(node, 'name', '')}")
+    for path in _stdlib_sources(stdlib):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        mod = ".".join(path.relative_to(stdlib).with_suffix("").parts)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if not doc or len(doc) < min_chars:
+                    continue
+                sents = text_to_sentences(doc)
+                if len(sents) >= min_sentences:
+                    docs.append(sents)
+                    names.append(f"{mod}:{getattr(node, 'name', '')}")
     if not docs:
         raise CorpusError(f"no documentation found in this Python ({stdlib}); "
                           "point --corpus at your own text files")

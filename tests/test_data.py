@@ -38,6 +38,73 @@ def test_default_corpus_is_documentation_with_a_checksum(corpus):
     assert default_corpus().checksum == corpus.checksum  # deterministic
 
 
+def test_default_corpus_is_kept_on_disk_and_read_again_only_when_its_sources_change(
+        tmp_path, monkeypatch):
+    """The parse of the standard library (~5 s) is kept in cache_dir() between processes,
+    keyed by the sources' paths, sizes and times: a process with the cache gets the same
+    corpus without parsing; a changed source, a damaged or tampered cache file is read from
+    the sources again (and the file replaced); a cache that cannot be written costs time,
+    not the corpus. A small stand-in for the standard library keeps it quick."""
+    import os
+    import sysconfig
+
+    from minialbert import corpus as C
+
+    lib = tmp_path / "lib"
+    (lib / "pkg").mkdir(parents=True)
+    doc = "Caf\u00e9 r\u00e9sum\u00e9 na\u00efve words here. " * 6
+    (lib / "mod.py").write_text(f'"""{doc}\n\n{doc}"""\n\ndef f():\n    """{doc} End."""\n')
+    (lib / "pkg" / "sub.py").write_text(f'"""{doc} Another one. {doc}"""\n', encoding="utf-8")
+    (lib / "test").mkdir()  # skipped, as in the real walk
+    (lib / "test" / "t.py").write_text(f'"""{doc} Skipped. {doc}"""\n')
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(lib)})
+    monkeypatch.setenv("MINIALBERT_CACHE", str(tmp_path / "cache"))
+    reads = []
+    real_read = C._read_default_corpus
+    monkeypatch.setattr(C, "_read_default_corpus", lambda *a: reads.append(a) or real_read(*a))
+
+    def fresh():  # as a new process: nothing read in this one yet
+        monkeypatch.setattr(C, "_DEFAULT", {})
+        return C.default_corpus()
+
+    def files():
+        return sorted((tmp_path / "cache").glob("python-docs-*.json.gz"))
+
+    first = fresh()
+    assert len(reads) == 1 and len(files()) == 1
+    assert any(n.startswith("mod:") for n in first.names)
+    assert not any(n.startswith("test.") for n in first.names)
+    again = fresh()
+    assert len(reads) == 1, "the cached corpus was parsed again"
+    assert (again.documents, again.names, again.keys, again.info) == \
+        (first.documents, first.names, first.keys, first.info)
+
+    (lib / "pkg" / "sub.py").write_text(f'"""{doc} Changed here. {doc}"""\n')
+    st = (lib / "pkg" / "sub.py").stat()
+    os.utime(lib / "pkg" / "sub.py", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    changed = fresh()
+    assert len(reads) == 2 and changed.checksum != first.checksum
+    assert any("Changed here." in s for s in changed.sentences())
+    assert len(files()) == 1, "the stale file stays beside the new one"
+    (cached,) = files()
+
+    cached.write_bytes(b"not gzip at all")
+    assert fresh().checksum == changed.checksum and len(reads) == 3
+    assert fresh().checksum == changed.checksum and len(reads) == 3  # the file was mended
+    import gzip
+    import json
+    with gzip.open(cached, "rt", encoding="utf-8") as f:
+        d = json.load(f)
+    d["documents"][0][0] = "Tampered."
+    with gzip.open(cached, "wt", encoding="utf-8") as f:
+        json.dump(d, f)
+    assert fresh().checksum == changed.checksum and len(reads) == 4
+
+    (tmp_path / "plain").write_text("a file where the cache folder would be")
+    monkeypatch.setenv("MINIALBERT_CACHE", str(tmp_path / "plain" / "cache"))
+    assert fresh().checksum == changed.checksum and len(reads) == 5
+
+
 def test_split_sentences():
     assert split_sentences("One two. Three four! Is it? e.g. this stays.") == \
         ["One two.", "Three four!", "Is it? e.g. this stays."]
