@@ -70,14 +70,25 @@ def host_isa():
     import numba
     if numba.config.DISABLE_JIT:
         return "loops"
-    f = _host_features()
-    best = "avx512" if "avx512f" in f else "avx2" if {"avx2", "fma"} <= f else "sse"
+    best = list(ISA_CODES)[_native_code()]
     want = os.environ.get("MINIALBERT_GEMM_ISA", best)
     if want not in ISA_CODES:
         raise ValueError(f"MINIALBERT_GEMM_ISA={want!r}: choose one of {sorted(ISA_CODES)}")
     if ISA_CODES[want] > ISA_CODES[best]:
         raise ValueError(f"MINIALBERT_GEMM_ISA={want!r}: this CPU has only {best}")
     return want
+
+
+def _native_code():
+    f = _host_features()
+    return ISA_CODES["avx512" if "avx512f" in f else "avx2" if {"avx2", "fma"} <= f else "sse"]
+
+
+# The main kernel code of the widest ISA this CPU has (MINIALBERT_GEMM_ISA aside): the GEMM
+# compiles a copy of its loops for it alone (matmul._macrokernel). A constant to Numba, and
+# Numba's cache is kept per CPU, so a cached kernel always has this CPU's value. (Under
+# MINIALBERT_GEMM_ISA the kernels still give the same bits, through the other copy.)
+NATIVE = _native_code()
 
 
 def kernel_tile(dtype, code):
