@@ -91,6 +91,10 @@ def test_default_corpus_is_kept_on_disk_and_read_again_only_when_its_sources_cha
     cached.write_bytes(b"not gzip at all")
     assert fresh().checksum == changed.checksum and len(reads) == 3
     assert fresh().checksum == changed.checksum and len(reads) == 3  # the file was mended
+    whole = cached.read_bytes()  # a gzip header, then a damaged deflate stream
+    cached.write_bytes(whole[:20] + bytes(b ^ 0x5A for b in whole[20:200]) + whole[200:])
+    assert fresh().checksum == changed.checksum and len(reads) == 4
+    reads.pop()
     import gzip
     import json
     with gzip.open(cached, "rt", encoding="utf-8") as f:
