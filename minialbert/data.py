@@ -61,11 +61,18 @@ class TokenizedCorpus:
         return int(self.sent[-1])
 
 
+_TOKENS_VERSION = 2  # 2: mode "transformers" follows transformers 5.25 (tokenizer.py)
+
+
 def tokenize_corpus(corpus, tokenizer, cache_dir=None):
     """Tokenize every sentence once. With ``cache_dir``, the result is stored there as .npy
     files keyed by the corpus and tokenizer checksums and, next time, memory-mapped
-    instead of recomputed (corpora larger than memory stay on disk)."""
-    key = hashlib.sha256((corpus.checksum + tokenizer.checksum).encode()).hexdigest()[:16]
+    instead of recomputed (corpora larger than memory stay on disk). The key holds the
+    tokenizer's mode and the rule version too: the same model file gives other ids in
+    another mode, or after a mode's rule changed (transformers 5.25's, _TOKENS_VERSION)."""
+    how = f"{getattr(tokenizer, 'mode', 'json')}/{_TOKENS_VERSION}"
+    key = hashlib.sha256((corpus.checksum + tokenizer.checksum + how).encode()
+                         ).hexdigest()[:16]
     folder = None if cache_dir is None else pathlib.Path(cache_dir) / f"tokens-{key}"
     if folder is not None and (folder / "meta.json").exists():
         return TokenizedCorpus(*(np.load(folder / f"{n}.npy", mmap_mode="r")

@@ -13,15 +13,21 @@ and encodes text the way Hugging Face's ``AlbertTokenizer`` does:
      "<digit>," so that the comma stands alone — the original code and transformers 4's
      slow tokenizer do this; transformers 5 does not ("1,000" -> "▁1," "000").
 
-Two modes, because transformers 5 changed what step 2 means:
-  mode="transformers" (default; the parity target): as transformers 5's tokenizers-backed
-     AlbertTokenizer. It treats the user-defined pieces ( ) " - . – £ € as added tokens: the
-     *raw* text is split at each of them first, every other segment is preprocessed and
-     encoded on its own (so it starts a new "▁" word). "3.14" -> "▁3" "." "▁" "14", which
-     decodes as "3. 14".
-  mode="sentencepiece": SentencePiece sees the whole preprocessed text, as the original
-     ALBERT code and transformers 4's slow tokenizer: "3.14" -> "▁3" "." "14".
-Both agree on text without those characters. Chapter 03 shows the difference.
+Three modes, because transformers changed what step 2 means twice:
+  mode="transformers" (default; the parity target): as transformers 5.25's (and later)
+     tokenizers-backed AlbertTokenizer: its own normalizer on the whole text (see
+     normalize.py), split at whitespace, each word through the bare unigram model, which
+     cuts the user-defined pieces ( ) " - . – £ € out of the word as SentencePiece does:
+     "3.14" -> "▁3" "." "14", '"b"' -> "▁" '"' "b" '"'.
+  mode="transformers<5.25": as transformers 5.0-5.24, which treated the user-defined
+     pieces as added tokens: the *raw* text is split at each of them first, every other
+     segment normalized and encoded on its own (so it starts a new "▁" word). "3.14" ->
+     "▁3" "." "▁" "14", which decodes as "3. 14".
+  mode="sentencepiece": SentencePiece sees the whole text after the original ALBERT code's
+     preprocessing, as the original code and transformers 4's slow tokenizer: "3.14" ->
+     "▁3" "." "14".
+All three agree on text without those characters; "transformers" and "sentencepiece" differ
+only where their normalizers do (text outside plain English, chapter 03).
 """
 import hashlib
 import io
@@ -40,7 +46,7 @@ USER_DEFINED = ["(", ")", '"', "-", ".", "–", "£", "€"]
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 _SPECIAL_IN_TEXT = re.compile(r"(\[MASK\]|\[CLS\]|\[SEP\])")
 _USER_IN_TEXT = re.compile("(" + "|".join(re.escape(c) for c in USER_DEFINED) + ")")
-MODES = ("transformers", "sentencepiece")
+MODES = ("transformers", "transformers<5.25", "sentencepiece")
 
 
 class TokenizerError(ValueError):
@@ -186,7 +192,7 @@ class AlbertTokenizer(_Inputs):
             raise TokenizerError(f"not a SentencePiece model ({e})") from None
         self.model_proto = model_proto
         self.lower, self.remove_space, self.keep_accents = lower, remove_space, keep_accents
-        if mode == "transformers":  # normalize as `tokenizers` does, then the bare unigram
+        if mode != "sentencepiece":  # normalize as `tokenizers` does, then the bare unigram
             self.charsmap, bare = normalize.split_model(model_proto)
             self.sp_words = spm.SentencePieceProcessor()
             self.sp_words.LoadFromSerializedProto(bare)
@@ -196,7 +202,7 @@ class AlbertTokenizer(_Inputs):
                 raise TokenizerError(f"this SentencePiece model has {self.sp.id_to_piece(i)!r} at "
                                      f"id {i}, not ALBERT's {piece!r}")
         self._special = {p: i for i, p in enumerate(SPECIAL)}
-        self._words = {}  # word -> its pieces (mode "transformers"): a unigram model splits a
+        self._words = {}  # word -> its pieces (modes "transformers*"): a unigram model splits a
         # word the same way every time, and a corpus says the same words over and over (the
         # default corpus: 175K words, 19K different ones; tokenizing it 1.6x faster)
 
@@ -225,15 +231,15 @@ class AlbertTokenizer(_Inputs):
 
     # -------------------------------------------------------------- encoding
     def preprocess(self, text):
-        """The text the model's words come from: transformers 5's normalizer (mode
-        "transformers"), or the original code's preprocess_text (mode "sentencepiece";
+        """The text the model's words come from: transformers 5's normalizer (modes
+        "transformers*"), or the original code's preprocess_text (mode "sentencepiece";
         SentencePiece then applies its own character map)."""
-        if self.mode == "transformers":
+        if self.mode != "sentencepiece":
             return normalize.normalize(text, self.charsmap, self.lower, self.keep_accents)
         return preprocess(text, self.lower, self.remove_space, self.keep_accents)
 
     def _pieces(self, text):
-        if self.mode == "transformers":
+        if self.mode != "sentencepiece":
             words = normalize.split_words(self.preprocess(text))
             return [p for w in words for p in self._word_pieces(w)]
         pieces = self.sp.encode(self.preprocess(text), out_type=str)
@@ -267,9 +273,9 @@ class AlbertTokenizer(_Inputs):
         for part in _SPECIAL_IN_TEXT.split(text):
             if part in self._special:
                 out.append(part)
-            elif part and self.mode == "sentencepiece":
+            elif part and self.mode != "transformers<5.25":
                 out += self._pieces(part)
-            elif part:  # transformers: user-defined pieces split the raw text first
+            elif part:  # transformers 5.0-5.24: user-defined pieces split the raw text first
                 for seg in _USER_IN_TEXT.split(part):
                     if seg in USER_DEFINED:
                         out.append(seg)
@@ -283,14 +289,14 @@ class AlbertTokenizer(_Inputs):
                 for p in self.tokenize(text)]
 
     def decode(self, ids, skip_special_tokens=True):
-        """ids -> text. Mode "transformers": as transformers 5 (its Metaspace decoder: the
+        """ids -> text. Modes "transformers*": as transformers 5 (its Metaspace decoder: the
         pieces joined, "▁" read as a space, the first one dropped; <unk> and the other
         special tokens removed, or written as their names, "<unk>", with no spaces added).
         Mode "sentencepiece": SentencePiece's decode (<unk> is " ⁇ "), special tokens
         removed or set between spaces."""
         ids = [int(i) for i in ids]
         special = (PAD, UNK, CLS, SEP, MASK)
-        if self.mode == "transformers":
+        if self.mode != "sentencepiece":
             pieces = [self.sp.id_to_piece(i) for i in ids
                       if not (skip_special_tokens and i in special)]
             if pieces and pieces[0].startswith("▁"):

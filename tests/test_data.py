@@ -8,7 +8,7 @@ from minialbert.corpus import (Corpus, CorpusError, default_corpus, read_corpus,
                                split_sentences)
 from minialbert.data import (DataError, PretrainingData, instances_from_document,
                              is_start_piece, mask_tokens, tokenize_corpus)
-from minialbert.tokenizer import CLS, MASK, PAD, SEP, train_tokenizer
+from minialbert.tokenizer import CLS, MASK, PAD, SEP, AlbertTokenizer, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +165,12 @@ def test_cache_is_memory_mapped_and_equal(corpus, tok, tmp_path):
     b = tokenize_corpus(corpus, tok, tmp_path)
     assert isinstance(b.tokens, np.memmap)
     assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.doc, b.doc)
+    # the same model file in another mode gives other ids: its own cache, not this one
+    other = AlbertTokenizer(model_proto=tok.model_proto, mode="transformers<5.25")
+    c = tokenize_corpus(corpus, other, tmp_path)
+    fresh = tokenize_corpus(corpus, other)
+    assert len(list(tmp_path.glob("tokens-*"))) == 2
+    assert np.array_equal(c.tokens, fresh.tokens)
 
 
 # ----------------------------------------------------------------------------- instances

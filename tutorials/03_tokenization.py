@@ -87,23 +87,26 @@ n_tok = sum(len(tok.encode(s)) for s in corpus.sentences())
 print(f"{corpus.info['characters'] / n_tok:.2f} characters per token over the corpus")
 
 # %% [markdown]
-# ## Two tokenizers that disagree: transformers 5 and the original
-# transformers 5 treats the user-defined pieces as "added tokens": it splits the raw text
-# at each of them, then encodes every other segment as if it started a new word. The
-# original ALBERT code (and transformers 4's slow tokenizer) let SentencePiece see the
-# whole text. We do both (`mode=`), the first by default because it is what a
-# transformers user will compare against.
+# ## Three tokenizers that disagree: transformers 5.25, transformers 5.0-5.24, the original
+# transformers 5.0 to 5.24 treated the user-defined pieces as "added tokens": they split the
+# raw text at each of them, then encoded every other segment as if it started a new word.
+# transformers 5.25 (and later) lets the unigram model cut them out of each word, as
+# SentencePiece itself does, and the original ALBERT code (and transformers 4's slow
+# tokenizer) let SentencePiece see the whole text. We do all three (`mode=`), the newest
+# transformers by default, because it is what a transformers user will compare against.
 
 # %%
 sp = AlbertTokenizer(TOKDIR, mode="sentencepiece")
-hf = AlbertTokenizer(TOKDIR)  # mode="transformers"
+hf = AlbertTokenizer(TOKDIR)  # mode="transformers": transformers >= 5.25
+old = AlbertTokenizer(TOKDIR, mode="transformers<5.25")
 rows = []
 for t in ["pi is 3.14", "(see below)", "a - b", "hello world"]:
-    rows.append((f"`{t}`", " ".join(hf.tokenize(t)), " ".join(sp.tokenize(t)),
-                 f"`{hf.decode(hf.encode(t))}`"))
-write_table("03_modes.md", ["text", "transformers 5", "original / sentencepiece",
-                            "transformers 5 decodes as"], rows)
-assert hf.tokenize("hello world") == sp.tokenize("hello world")
+    rows.append((f"`{t}`", " ".join(hf.tokenize(t)), " ".join(old.tokenize(t)),
+                 f"`{old.decode(old.encode(t))}`", " ".join(sp.tokenize(t))))
+write_table("03_modes.md", ["text", "transformers ≥ 5.25 (default)", "transformers 5.0–5.24",
+                            "5.0–5.24 decodes as", "original / sentencepiece"], rows)
+assert hf.tokenize("hello world") == old.tokenize("hello world") == sp.tokenize("hello world")
+assert hf.tokenize("pi is 3.14") == sp.tokenize("pi is 3.14") != old.tokenize("pi is 3.14")
 
 # %% [markdown]
 # ## Text outside plain English
