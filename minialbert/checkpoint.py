@@ -11,7 +11,7 @@ state file records the SHA-256 of the weights, so a file damaged later is caught
       optimizer.safetensors   optimizer moments
       config.json             the model config (Hugging Face's fields, plus ours)
       state.json              step, data position, schedule, seeds, corpus checksum,
-                              tokenizer checksum, optimizer meta, weight checksums
+                              tokenizer checksum and mode, optimizer meta, weight checksums
       spiece.model            the tokenizer
 """
 import hashlib
@@ -134,6 +134,8 @@ def _write_files(tmp, step, params, config, state, optimizer, tokenizer, _crash_
     if tokenizer is not None:
         tokenizer.save(tmp)
         state["tokenizer_sha256"] = tokenizer.checksum
+        if getattr(tokenizer, "mode", None):  # the same spiece.model, another mode: other ids
+            state["tokenizer_mode"] = tokenizer.mode
     _stage("tokenizer", _crash_after)
     state["model_sha256"] = _sha(tmp / "model.safetensors")
     with open(tmp / "state.json", "w") as f:
@@ -276,7 +278,14 @@ def load_run_tokenizer(ck, expected_vocab=None):
     ck = resolve(ck)
     if not (ck / "spiece.model").exists():
         raise CheckpointError(f"{ck}: no spiece.model (the tokenizer) in this checkpoint")
-    tok = AlbertTokenizer(ck)
+    try:
+        state = json.loads((ck / "state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        state = None
+    # the mode the run tokenized its data in; a checkpoint written before the mode was
+    # recorded ran the default of that time, what is now "transformers<5.25"
+    mode = (state or {}).get("tokenizer_mode", "transformers<5.25" if state else "transformers")
+    tok = AlbertTokenizer(ck, mode=mode)
     check_tokenizer(tok, expected_vocab)
     return tok
 

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minialbert.corpus import default_corpus
-from minialbert.tokenizer import (CLS, MASK, SEP, SPECIAL, USER_DEFINED, AlbertTokenizer,
-                                  TokenizerError, preprocess, train_tokenizer)
+from minialbert.tokenizer import (CLS, MASK, MODES, SEP, SPECIAL, USER_DEFINED,
+                                  AlbertTokenizer, TokenizerError, preprocess, train_tokenizer)
 from reference import require
 
 TEXTS = ["Hello World, the cat sat.", "  multiple   spaces\tand\ttabs\nnewlines ",
@@ -264,3 +264,26 @@ def _google_research_preprocess_text(inputs, remove_space=True, lower=False):
 def test_sentencepiece_mode_preprocesses_as_the_original_code(tok_dir, text, lower):
     tok = AlbertTokenizer(tok_dir, mode="sentencepiece", lower=lower)
     assert tok.preprocess(text) == _google_research_preprocess_text(text, True, lower)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_checkpoint_keeps_its_tokenizer_mode(tok_dir, tmp_path, mode):
+    """A run's data was tokenized in one mode; its checkpoint records the mode and gives the
+    same tokenizer back (resume, fine-tuning and inference see the ids it trained on). One
+    written before the mode was recorded ran the default of that time: transformers<5.25."""
+    import json
+
+    from minialbert.checkpoint import load_run_tokenizer, save_checkpoint
+    from minialbert.config import preset
+    from minialbert.heads import AlbertForPreTraining
+    tok = AlbertTokenizer(tok_dir, mode=mode)
+    cfg = preset("tiny", vocab_size=tok.vocab_size, num_hidden_layers=1, hidden_size=16,
+                 num_attention_heads=2, intermediate_size=32, embedding_size=8)
+    ck = save_checkpoint(tmp_path / "run", 1, AlbertForPreTraining(cfg, seed=0).params, cfg,
+                         {"head": "pretraining"}, tokenizer=tok)
+    back = load_run_tokenizer(ck, cfg.vocab_size)
+    assert back.mode == mode and back.encode('a "b" 3.14') == tok.encode('a "b" 3.14')
+    state = json.loads((ck / "state.json").read_text())
+    del state["tokenizer_mode"]
+    (ck / "state.json").write_text(json.dumps(state))
+    assert load_run_tokenizer(ck, cfg.vocab_size).mode == "transformers<5.25"
