@@ -273,7 +273,7 @@ def check_finite(params, source):
 def load_run_tokenizer(ck, expected_vocab=None):
     """The tokenizer saved beside a minialbert checkpoint (its spiece.model), checked to have
     ``expected_vocab`` pieces. (A Hugging Face folder's: hf.load_folder_tokenizer.)"""
-    from .tokenizer import AlbertTokenizer
+    from .tokenizer import MODES, AlbertTokenizer
 
     ck = resolve(ck)
     if not (ck / "spiece.model").exists():
@@ -285,6 +285,8 @@ def load_run_tokenizer(ck, expected_vocab=None):
     # the mode the run tokenized its data in; a checkpoint written before the mode was
     # recorded ran the default of that time, what is now "transformers<5.25"
     mode = (state or {}).get("tokenizer_mode", "transformers<5.25" if state else "transformers")
+    if mode not in MODES:
+        raise CheckpointError(f"{ck}/state.json: tokenizer_mode {mode!r} is none of {MODES}")
     tok = AlbertTokenizer(ck, mode=mode)
     check_tokenizer(tok, expected_vocab)
     return tok

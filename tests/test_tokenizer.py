@@ -273,7 +273,7 @@ def test_a_checkpoint_keeps_its_tokenizer_mode(tok_dir, tmp_path, mode):
     written before the mode was recorded ran the default of that time: transformers<5.25."""
     import json
 
-    from minialbert.checkpoint import load_run_tokenizer, save_checkpoint
+    from minialbert.checkpoint import CheckpointError, load_run_tokenizer, save_checkpoint
     from minialbert.config import preset
     from minialbert.heads import AlbertForPreTraining
     tok = AlbertTokenizer(tok_dir, mode=mode)
@@ -287,3 +287,6 @@ def test_a_checkpoint_keeps_its_tokenizer_mode(tok_dir, tmp_path, mode):
     del state["tokenizer_mode"]
     (ck / "state.json").write_text(json.dumps(state))
     assert load_run_tokenizer(ck, cfg.vocab_size).mode == "transformers<5.25"
+    (ck / "state.json").write_text(json.dumps(dict(state, tokenizer_mode="bpe")))
+    with pytest.raises(CheckpointError, match="tokenizer_mode 'bpe'"):
+        load_run_tokenizer(ck, cfg.vocab_size)
