@@ -4,6 +4,7 @@ package, timed in alternate rounds, their results checked bit for bit.
     python benchmarks/ab_kernels.py HEAD~1            # this checkout against a commit
     python benchmarks/ab_kernels.py 18f99de --only attention
     python benchmarks/ab_kernels.py ebc15ac --only pass    # a frozen model's forward pass
+    python benchmarks/ab_kernels.py bb108bd --only rows    # LayerNorm, forward and backward
 
 The commit's minialbert/ is written out (git archive) into a directory of the system's
 temporary files as the package minialbert_old — its imports are relative, so it runs as
@@ -83,8 +84,14 @@ def compare(label, old, new, rounds, seconds, flops=None):
     t_old, t_new = float(np.median(ts[0])), float(np.median(ts[1]))
     rate = (f"{flops / t_old / 1e9:>7.0f}{flops / t_new / 1e9:>7.0f}" if flops else
             f"{'':>7}{'':>7}")
+    if same:
+        bits = "same bits"
+    else:  # by how much: the largest difference over the largest value, of each output
+        rel = max(float(np.max(np.abs(x.astype(np.float64) - y)) / max(np.max(np.abs(x)), 1e-30))
+                  for x, y in zip(a, b) if x.size)
+        bits = f"BITS DIFFER (by up to {rel:.1e} of the largest value)"
     print(f"{label:<44}{t_old * 1e3:>10.3f}{t_new * 1e3:>10.3f}{rate}"
-          f"{t_old / t_new:>8.2f}x  {'same bits' if same else 'BITS DIFFER'}", flush=True)
+          f"{t_old / t_new:>8.2f}x  {bits}", flush=True)
     return same
 
 
@@ -97,6 +104,7 @@ GEMMS = [  # (label, M, N, K): tiny's batch (B32 x T128), base's (B8 x T128), on
 ]
 ATTENTION = [("tiny", 32, 128, 256, 4), ("tiny, one sentence", 1, 128, 256, 4),
              ("base", 8, 128, 768, 12)]
+ROWS = [("tiny", 4096, 256), ("base", 1024, 768)]  # LayerNorm's rows: B T x H
 PASSES = [("tiny", 1, 32), ("tiny", 1, 128), ("tiny", 32, 128), ("base", 1, 128)]
 
 
@@ -129,7 +137,7 @@ def frozen_passes(old, new, rounds, seconds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("rev", help="the commit to compare this checkout against")
-    ap.add_argument("--only", choices=["gemm", "attention", "pass"], default=None)
+    ap.add_argument("--only", choices=["gemm", "attention", "rows", "pass"], default=None)
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--seconds", type=float, default=0.08, help="length of one block")
     a = ap.parse_args()
@@ -182,6 +190,22 @@ def main():
                             lambda: bo(dctx, qkv, probs, starts, lens, T, heads, 0.0, 0),
                             lambda: bn(dctx, qkv, probs, starts, lens, T, heads, 0.0, 0),
                             a.rounds, a.seconds)
+    if a.only in (None, "rows"):
+        for label, R, C in ROWS:
+            x = rng.standard_normal((R, C), dtype=np.float32)
+            dy = rng.standard_normal((R, C), dtype=np.float32)
+            g, b = rng.standard_normal(C, dtype=np.float32), rng.standard_normal(C, dtype=np.float32)
+            lo, ln = old.kernels.layernorm_forward, new.kernels.layernorm_forward
+            same &= compare(f"layernorm {label} {R} x {C} forward",
+                            lambda: lo(x, g, b, 1e-12), lambda: ln(x, g, b, 1e-12),
+                            a.rounds, a.seconds)
+            _, mean, rstd = ln(x, g, b, 1e-12)
+            lo, ln = old.kernels.layernorm_backward, new.kernels.layernorm_backward
+            same &= compare(f"layernorm {label} {R} x {C} backward",
+                            lambda: lo(dy, x, mean, rstd, g, np.zeros(C, np.float32),
+                                       np.zeros(C, np.float32)),
+                            lambda: ln(dy, x, mean, rstd, g, np.zeros(C, np.float32),
+                                       np.zeros(C, np.float32)), a.rounds, a.seconds)
     if a.only in (None, "pass"):
         same &= frozen_passes(old, new, a.rounds, a.seconds)
     if not same:

@@ -529,3 +529,50 @@ def test_warmup_compiles_every_exported_kernel():
                   and k != "kernels.dropout_mask")  # no float array: one build serves both
     assert dispatchers["kernels.dropout_mask"].signatures
     assert cold == [], cold
+
+
+# ------------------------------------------------------------------ no float64 inside
+
+def _float32_kernels():
+    from minialbert import optim_kernels as ok
+    from minialbert.kernels import act, loss, norm, softmax
+    x = np.ones((8, 40), np.float32)
+    g, r8, flat, h = np.ones(40, np.float32), np.ones(8, np.float32), x.reshape(-1), \
+        np.float32(0.5)
+    return {
+        "layernorm_forward": (norm.layernorm_forward, lambda: (x, g, g, 1e-12)),
+        "layernorm_backward": (norm.layernorm_backward,
+                               lambda: (x, x, r8.copy(), r8.copy(), g, g.copy(), g.copy())),
+        "softmax_forward": (softmax.softmax_forward, lambda: (x, x[:1])),
+        "softmax_backward": (softmax.softmax_backward, lambda: (x, x)),
+        "gelu_new_forward": (act.gelu_new_forward, lambda: (flat,)),
+        "gelu_new_backward": (act.gelu_new_backward, lambda: (flat, flat)),
+        "_xent_rows": (loss._xent_rows,
+                       lambda: (x, np.zeros(8, np.int64), -100, True, x.copy(), r8.copy(), h)),
+        "adamw_update": (ok.adamw_update, lambda: (flat.copy(), flat, flat.copy(), flat.copy(),
+                                                   h, h, h, h, True, h, h, h, h)),
+        "adam_direction": (ok.adam_direction, lambda: (flat.copy(), flat, flat.copy(),
+                                                       flat.copy(), h, h, h, h, h, True, h,
+                                                       flat.copy())),
+    }
+
+
+@pytest.mark.parametrize("name", list(_float32_kernels()))
+def test_float32_kernels_never_widen_to_float64_in_a_loop(name):
+    """A float32 kernel whose vector loop converts to float64 and back runs at half speed
+    with no other sign (layernorm did: 1/C was a float32 over an int64, so float64, and
+    each row's subtraction and scaling went through float64; the forward took twice the
+    time). Compiled afresh here (machine code loaded from Numba's cache cannot be shown),
+    its x86 assembly must hold no packed conversion float <-> double; a scalar one (an
+    argument, a per-row log) is fine."""
+    import platform
+    import re
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("reads x86 assembly")
+    kernel, args = _float32_kernels()[name]
+    opts = {k: v for k, v in kernel.targetoptions.items() if k in ("parallel", "fastmath")}
+    fresh = numba.njit(**opts)(kernel.py_func)
+    fresh(*args())
+    asm = fresh.inspect_asm(fresh.signatures[0])
+    widened = re.findall(r"\bv?cvt(?:ps2pd|pd2ps)\b", asm)
+    assert not widened, f"{name}: {len(widened)} packed float32 <-> float64 conversions"

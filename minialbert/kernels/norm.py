@@ -26,7 +26,11 @@ def layernorm_forward(x, gamma, beta, eps):  # x: [R,C] -> y: [R,C], mean: [R], 
     mean = np.empty(R, dtype=x.dtype)
     rstd = np.empty(R, dtype=x.dtype)
     e = cast_like(x, eps)
-    inv_c = cast_like(x, 1.0) / C
+    # 1/C in x's type: cast_like(x, 1.0) / C is a float32 over an int64, which Numba (as
+    # NumPy) makes float64, and that sent each row's subtraction and scaling through
+    # float64 conversions: the forward took twice the time (4096 x 256, 2 threads, a
+    # Zen 4 EPYC: 0.31 -> 0.15 ms)
+    inv_c = cast_like(x, 1.0 / C)
     for r in prange(R):  # the sums through reduce.py: vectorised, in a fixed order
         m = vsum(x[r]) * inv_c
         d = y[r]
@@ -45,7 +49,7 @@ def layernorm_backward(dy, x, mean, rstd, gamma, dgamma, dbeta):
     # dy, x: [R,C]; mean, rstd: [R]; gamma: [C] -> dx: [R,C]; dgamma, dbeta: [C] +=
     R, C = x.shape
     dx = np.empty_like(x)
-    inv_c = cast_like(x, 1.0) / C
+    inv_c = cast_like(x, 1.0 / C)  # in x's type (see layernorm_forward)
     n_chunks = (R + ROW_CHUNK - 1) // ROW_CHUNK
     pg = np.zeros((n_chunks, C), dtype=x.dtype)  # per-chunk partial dgamma
     pb = np.zeros((n_chunks, C), dtype=x.dtype)  # per-chunk partial dbeta
