@@ -359,14 +359,18 @@ def test_epilogue_arguments_are_checked(rng):
 
 
 def test_tile_is_picked_from_the_shape():
-    """AVX-512 has two tiles: 8 x 48 unless 12 x 32 covers the product with less padding
-    (N = 128, the embedding size; N = 64, a head). The choice depends on the shape only,
+    """AVX-512 has three tiles: 8 x 48 unless 12 x 32 or 8 x 32 covers the product with
+    less padding (N = 128, the embedding size; N = 64, a head; M = 128, one sentence or a
+    head's queries); on a tie the first of them. The choice depends on the shape only,
     never on the machine's thread count. (Pure logic: runs on any CPU.)"""
     from minialbert.kernels.microkernel import pick_kernel
     assert pick_kernel(np.float32, "avx512", 1024, 768) == (3, 8, 48)
-    assert pick_kernel(np.float32, "avx512", 2500, 128) == (4, 12, 32)
-    assert pick_kernel(np.float32, "avx512", 128, 64) == (4, 12, 32)
+    assert pick_kernel(np.float32, "avx512", 2508, 128) == (4, 12, 32)  # 2508 = 12 x 209
+    assert pick_kernel(np.float32, "avx512", 2500, 128) == (5, 8, 32)  # 2504 rows, not 2508
+    assert pick_kernel(np.float32, "avx512", 128, 64) == (5, 8, 32)
+    assert pick_kernel(np.float32, "avx512", 128, 768) == (3, 8, 48)  # a tie: the first
     assert pick_kernel(np.float64, "avx512", 1024, 768) == (3, 8, 24)
+    assert pick_kernel(np.float64, "avx512", 128, 64) == (5, 8, 16)
     assert pick_kernel(np.float32, "avx2", 2500, 128) == (2, 6, 16)
 
 

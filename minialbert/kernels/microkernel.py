@@ -24,6 +24,7 @@ accumulators + NV loaded vectors + 1 broadcast within the register file, nothing
     ISA      registers  W (f32)  tile MR x NR   registers used
     AVX-512  32 x 512b  16       8 x 48 (NV 3)  24 + 3 + 1 = 28
                                  12 x 32 (NV 2) 24 + 2 + 1 = 27  (narrow: N = 64, 128, ...)
+                                  8 x 32 (NV 2) 16 + 2 + 1 = 19  (short: M = 128, 4096, ...)
     AVX2     16 x 256b   8       6 x 16 (NV 2)  12 + 2 + 1 = 15
     SSE      16 x 128b   4       4 x  8 (NV 2)   8 + 2 + 1 = 11
 
@@ -54,6 +55,7 @@ KERNELS = {
     2: ("avx2", 32, 6, 2),
     3: ("avx512", 64, 8, 3),
     4: ("avx512", 64, 12, 2),  # narrow: 12 x 32, for N a multiple of 32 but not of 48
+    5: ("avx512", 64, 8, 2),  # short: 8 x 32, for M a multiple of 8 but not of 12 (128)
 }
 ISA_CODES = {"loops": 0, "sse": 1, "avx2": 2, "avx512": 3}  # ISA -> its main (widest) kernel
 
@@ -110,9 +112,16 @@ def kernels_up_to(isa):
 
 def pick_kernel(dtype, isa, M, N):
     """(code, MR, NR): of this ISA's kernels, the one whose tiles cover an M x N product
-    with the least padding (tiles x tile size / M N); the widest on a tie. AVX-512's
-    8 x 48 tile covers N = 128 (the embedding size, and the QK^T of T = 128) as 144
-    columns, 12 % of its work wasted on ragged edges; 12 x 32 covers it exactly."""
+    with the least padding (tiles x tile size / M N); the first in KERNELS on a tie
+    (8 x 48, then 12 x 32, then 8 x 32). AVX-512's 8 x 48 tile covers N = 128 (the
+    embedding size, and the QK^T of T = 128) as 144 columns, 12 % of its work wasted on
+    ragged edges; 12 x 32 covers it exactly. And 12 x 32 covers M = 128 (one sentence of
+    128 tokens, and each head's queries in attention) as 132 rows, 8 x 32 exactly: 16
+    tiles, 8 a thread on two, where 12 x 32 gave one thread 72 rows and the other 56. On
+    a 2-core EPYC, Zen 4, 8 x 32 ran those products 1.03-1.11x faster than 12 x 32 and
+    was no slower on tiny's batch (4096 rows; the same bits, matmul.gemm(..., kernel=));
+    a frozen pass of tiny on one sentence of 128 tokens 1.09x (benchmarks/ab_kernels.py
+    55d6648 --only pass)."""
     best = None
     for code, k in KERNELS.items():
         if k[0] != isa:
@@ -268,10 +277,12 @@ microkernel_sse = _make_microkernel(*KERNELS[1][1:])
 microkernel_avx2 = _make_microkernel(*KERNELS[2][1:])
 microkernel_avx512 = _make_microkernel(*KERNELS[3][1:])
 microkernel_avx512_narrow = _make_microkernel(*KERNELS[4][1:])
+microkernel_avx512_short = _make_microkernel(*KERNELS[5][1:])
 packing_sse = _make_microkernel(*KERNELS[1][1:], packs=True)
 packing_avx2 = _make_microkernel(*KERNELS[2][1:], packs=True)
 packing_avx512 = _make_microkernel(*KERNELS[3][1:], packs=True)
 packing_avx512_narrow = _make_microkernel(*KERNELS[4][1:], packs=True)
+packing_avx512_short = _make_microkernel(*KERNELS[5][1:], packs=True)
 
 
 @njit(inline="always")
@@ -279,6 +290,8 @@ def microkernel(isa, kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR):
     """Dispatch on the kernel code (an argument: one compiled GEMM holds all tiles)."""
     if isa == 4:
         microkernel_avx512_narrow(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate)
+    elif isa == 5:
+        microkernel_avx512_short(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate)
     elif isa == 3:
         microkernel_avx512(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate)
     elif isa == 2:
@@ -297,6 +310,8 @@ def microkernel_packing(isa, kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, acc
     the product runs — the same arithmetic, the same bits as packing first."""
     if isa == 4:
         packing_avx512_narrow(kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate)
+    elif isa == 5:
+        packing_avx512_short(kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate)
     elif isa == 3:
         packing_avx512(kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate)
     elif isa == 2:
