@@ -29,7 +29,7 @@ def layernorm_forward(x, gamma, beta, eps):  # x: [R,C] -> y: [R,C], mean: [R], 
     # 1/C in x's type: cast_like(x, 1.0) / C is a float32 over an int64, which Numba (as
     # NumPy) makes float64, and that sent each row's subtraction and scaling through
     # float64 conversions: the forward took twice the time (4096 x 256, 2 threads, a
-    # Zen 4 EPYC: 0.31 -> 0.15 ms)
+    # Zen 4 EPYC: 0.317 -> 0.168 ms, benchmarks/ab_kernels.py bb108bd --only rows)
     inv_c = cast_like(x, 1.0 / C)
     for r in prange(R):  # the sums through reduce.py: vectorised, in a fixed order
         m = vsum(x[r]) * inv_c
