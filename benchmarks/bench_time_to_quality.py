@@ -36,9 +36,18 @@ K = ("input_ids", "token_type_ids", "attention_mask", "labels", "sentence_order_
 
 
 def batches_for(data, n, B):
-    per = data.num_batches(B)
-    for s in range(n):
-        yield data.batch(s // per, s % per, B)
+    """The first n batches of the pretraining order, epoch after epoch, as the trainer
+    walks them (train.py): each epoch has its own number of batches (its instances are
+    drawn anew; an epoch 2 one batch shorter than epoch 0 stopped this benchmark once)."""
+    epoch, s = 0, 0
+    while s < n:
+        per = data.num_batches(B, epoch)
+        if per < 1:
+            raise ValueError(f"epoch {epoch} has fewer than {B} instances: no batch")
+        for index in range(min(per, n - s)):
+            yield data.batch(epoch, index, B)
+            s += 1
+        epoch += 1
 
 
 def run_ours(cfg, params, data, B, budget, lr, total):
