@@ -4,7 +4,7 @@ package, timed in alternate rounds, their results checked bit for bit.
     python benchmarks/ab_kernels.py HEAD~1            # this checkout against a commit
     python benchmarks/ab_kernels.py 18f99de --only attention
     python benchmarks/ab_kernels.py ebc15ac --only pass    # a frozen model's forward pass
-    python benchmarks/ab_kernels.py bb108bd --only rows    # LayerNorm, forward and backward
+    python benchmarks/ab_kernels.py bb108bd --only rows    # LayerNorm, softmax, the loss
 
 The commit's minialbert/ is written out (git archive) into a directory of the system's
 temporary files as the package minialbert_old — its imports are relative, so it runs as
@@ -105,6 +105,7 @@ GEMMS = [  # (label, M, N, K): tiny's batch (B32 x T128), base's (B8 x T128), on
 ATTENTION = [("tiny", 32, 128, 256, 4), ("tiny, one sentence", 1, 128, 256, 4),
              ("base", 8, 128, 768, 12)]
 ROWS = [("tiny", 4096, 256), ("base", 1024, 768)]  # LayerNorm's rows: B T x H
+SOFTMAX_ROWS = [("tiny attention", 16384, 128)]  # a layer's B N T rows of T keys (B32 x T128)
 PASSES = [("tiny", 1, 32), ("tiny", 1, 128), ("tiny", 32, 128), ("base", 1, 128)]
 
 
@@ -206,6 +207,18 @@ def main():
                                        np.zeros(C, np.float32)),
                             lambda: ln(dy, x, mean, rstd, g, np.zeros(C, np.float32),
                                        np.zeros(C, np.float32)), a.rounds, a.seconds)
+        for label, R, C in SOFTMAX_ROWS:  # the rows' exp (_base.exp_shifted)
+            x = 3 * rng.standard_normal((R, C), dtype=np.float32)
+            zero = np.zeros((1, C), np.float32)
+            so, sn = old.kernels.softmax.softmax_forward, new.kernels.softmax.softmax_forward
+            same &= compare(f"softmax {label} {R} x {C}", lambda: so(x, zero),
+                            lambda: sn(x, zero), a.rounds, a.seconds)
+        z = 3 * rng.standard_normal((614, 8000), dtype=np.float32)  # tiny's masked rows
+        labels = rng.integers(0, 8000, 614)
+        xo, xn = old.kernels.loss.cross_entropy, new.kernels.loss.cross_entropy
+        same &= compare("cross-entropy tiny 614 x 8000 (loss, gradient)",
+                        lambda: xo(z, labels)[:2], lambda: xn(z, labels)[:2],
+                        a.rounds, a.seconds)
     if a.only in (None, "pass"):
         same &= frozen_passes(old, new, a.rounds, a.seconds)
     if not same:

@@ -15,7 +15,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._base import FASTMATH, cast_like, exp_float32
+from ._base import FASTMATH, cast_like, exp_nonpositive32
 from .reduce import vmax, vsum
 
 
@@ -36,7 +36,7 @@ def _xent_rows(logits, labels, ignore_index, want_grad, dlogits, row_loss, mult)
         m = vmax(z)  # reduce.py: vectorised (a NaN in z still makes the loss NaN, below)
         e = dlogits[r] if want_grad else np.empty(C, dtype=logits.dtype)
         for j in range(C):
-            e[j] = exp_float32(z[j] - m)
+            e[j] = exp_nonpositive32(z[j] - m)  # (z[j] <= m: _base.exp_nonpositive32)
         s = vsum(e)  # reduce.py: a vector sum in a fixed order
         row_loss[r] = m + math.log(s) - z[lab]  # logsumexp(z) - z[label]
         if want_grad:  # (softmax(z) - onehot(label)) * mult
