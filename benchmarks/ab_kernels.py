@@ -103,9 +103,12 @@ GEMMS = [  # (label, M, N, K): tiny's batch (B32 x T128), base's (B8 x T128), on
     ("square 256", 256, 256, 256), ("square 1024", 1024, 1024, 1024),
 ]
 ATTENTION = [("tiny", 32, 128, 256, 4), ("tiny, one sentence", 1, 128, 256, 4),
-             ("base", 8, 128, 768, 12)]
+             ("base", 8, 128, 768, 12),
+             ("small, padding removed", 64, 64, 128, 2)]  # the pretraining default's batch:
+# its sequences' lengths drawn from T/2..T (its data averages ~53 of 64), run without padding
 ROWS = [("tiny", 4096, 256), ("base", 1024, 768)]  # LayerNorm's rows: B T x H
-SOFTMAX_ROWS = [("tiny attention", 16384, 128)]  # a layer's B N T rows of T keys (B32 x T128)
+SOFTMAX_ROWS = [("tiny attention", 16384, 128),  # a layer's B N T rows of T keys (B32 x T128)
+                ("rows of 50 keys", 16384, 50), ("rows of 63 keys", 16384, 63)]
 PASSES = [("tiny", 1, 32), ("tiny", 1, 128), ("tiny", 32, 128), ("base", 1, 128)]
 
 
@@ -174,10 +177,12 @@ def main():
                             lambda: new.kernels.matmul_tn(dy, x), a.rounds, a.seconds, fl)
     if a.only in (None, "attention"):
         for label, B, T, H, heads in ATTENTION:
-            qkv = rng.standard_normal((B * T, 3 * H), dtype=np.float32)
-            starts, lens = np.arange(B, dtype=np.int64) * T, np.full(B, T, np.int64)
+            lens = (rng.integers(T // 2, T + 1, B) if "padding removed" in label else
+                    np.full(B, T)).astype(np.int64)
+            starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+            qkv = rng.standard_normal((int(lens.sum()), 3 * H), dtype=np.float32)
             bias = np.zeros((B, T), np.float32)
-            dctx = rng.standard_normal((B * T, H), dtype=np.float32)
+            dctx = rng.standard_normal((int(lens.sum()), H), dtype=np.float32)
             fo = old.kernels.attention.attention_forward_qkv
             fn = new.kernels.attention.attention_forward_qkv
             same &= compare(f"attention {label} forward",
@@ -213,12 +218,13 @@ def main():
             so, sn = old.kernels.softmax.softmax_forward, new.kernels.softmax.softmax_forward
             same &= compare(f"softmax {label} {R} x {C}", lambda: so(x, zero),
                             lambda: sn(x, zero), a.rounds, a.seconds)
-        z = 3 * rng.standard_normal((614, 8000), dtype=np.float32)  # tiny's masked rows
-        labels = rng.integers(0, 8000, 614)
-        xo, xn = old.kernels.loss.cross_entropy, new.kernels.loss.cross_entropy
-        same &= compare("cross-entropy tiny 614 x 8000 (loss, gradient)",
-                        lambda: xo(z, labels)[:2], lambda: xn(z, labels)[:2],
-                        a.rounds, a.seconds)
+        for label, R, V in (("tiny", 614, 8000), ("small", 521, 4000)):  # the masked rows
+            z = 3 * rng.standard_normal((R, V), dtype=np.float32)
+            labels = rng.integers(0, V, R)
+            xo, xn = old.kernels.loss.cross_entropy, new.kernels.loss.cross_entropy
+            same &= compare(f"cross-entropy {label} {R} x {V} (loss, gradient)",
+                            lambda: xo(z, labels)[:2], lambda: xn(z, labels)[:2],
+                            a.rounds, a.seconds)
     if a.only in (None, "pass"):
         same &= frozen_passes(old, new, a.rounds, a.seconds)
     if not same:

@@ -19,7 +19,7 @@ from minialbert.kernels import (activation, cross_entropy, dropout_backward, dro
                                 embedding_forward,
                                 layernorm_backward, layernorm_forward, mask_bias,
                                 softmax_backward, softmax_forward)
-from minialbert.kernels._base import FASTMATH, exp_float32, exp_nonpositive32
+from minialbert.kernels._base import FASTMATH, exp_float32, exp_nonpositive32, exp_shifted
 from minialbert.kernels.act import exp_fast32, tanh_backward, tanh_forward
 from minialbert.kernels.reduce import vdot, vmax, vsum
 from reference import assert_close, n, require, t
@@ -359,6 +359,39 @@ def test_exp_nonpositive32_is_exp_float32_at_or_below_zero():
 
 
 @numba.njit(fastmath=FASTMATH)
+def _exp_shifted_both(x, m, out):  # out of place, and in place on a copy
+    exp_shifted(x, m, out)
+    inplace = x.copy()
+    exp_shifted(inplace, m, inplace)
+    return inplace
+
+
+@numba.njit(fastmath=FASTMATH)
+def _exp_one_at_a_time(x, m, out):
+    for j in range(x.shape[0]):
+        out[j] = exp_float32(x[j] - m)
+
+
+@given(n=st.integers(0, 200), seed=st.integers(0, 99), nan=st.booleans())
+def test_exp_shifted_every_length_same_bits(n, seed, nan):
+    """The softmax's exp over a row: blocks of 32, the last n mod 32 values a block of
+    their own (through a scratch block, in place or not: _base.exp_shifted). Every
+    length, in place and out of place: bitwise exp_float32 of each x - m, one value at a
+    time; a NaN stays in its place. (It fails if the tail block is written at the wrong
+    offset, or if in place the loop's values are taken for the tail's inputs.)"""
+    r = np.random.default_rng(seed)
+    x = (r.standard_normal(n) * 30).astype(np.float32)
+    if nan and n:
+        x[r.integers(n)] = np.nan
+    m = np.float32(np.max(x[~np.isnan(x)])) if np.any(~np.isnan(x)) else np.float32(0)
+    want, got = np.empty_like(x), np.empty_like(x)
+    _exp_one_at_a_time(x, m, want)
+    got_inplace = _exp_shifted_both(x, m, got)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert np.array_equal(got_inplace.view(np.uint32), want.view(np.uint32))
+
+
+@numba.njit(fastmath=FASTMATH)
 def _exp_fast_all(x, out):
     for i in range(x.shape[0]):
         out[i] = exp_fast32(x[i])
@@ -535,6 +568,37 @@ def test_vsum_vdot_vmax_against_float64_numpy(n_cols, dt, seed):
         assert np.array_equal(got[:, 3], np.nanmax(X, 1))
 
 
+
+def _vsum_in_order(x, W, U=4):
+    # reduce.py's documented order, in NumPy (each add rounded in x's dtype, as a vector
+    # add rounds each lane): vector v into acc[v % U] for the blocks of U whole vectors,
+    # the vectors after them (the last one filled up with zeros) into acc[0], then
+    # (acc0 + acc1) + (acc2 + acc3), then the lanes halved pairwise down to one
+    nv = -(-len(x) // W)
+    vecs = np.zeros(nv * W, x.dtype)
+    vecs[:len(x)] = x
+    acc = np.zeros((U, W), x.dtype)
+    in_blocks = len(x) // (U * W) * U
+    for v, vec in enumerate(vecs.reshape(nv, W)):
+        u = v % U if v < in_blocks else 0
+        acc[u] = acc[u] + vec
+    t = (acc[0] + acc[1]) + (acc[2] + acc[3])
+    while len(t) > 1:
+        t = t[:len(t) // 2] + t[len(t) // 2:]
+    return t[0]
+
+
+@given(n_cols=st.integers(0, 300), dt=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 99))
+def test_vsum_adds_in_the_documented_order(n_cols, dt, seed):
+    """vsum's bits are those of the order kernels/reduce.py writes down, for every length
+    (whole blocks of U vectors, up to U - 1 whole vectors after them, a last vector part
+    filled): the compiled IR against a NumPy replay of that order, bit for bit."""
+    from minialbert.kernels.reduce import VECTOR_BYTES
+    x = np.random.default_rng(seed).standard_normal((1, n_cols)).astype(dt) * 1e3
+    got = _row_sums(x, x)[0, 0]
+    want = _vsum_in_order(x[0], VECTOR_BYTES // np.dtype(dt).itemsize)
+    assert np.array([got], dt).tobytes() == np.array([want], dt).tobytes(), (got, want)
 
 def test_warmup_compiles_every_exported_kernel():
     """kernels.warmup() is what makes the first real call fast: every Numba kernel that
