@@ -255,37 +255,57 @@ def exp_shifted(x, m, y):
     14-16 us). The same arithmetic on every value, so the same bits. (The loss's rows
     of 8,000-30,000 logits did not gain, 0.97-0.98x, and keep the plain loop.)
 
-    The last n mod 32 values are a block too, not a loop of one value at a time: a loop
-    of unknown length under 32 ran without vectors, ~5 ns a value, and an attention row
-    of 48 keys took 5x the time of one of 64 (a 2-core Zen 4 EPYC). For n >= 32 the last
-    32 values are taken into a scratch block first (before the blocks above overwrite
-    any, when y is x), their exps made there, and the block copied over y's last 32
-    after the loop: the values it shares with the loop's last block are the same exps of
-    the same inputs, so they are written again unchanged. A shorter row is padded with
-    m (exp 1) to one block; under 8 values, one at a time is cheaper than the copies."""
+    The last n mod 32 values are a block too, not a loop of one value at a time: that
+    loop ran without vectors, ~5 ns a value, and an attention row of 48 keys took 5x the
+    time of one of 64 (a 2-core Zen 4 EPYC). For n > 32, the row's last 32 values are
+    made into a scratch block first (before the loop overwrites any, when y is x), and
+    the block is copied over y's last 32 after the loop: the values it shares with the
+    loop's last block are the same exps of the same inputs, written again unchanged. A
+    row under 32 goes to _exp_short. (The loop itself must stay here, inlined, where
+    LLVM sees that y is x: in a function of its own, x and y are two arguments that may
+    overlap, and the loop ran one value at a time.)"""
     n = x.shape[0]
     n32 = n // 32 * 32
-    tail = scratch32(x)
-    if n32 < n and n >= 32:  # the last 32 values, before the loop overwrites any
-        xl = x[n - 32:]
-        for j in range(32):
-            tail[j] = exp_nonpositive32(xl[j] - m)
+    last = scratch32(x)
+    if n32 < n and n32 > 0:
+        _exp_block(x[n - 32:], m, last)
     for j0 in range(0, n32, 32):
         for j in range(j0, j0 + 32):
             y[j] = exp_nonpositive32(x[j] - m)
-    if n32 < n and n >= 32:
-        yl = y[n - 32:]
-        for j in range(32):
-            yl[j] = tail[j]
-    elif 8 <= n < 32:
-        for j in range(32):
-            tail[j] = m
-        for j in range(n):
-            tail[j] = x[j]
-        for j in range(32):
-            tail[j] = exp_nonpositive32(tail[j] - m)
-        for j in range(n):
-            y[j] = tail[j]
-    elif n < 8:
+    if n32 < n:
+        if n32 > 0:
+            _copy_block(last, y[n - 32:])
+        else:
+            _exp_short(x, m, y)
+
+
+@njit(fastmath=FASTMATH)
+def _exp_block(x, m, out):  # out[:32] = exp of x[:32] - m: one block (out is a scratch)
+    for j in range(32):
+        out[j] = exp_nonpositive32(x[j] - m)
+
+
+@njit(fastmath=FASTMATH)
+def _copy_block(src, dst):  # dst[:32] = src[:32]
+    for j in range(32):
+        dst[j] = src[j]
+
+
+@njit(fastmath=FASTMATH)
+def _exp_short(x, m, y):
+    # exp_shifted on a row under 32 values: padded with m (exp 1) to one block in a
+    # scratch; under 8 values, one at a time is cheaper than the copies
+    n = x.shape[0]
+    if n < 8:
         for j in range(n):
             y[j] = exp_nonpositive32(x[j] - m)
+        return
+    a = scratch32(x)
+    for j in range(32):
+        a[j] = m
+    for j in range(n):
+        a[j] = x[j]
+    for j in range(32):
+        a[j] = exp_nonpositive32(a[j] - m)
+    for j in range(n):
+        y[j] = a[j]
