@@ -19,15 +19,19 @@ compiled with ``reassoc`` (kernels/_base.FASTMATH), and the sums that need speed
 out, one level down, in LLVM IR (as the GEMM micro-kernel is): U x W partial sums in vector
 registers, walked front to back, then added in a fixed tree —
 
-    acc[u][l] = sum over vectors v = u, u + U, u + 2U, ... of x[v W + l]   (u < U, l < W)
+    acc[u][l] = sum over blocks b of x[(b U + u) W + l]      (u < U, l < W)
+    then, float32: the vectors after the last block (up to U - 1 whole ones, then the
+    last one part filled, by a masked load: lanes past n are never read and count as 0,
+    for vmax as -inf) added into acc[0], in order;
     then the vectors whole: (acc[0] + acc[1]) + (acc[2] + acc[3]), lanes halved
-    pairwise down to one.
+    pairwise down to one;
+    float64: then the last n mod (U W) elements one at a time.
 
-Vector v is x[v W : (v + 1) W]; the last one, when n is not a multiple of W, is filled
-up with zeros (vmax: -inf), which change no sum. (Before, the last n mod (U W) elements
-were added one at a time after the tree: on a row of 63 a chain of 63 dependent adds,
-and an attention row of 48 or 63 keys summed ~5x slower than one of 64, a 2-core Zen 4
-EPYC.)
+The float32 tail was once the float64 one: on a row of 63, a chain of 63 dependent adds,
+and an attention row of 48 or 63 keys summed ~5x slower than one of 64 (a 2-core Zen 4
+EPYC). float64 runs only in gradient checks, whose finite differences are tuned to its
+rounding as it was (tutorial 02's float64 check sits near its bound on one element), so
+it keeps the old order and its bits.
 
 Every compile of this IR computes the same bits, so a fresh process and a cached one agree.
 The order depends on W, so on the CPU (as every vectorised sum does): the same machine
@@ -111,7 +115,9 @@ def _codegen(vbytes, with_y, op="sum"):
                 j = builder.add(j0, ir.Constant(i64, u * W))
                 builder.store(vterm(builder.load(acc[u]), j), acc[u])
         done = builder.mul(blocks, ir.Constant(i64, U * W))
-        with builder.if_then(builder.icmp_unsigned("<", done, n)):  # a tail: n is not a
+        tail_in_vectors = esize == 4  # float64 (gradient checks) keeps its old order below
+        with builder.if_then(builder.icmp_unsigned("<", done, n) if tail_in_vectors else
+                             ir.Constant(ir.IntType(1), 0)):  # a tail: n is not a
             # multiple of U W. The whole vectors left (at most U - 1), one at a time, then
             # the last one, part filled, by a masked load (lanes at or past n are not
             # read: `start` instead), all into acc[0]
@@ -146,6 +152,12 @@ def _codegen(vbytes, with_y, op="sum"):
             w = h
         s = cgutils.alloca_once_value(builder, builder.extract_element(v, ir.Constant(
             ir.IntType(32), 0)))
+        if not tail_in_vectors:  # float64: the tail one element at a time, in order
+            with cgutils.for_range(builder, builder.sub(n, done)) as loop:
+                j = builder.add(done, loop.index)
+                xj = builder.load(builder.gep(px, [j]))
+                t = builder.fmul(xj, builder.load(builder.gep(py, [j]))) if with_y else xj
+                builder.store(combine(builder.load(s), t), s)
         return builder.load(s)
 
     return codegen
