@@ -279,19 +279,19 @@ def exp_shifted(x, m, y):
             _exp_short(x, m, y)
 
 
-@njit(fastmath=FASTMATH)
+@njit(fastmath=FASTMATH, cache=True)
 def _exp_block(x, m, out):  # out[:32] = exp of x[:32] - m: one block (out is a scratch)
     for j in range(32):
         out[j] = exp_nonpositive32(x[j] - m)
 
 
-@njit(fastmath=FASTMATH)
+@njit(fastmath=FASTMATH, cache=True)
 def _copy_block(src, dst):  # dst[:32] = src[:32]
     for j in range(32):
         dst[j] = src[j]
 
 
-@njit(fastmath=FASTMATH)
+@njit(fastmath=FASTMATH, cache=True)
 def _exp_short(x, m, y):
     # exp_shifted on a row under 32 values: padded with m (exp 1) to one block in a
     # scratch; under 8 values, one at a time is cheaper than the copies

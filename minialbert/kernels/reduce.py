@@ -116,29 +116,30 @@ def _codegen(vbytes, with_y, op="sum"):
                 builder.store(vterm(builder.load(acc[u]), j), acc[u])
         done = builder.mul(blocks, ir.Constant(i64, U * W))
         tail_in_vectors = esize == 4  # float64 (gradient checks) keeps its old order below
-        with builder.if_then(builder.icmp_unsigned("<", done, n) if tail_in_vectors else
-                             ir.Constant(ir.IntType(1), 0)):  # a tail: n is not a
-            # multiple of U W. The whole vectors left (at most U - 1), one at a time, then
-            # the last one, part filled, by a masked load (lanes at or past n are not
-            # read: `start` instead), all into acc[0]
-            whole = builder.udiv(builder.sub(n, done), ir.Constant(i64, W))
-            with cgutils.for_range(builder, whole) as loop:
-                j = builder.add(done, builder.mul(loop.index, ir.Constant(i64, W)))
-                builder.store(vterm(builder.load(acc[0]), j), acc[0])
-            j_last = builder.add(done, builder.mul(whole, ir.Constant(i64, W)))
-            part = builder.sub(n, j_last)  # 0 .. W-1
-            with builder.if_then(builder.icmp_unsigned(">", part, ir.Constant(i64, 0))):
-                lanes = ir.Constant(ir.VectorType(i64, W), list(range(W)))
-                limit = builder.insert_element(ir.Constant(ir.VectorType(i64, W), [0] * W),
-                                               part, ir.Constant(ir.IntType(32), 0))
-                limit = builder.shuffle_vector(limit, limit, ir.Constant(
-                    ir.VectorType(ir.IntType(32), W), [0] * W))  # part in every lane
-                mask = builder.icmp_unsigned("<", lanes, limit)
-                a = builder.load(acc[0])
-                tx = masked_load(px, j_last, mask)
-                t = (builder.call(fma, [tx, masked_load(py, j_last, mask), a]) if with_y
-                     else combine(a, tx))
-                builder.store(t, acc[0])
+        if tail_in_vectors:
+            with builder.if_then(builder.icmp_unsigned("<", done, n)):  # a tail: n is not a
+                # multiple of U W. The whole vectors left (at most U - 1), one at a
+                # time, then the last one, part filled, by a masked load (lanes at or
+                # past n are not read: `start` instead), all into acc[0]
+                whole = builder.udiv(builder.sub(n, done), ir.Constant(i64, W))
+                with cgutils.for_range(builder, whole) as loop:
+                    j = builder.add(done, builder.mul(loop.index, ir.Constant(i64, W)))
+                    builder.store(vterm(builder.load(acc[0]), j), acc[0])
+                j_last = builder.add(done, builder.mul(whole, ir.Constant(i64, W)))
+                part = builder.sub(n, j_last)  # 0 .. W-1
+                with builder.if_then(builder.icmp_unsigned(">", part, ir.Constant(i64, 0))):
+                    lanes = ir.Constant(ir.VectorType(i64, W), list(range(W)))
+                    limit = builder.insert_element(
+                        ir.Constant(ir.VectorType(i64, W), [0] * W), part,
+                        ir.Constant(ir.IntType(32), 0))
+                    limit = builder.shuffle_vector(limit, limit, ir.Constant(
+                        ir.VectorType(ir.IntType(32), W), [0] * W))  # part in every lane
+                    mask = builder.icmp_unsigned("<", lanes, limit)
+                    a = builder.load(acc[0])
+                    tx = masked_load(px, j_last, mask)
+                    t = (builder.call(fma, [tx, masked_load(py, j_last, mask), a]) if with_y
+                         else combine(a, tx))
+                    builder.store(t, acc[0])
         v = combine(combine(builder.load(acc[0]), builder.load(acc[1])),
                     combine(builder.load(acc[2]), builder.load(acc[3])))
         w = W
