@@ -568,7 +568,6 @@ def test_vsum_vdot_vmax_against_float64_numpy(n_cols, dt, seed):
         assert np.array_equal(got[:, 3], np.nanmax(X, 1))
 
 
-
 def _vsum_in_order(x, W, U=4):
     # reduce.py's documented order, in NumPy (each add rounded in x's dtype, as a vector
     # add rounds each lane): vector v into acc[v % U] for the blocks of U whole vectors,
@@ -607,6 +606,7 @@ def test_vsum_adds_in_the_documented_order(n_cols, dt, seed):
     got = _row_sums(x, x)[0, 0]
     want = _vsum_in_order(x[0], VECTOR_BYTES // np.dtype(dt).itemsize)
     assert np.array([got], dt).tobytes() == np.array([want], dt).tobytes(), (got, want)
+
 
 def test_warmup_compiles_every_exported_kernel():
     """kernels.warmup() is what makes the first real call fast: every Numba kernel that
