@@ -730,14 +730,21 @@ def _blocking(dtype, M, N, isa, threads, KC, kernel, b_packed, b_trans, K=None):
     return dict(code=code, MR=MR, NR=NR, KC=KC, MC=MC, NC=NC, b_in_task=b_in_task)
 
 
-# KC, the reduction block, in float32 values (float64: half as many, the same bytes). One
-# NR-wide panel of B (KC x NR values) is read by every micro-kernel call down a column of
-# tiles and should stay in L1 with room for A's panels: AVX2's 6 x 16 tile at KC = 256 holds
-# 16 KiB of Zen 3's 32 KiB (measured on a 2-core EPYC, Zen 3: 128 -> 256 lifted
-# bench_matmul's shapes by ~3 % in geometric mean, and the E->H weight gradient, TN
-# 4096 x 256 x 128, from 74 to 101 GFLOP/s); AVX-512's 8 x 48 tile at KC = 128 holds 24
-# KiB of 48. KC fixes the order of each sum, so it depends on the ISA and dtype only.
-_KC, _MC = {"avx512": 128, "avx2": 256, "sse": 256, "loops": 128}, 288
+# KC, the reduction block, in float32 values (float64: half as many, the same bytes). Each
+# micro-kernel call loads and stores its tile of C once per KC block, and each block of A
+# is packed once per KC block, so a longer block does that less often; a block of packed A
+# (MC x KC) should stay in L2. AVX2's 6 x 16 tile at KC = 256 (measured on a 2-core EPYC,
+# Zen 3: 128 -> 256 lifted bench_matmul's shapes by ~3 % in geometric mean, and the E->H
+# weight gradient, TN 4096 x 256 x 128, from 74 to 101 GFLOP/s). AVX-512 at KC = 384: its
+# panel of B (8 x 32 tile: 48 KiB, 8 x 48: 72 KiB) no longer fits L1 and streams from L2,
+# which keeps up (two vectors of B a step of 16 FMAs), and a packed block of A of 288
+# rows is 432 KiB of a 1 MiB L2. Measured on a 2-core EPYC, Zen 4, against 128 in
+# alternate rounds of one process (benchmarks/ab_kernels.py eaecda6 --only gemm, --only
+# pass): every product of its list 1.00-1.22x (the TN weight gradients 1.03-1.22x, base's
+# q|k|v on one sentence 211 -> 223 GFLOP/s), base's frozen pass on one sentence of 128
+# tokens 1.09x. (Products alone: KC = 256 gained about half of that, 512 the same as 384.)
+# KC fixes the order of each sum, so it depends on the ISA and dtype only.
+_KC, _MC = {"avx512": 384, "avx2": 256, "sse": 256, "loops": 128}, 288
 _NONE = {4: np.empty(0, np.float32), 8: np.empty(0, np.float64)}  # by itemsize
 _B_BLOCK = 2 << 20  # bytes of a task's packed KC block of B that its caches keep (L2/L3)
 
