@@ -129,6 +129,16 @@ def dense_forward(x, params, name, residual=None):
     return matmul_nt(x, W, bias=b, residual=residual), x
 
 
+def dense_norm_forward(x, params, name, residual, ln_name, eps):
+    # LayerNorm(x @ W.T + b + residual) -> [n, out], for a pass no backward follows: the
+    # GEMM's epilogue adds the bias and the residual and normalises each block of rows
+    # while it is in cache (matmul_nt's layernorm), with no pass of its own and no array
+    # for the sum; the same bits as dense_forward, then layernorm_fwd.
+    W, b = params[name + ".weight"], params[name + ".bias"]
+    return matmul_nt(x, W, bias=b, residual=residual,
+                     layernorm=(params[ln_name + ".weight"], params[ln_name + ".bias"], eps))
+
+
 def dense_act_forward(x, params, name, act, keep=True):
     # -> (h, g): h = x @ W.T + b [n, out] and g = act(h), the activation in a pass of its
     # own. The GEMM's epilogue can apply gelu_new too (matmul_nt(..., gelu_out=g), the
@@ -230,7 +240,8 @@ def attention_block_forward(x, params, name, seqs, cfg, drop, rows=None, keep=Tr
     # values still come from every row; the queries, and everything after attention, only
     # from these rows: the block returns y: [len(rows), H].
     # keep False: no backward follows and no attention map is asked for (the cache's probs
-    # is None: attention keeps each head's probabilities in a scratch block only).
+    # is None: attention keeps each head's probabilities in a scratch block only; without
+    # dropout, the output's LayerNorm runs in its GEMM's epilogue: the cache's ln is None).
     p_attn = drop.p(cfg.attention_probs_dropout_prob)
     key_attn = drop.key() if p_attn > 0 else np.uint64(0)
     if rows is None:
@@ -247,6 +258,11 @@ def attention_block_forward(x, params, name, seqs, cfg, drop, rows=None, keep=Tr
         ctx, probs = seqs.attend_rows(qkv[0], rows, qkv[1], cfg.num_attention_heads, p_attn,
                                       key_attn, keep)
     p_out = drop.p(cfg.hidden_dropout_prob)
+    if not keep and p_out == 0:  # no backward: LayerNorm in the GEMM's epilogue too
+        y = dense_norm_forward(ctx, params, name + "dense", res, name + "LayerNorm",
+                               cfg.layer_norm_eps)
+        return y, AttentionCache(x, qkv, W, ctx, probs, p_attn, key_attn, None, p_out, None,
+                                 seqs, rows)
     if p_out > 0:
         o, _ = dense_forward(ctx, params, name + "dense")
         o, keep = dropout_forward(o, p_out, drop.key(), rows, x.shape[0])
@@ -314,8 +330,13 @@ class FFNCache(NamedTuple):
 def ffn_block_forward(a, params, name, cfg, keep=True):
     # a: [n, H] -> LayerNorm(a + ffn_output(act(ffn(a)))): [n, H]
     # (HF defines a dropout in AlbertLayer but never applies it; neither do we.)
-    # keep False: no backward follows (the cache's h may be None: dense_act_forward)
+    # keep False: no backward follows (the cache's h may be None: dense_act_forward; its ln
+    # is None: the LayerNorm runs in the output GEMM's epilogue, dense_norm_forward)
     h, g = dense_act_forward(a, params, name + "ffn", cfg.hidden_act, keep)  # [n, I] each
+    if not keep:  # no backward: the LayerNorm in the GEMM's epilogue too
+        y = dense_norm_forward(g, params, name + "ffn_output", a, name + "full_layer_layer_norm",
+                               cfg.layer_norm_eps)
+        return y, FFNCache(a, h, g, None)
     f, _ = dense_forward(g, params, name + "ffn_output", residual=a)  # [n, H], + a residual
     y, ln = layernorm_fwd(f, params, name + "full_layer_layer_norm", cfg.layer_norm_eps)
     return y, FFNCache(a, h, g, ln)

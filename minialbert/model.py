@@ -110,8 +110,9 @@ def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None, keep=Tr
     # 2.6 GB more than a one-sentence call, against Hugging Face's 0.3 GB under
     # inference_mode). The cache then has no layers, and encode_backward refuses it. Nor
     # does such a pass write what only a backward reads: attention keeps each head's
-    # probabilities in a scratch block, not in a [B, N, T, T] array, and the FFN's gelu_new
-    # is applied in place by its GEMM's epilogue (layers.dense_act_forward).
+    # probabilities in a scratch block, not in a [B, N, T, T] array, the FFN's gelu_new
+    # is applied in place by its GEMM's epilogue (layers.dense_act_forward), and so is each
+    # block's LayerNorm, by the GEMM before it (layers.dense_norm_forward).
     # hidden: keep every layer application's output (hidden_states: [h_0, ..., h_L]);
     # False: hidden_states is None, and no layer's output outlives the next layer's.
     weights = weights if weights is not None else Weights(params)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from minialbert.kernels import matmul_nn, matmul_nt, matmul_nt_naive, matmul_tn, use_blas
 from minialbert.kernels.matmul import bias_add, bias_grad, transpose
+from minialbert.kernels.norm import layernorm_forward
 from reference import assert_close, n, require, t
 
 SIZES = [1, 2, 3, 4, 5, 7, 13, 31, 64, 67]  # 1, primes, tile multiples and not
@@ -248,7 +249,8 @@ def test_packing_in_the_first_column_gives_the_bits_of_packing_first(isa, data):
                                -(-N // NR) * NR * K), dt)
             other = ref_in.copy()
             mm._gemm_fused(A, form == "tn", B, form == "nt", other, accumulate, isa, MR, NR,
-                           KC, MC, NC, Apw, Bpw, True, False, none, 0, none, none, b_in_task)
+                           KC, MC, NC, Apw, Bpw, True, False, none, 0, none, none, none, none,
+                           0.0, b_in_task)
             assert np.array_equal(other, ref), (isa, form, M, K, N, MC, NC, b_in_task)
     # attention's one-thread driver (A read in place through its strides) gives them too
     rs, cs = (1, M) if form == "tn" else (K, 1)
@@ -290,8 +292,9 @@ def test_packed_weight_gives_the_same_bits_as_packing_on_the_fly(data):
 @given(data=st.data())
 def test_epilogue_gives_the_bits_of_the_separate_kernels(data):
     """The dense layer's epilogue (bias, a residual, gelu_new, gelu_new's gradient applied
-    to each block of C as soon as it is summed) gives bitwise what the product followed by
-    bias_add / += / gelu_new_forward / gelu_new_backward gives: for shapes that cut C into
+    to each block of C as soon as it is summed; LayerNorm of each block of whole rows)
+    gives bitwise what the product followed by bias_add / += / gelu_new_forward /
+    gelu_new_backward / layernorm_forward gives: for shapes that cut C into
     several blocks (across M and N), ragged tiles, K below and above KC, a PackedWeight or
     a plain B, float32 and float64, 1 thread and all; and, under the BLAS switch, the same
     layer as BLAS + those kernels."""
@@ -312,6 +315,8 @@ def test_epilogue_gives_the_bits_of_the_separate_kernels(data):
     ref_g = gelu_new_forward(ref_h.reshape(-1)).reshape(M, N)
     Wt = (r.standard_normal((K, N))).astype(dt)  # the backward's W: [N(out) = K, N(in)]
     ref_dh = gelu_new_backward(matmul_nn(x, Wt).reshape(-1), ref_h.reshape(-1)).reshape(M, N)
+    ln = (r.standard_normal(N).astype(dt), r.standard_normal(N).astype(dt), 1e-12)
+    ref_y = layernorm_forward(ref_h + dy, *ln)[0]
     saved = numba.get_num_threads()
     try:
         for threads in (1, saved):
@@ -325,6 +330,8 @@ def test_epilogue_gives_the_bits_of_the_separate_kernels(data):
             assert np.array_equal(g, ref_g), (M, K, N, threads)
             assert np.array_equal(matmul_nn(x, Wt, gelu_grad_of=ref_h), ref_dh)
             assert np.array_equal(matmul_nt(x, Wb, bias=b, residual=dy), ref_h + dy)
+            y = matmul_nt(x, Wb, bias=b, residual=dy, layernorm=ln)
+            assert np.array_equal(y, ref_y), (M, K, N, threads)
     finally:
         numba.set_num_threads(saved)
     with use_blas(True):
@@ -338,6 +345,32 @@ def test_epilogue_gives_the_bits_of_the_separate_kernels(data):
         dh = matmul_nn(x, Wt, gelu_grad_of=ref_h)
         assert_close(dh, ref_dh, **_tol(dt))
         assert_close(matmul_nt(x, Wb, bias=b, residual=dy), x @ W.T + b + dy, **_tol(dt))
+        o = matmul_nt(x, Wb, bias=b, residual=dy)
+        assert np.array_equal(matmul_nt(x, Wb, bias=b, residual=dy, layernorm=ln),
+                              layernorm_forward(o, *ln)[0])
+
+
+def test_layernorm_epilogue_in_the_tasks_and_after_them(rng):
+    """matmul_nt's layernorm runs in each task when the blocking gives every task whole
+    rows, and after the product when it cuts the columns (a few rows against a wide W):
+    both give layernorm_forward's bits, with and without a bias and a residual."""
+    from minialbert.kernels import matmul as mm
+    from minialbert.kernels import PackedWeight, get_threads
+    threads = get_threads()
+    for M, N, whole in ((600, 256, True), (2, 1100, threads == 1)):
+        x = rng.standard_normal((M, 64)).astype(np.float32)
+        W = PackedWeight(rng.standard_normal((N, 64)).astype(np.float32))
+        b, res = rng.standard_normal(N).astype(np.float32), rng.standard_normal((M, N))
+        res = res.astype(np.float32)
+        ln = (rng.standard_normal(N).astype(np.float32), rng.standard_normal(N).astype(
+            np.float32), 1e-5)
+        assert (mm.blocking(np.float32, M, N, b_packed=True, b_trans=True, K=64)["NC"] >= N) \
+            == whole
+        for kw in ({}, {"bias": b}, {"bias": b, "residual": res}):
+            out = np.full((M, N), np.nan, np.float32)
+            assert matmul_nt(x, W, out=out, layernorm=ln, **kw) is out
+            assert np.array_equal(out, layernorm_forward(matmul_nt(x, W, **kw), *ln)[0]), \
+                (M, N, kw.keys())
 
 
 def test_epilogue_arguments_are_checked(rng):
@@ -356,6 +389,14 @@ def test_epilogue_arguments_are_checked(rng):
         matmul_nn(x, W.T.copy(), gelu_grad_of=np.zeros((3, 4), np.float32))
     with pytest.raises(ValueError, match="shape"):
         matmul_nt(x, W, residual=np.zeros((5, 3), np.float32))
+    g = np.ones(5, np.float32)
+    with pytest.raises(ValueError, match="gamma"):
+        matmul_nt(x, W, layernorm=(np.ones(4, np.float32), g, 1e-12))
+    with pytest.raises(ValueError, match="beta"):
+        matmul_nt(x, W, layernorm=(g, g.astype(np.float64), 1e-12))
+    with pytest.raises(ValueError, match="accumulate"):
+        matmul_nt(x, W, out=np.zeros((3, 5), np.float32), accumulate=True,
+                  layernorm=(g, g, 1e-12))
 
 
 def test_tile_is_picked_from_the_shape():

@@ -22,6 +22,7 @@ from minialbert.gradcheck import gradcheck  # noqa: E402
 from minialbert.kernels import (PackedWeight, activation, bias_add, mask_bias,  # noqa: E402
                                 matmul_nn, matmul_nt)
 from minialbert.kernels.act import gelu_new_backward, gelu_new_forward  # noqa: E402
+from minialbert.kernels.norm import layernorm_forward  # noqa: E402
 from minialbert.memory import keep_freed_memory  # noqa: E402
 from minialbert.layers import (Dropout, Sequences, attention_block_backward,  # noqa: E402
                                attention_block_forward, ffn_block_backward, ffn_block_forward)
@@ -151,12 +152,45 @@ assert np.array_equal(backward_two_passes(), backward_one_pass())  # the same bi
 tb2, tb1 = best_times([backward_two_passes, backward_one_pass])
 print(f"backward: product + gelu_new' pass {tb2 * 1e3:.2f} ms, the epilogue {tb1 * 1e3:.2f} ms "
       f"({tb2 / tb1:.2f}x)")
-write_table("06_epilogue.md", [f"{n_rows} x {H_} -> {I_}, float32, {cpu_name()}", "ms"],
+
+# %% [markdown]
+# A pass no backward follows (a frozen model's: inference) can take one step more: the FFN's
+# output product, its bias and residual, and the block's LayerNorm — which needs whole
+# rows, so each task normalises its block of rows once all its columns are summed
+# (`matmul_nt(g, W, bias=b, residual=a, layernorm=(gamma, beta, eps))`). Training keeps
+# LayerNorm's pass of its own: its backward needs the sum and the rows' mean and rstd.
+
+# %%
+res = rng.standard_normal((n_rows, H_)).astype(np.float32)
+b2 = rng.standard_normal(H_).astype(np.float32)
+ln = (rng.standard_normal(H_).astype(np.float32), rng.standard_normal(H_).astype(np.float32),
+      1e-12)
+g_in = g3  # the FFN's activation, [n_rows, I]
+
+
+def norm_own_pass():
+    return layernorm_forward(matmul_nt(g_in, W2p, bias=b2, residual=res), *ln)[0]
+
+
+def norm_in_epilogue():
+    return matmul_nt(g_in, W2p, bias=b2, residual=res, layernorm=ln)  # W2p: [H, I]
+
+
+assert np.array_equal(norm_own_pass(), norm_in_epilogue())  # the same bits
+tn2, tn1 = best_times([norm_own_pass, norm_in_epilogue])
+print(f"{n_rows} x {I_} -> {H_} + residual, LayerNorm: its own pass {tn2 * 1e3:.2f} ms, "
+      f"in the epilogue {tn1 * 1e3:.2f} ms ({tn2 / tn1:.2f}x)")
+write_table("06_epilogue.md", [f"{n_rows} x {H_} -> {I_} (and back), float32, {cpu_name()}",
+                               "ms"],
             [("product, bias_add, gelu_new_forward", f"{t3 * 1e3:.2f}"),
              ("product with the epilogue (same bits)", f"{t1 * 1e3:.2f}"),
              ("backward: product, then gelu_new_backward", f"{tb2 * 1e3:.2f}"),
              ("backward: product with gelu's gradient in the epilogue (same bits)",
-              f"{tb1 * 1e3:.2f}")])
+              f"{tb1 * 1e3:.2f}"),
+             ("back to H: product with bias and residual, then layernorm_forward",
+              f"{tn2 * 1e3:.2f}"),
+             ("back to H: LayerNorm in the epilogue too (same bits; inference)",
+              f"{tn1 * 1e3:.2f}")])
 
 # %%
 p = plt()

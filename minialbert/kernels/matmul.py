@@ -6,6 +6,7 @@ from numba import njit, prange
 
 from ._base import FASTMATH, FASTMATH_REASSOC, ROW_CHUNK, cast_like, check_float, get_threads
 from .act import gelu_new_at, gelu_new_backward, gelu_new_forward, gelu_new_grad_at
+from .norm import layernorm_forward, layernorm_rows
 from .microkernel import (NATIVE, host_isa, kernel_tile, microkernel, microkernel_packing,
                           pack_8_steps, pick_kernel, prefetch_l2, transpose_8x8)
 
@@ -540,9 +541,23 @@ def _epilogue(Cf, c0, ldc, m, n, bias, j0, act, Xf, Rf):
 
 @njit(cache=True)
 def _gemm_task(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap, Bp,
-               copy_a, bias, act, Xf, Rf, b_in_task):
-    # Task t of _gemm_fused (below): the block of C it owns, from the first KC block of
-    # the reduction to the last, then its epilogue.
+               copy_a, bias, act, Xf, Rf, gamma, beta, eps, b_in_task):
+    # Task t of _gemm_fused (below): its block of C (_gemm_task_sums), then, with gamma
+    # not empty, LayerNorm of the block's rows in place, while the block is in cache. The
+    # block is then whole rows (the caller sees to it: NC >= N).
+    _gemm_task_sums(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap, Bp,
+                    copy_a, bias, act, Xf, Rf, b_in_task)
+    if gamma.shape[0] > 0:
+        M, N = C.shape
+        i0 = (t // ((N + NC - 1) // NC)) * MC
+        layernorm_rows(C.reshape(M * N), i0 * N, N, min(MC, M - i0), N, gamma, beta, eps)
+
+
+@njit(cache=True)
+def _gemm_task_sums(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap,
+                    Bp, copy_a, bias, act, Xf, Rf, b_in_task):
+    # The block of C task t owns, from the first KC block of the reduction to the last,
+    # then its epilogue.
     M, N = C.shape
     K = A.shape[0] if a_trans else A.shape[1]
     Cf = C.reshape(M * N)
@@ -601,7 +616,7 @@ def _gemm_task(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC
 
 @njit(parallel=True, cache=True)
 def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap, Bp,
-                pack_b, copy_a, bias, act, Xf, Rf, b_in_task=False):
+                pack_b, copy_a, bias, act, Xf, Rf, gamma, beta, eps, b_in_task=False):
     # C: [M,N] (+)= opA(A) [M,K] @ opB(B) [K,N], A C-contiguous:
     #   1. pack B whole into panels in Bp (with pack_b False, Bp holds them already: a
     #      PackedWeight; with b_in_task, each task packs its own columns of B one KC block
@@ -611,7 +626,8 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
     #      each block of A is packed by the first column of micro-kernel calls that reads
     #      it (_macrokernel_packing), into a buffer of the task's own (with copy_a, by a
     #      copy before the block's first use: see _gemm_task);
-    #   3. the block's epilogue (bias, activation: _epilogue), when asked for.
+    #   3. the block's epilogue (bias, activation: _epilogue), when asked for, and
+    #      LayerNorm of its rows (gamma, beta not empty; then NC >= N: whole rows).
     M, N = C.shape
     K = A.shape[0] if a_trans else A.shape[1]
     if pack_b and not b_in_task:
@@ -620,12 +636,12 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
     for t in prange(n_tasks):  # t as an int64 (prange's is a uint64): one compile of
         # _gemm_task with _gemm_serial's
         _gemm_task(np.int64(t), A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC,
-                   NC, Ap, Bp, copy_a, bias, act, Xf, Rf, b_in_task)
+                   NC, Ap, Bp, copy_a, bias, act, Xf, Rf, gamma, beta, eps, b_in_task)
 
 
 @njit(cache=True)
 def _gemm_serial(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap, Bp,
-                 pack_b, copy_a, bias, act, Xf, Rf, b_in_task=False):
+                 pack_b, copy_a, bias, act, Xf, Rf, gamma, beta, eps, b_in_task=False):
     # _gemm_fused on the calling thread alone, the same tasks in order (so the same bits):
     # for one thread, and for products too small to pay for waking a second one.
     M, N = C.shape
@@ -637,7 +653,7 @@ def _gemm_serial(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC,
     n_tasks = ((M + MC - 1) // MC) * ((N + NC - 1) // NC)
     for t in range(n_tasks):
         _gemm_task(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap,
-                   Bp, copy_a, bias, act, Xf, Rf, b_in_task)
+                   Bp, copy_a, bias, act, Xf, Rf, gamma, beta, eps, b_in_task)
 
 
 ISA = host_isa()  # 'avx512', 'avx2' or 'sse': the micro-kernel this CPU runs
@@ -750,13 +766,16 @@ _B_BLOCK = 2 << 20  # bytes of a task's packed KC block of B that its caches kee
 
 
 def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None, bias=None,
-         act=EPI_NONE, X=None, residual=None, run=None):
+         act=EPI_NONE, X=None, residual=None, layernorm=None, run=None):
     """out [M,N] (+)= opA(A) @ opB(B): the one driver behind matmul_nt/_nn/_tn.
     B may be a PackedWeight (its panels are then reused, not packed again).
     ``isa`` picks the ISA's best tile for the shape; ``kernel`` (a code of
     microkernel.KERNELS) forces one, for tests and benchmarks. ``bias``, ``act`` and ``X``
     (an [M, N] array: gelu_new's output, or the pre-activation its gradient needs) and
     ``residual`` (an [M, N] array added after the bias) ask for the epilogue (_epilogue).
+    ``layernorm`` (gamma [N], beta [N], eps) then normalises out's rows in place: by each
+    task on its block (layernorm_rows) when the blocking gives every task whole rows, else
+    by layernorm_forward after the product — the same bits either way.
     Everything it works out from the shape is kept per shape (_plan): a training step makes
     the same few hundred products every step, and on a small one the Python around the
     kernel is a good part of the time. ``run`` forces a driver (_gemm_fused or
@@ -780,10 +799,14 @@ def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None, bias=No
         Bp = ws.get(("B", dt))
         if Bp is None or Bp.size < b_size:
             Bp = _workspace.get("B", dt, b_size)
-    none = _NONE[dt.itemsize]  # an empty array: no bias, no X, no residual
+    none = _NONE[dt.itemsize]  # an empty array: no bias, no X, no residual, no LayerNorm
+    gamma, beta, eps = layernorm if layernorm is not None and NC >= N else (none, none, 0.0)
     run(A, a_trans, B, b_trans, out, accumulate, code, MR, NR, KC, MC, NC, Ap, Bp, pack_b,
         copy_a, none if bias is None else bias, act, none if X is None else X.reshape(M * N),
-        none if residual is None else residual.reshape(M * N), in_task)
+        none if residual is None else residual.reshape(M * N), gamma, beta, float(eps),
+        in_task)
+    if layernorm is not None and NC < N:  # the tasks' blocks are not whole rows
+        out[...] = layernorm_forward(out, *layernorm)[0]
     return out
 
 
@@ -922,7 +945,8 @@ def _epilogue_args(out, accumulate, bias, X, what):
         raise ValueError(f"{what}: bias with accumulate=True")
 
 
-def matmul_nt(A, B, out=None, accumulate=False, bias=None, gelu_out=None, residual=None):
+def matmul_nt(A, B, out=None, accumulate=False, bias=None, gelu_out=None, residual=None,
+              layernorm=None):
     """``A @ B.T`` ([M,K] x [N,K] -> [M,N]); with ``accumulate`` the product is added into
     ``out`` (the ``+=`` with which a shared weight collects one gradient contribution per
     use). B may be a PackedWeight, here and in matmul_nn.
@@ -932,7 +956,10 @@ def matmul_nt(A, B, out=None, accumulate=False, bias=None, gelu_out=None, residu
     ([M, N]) gelu_new of the result is written there too — the same bits as bias_add, a
     NumPy ``+=`` and gelu_new_forward after the product. ``gelu_out`` may be ``out``
     itself: then ``out`` holds gelu_new(x W^T + b) only (inference, where no backward
-    needs the pre-activation)."""
+    needs the pre-activation). With ``layernorm`` = (gamma [N], beta [N], eps), ``out``
+    then holds LayerNorm(x W^T + b + residual) only, each block of rows normalised as soon
+    as its sums are done (a pass no backward follows: neither the sum nor mean and rstd
+    are kept) — the same bits as layernorm_forward after the product."""
     check_float(A, B)
     if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
         raise ValueError(f"matmul_nt: shapes {A.shape} and {B.shape} do not fit A @ B.T")
@@ -940,6 +967,8 @@ def matmul_nt(A, B, out=None, accumulate=False, bias=None, gelu_out=None, residu
     if bias is not None or gelu_out is not None or residual is not None:
         _epilogue_args(out, accumulate, bias, gelu_out, "matmul_nt")
         _epilogue_args(out, accumulate, None, residual, "matmul_nt")
+    if layernorm is not None:
+        _layernorm_args(out, accumulate, gelu_out, layernorm)
     if _USE_BLAS:
         _blas(A, _array(B).T, out, accumulate)
         if bias is not None:
@@ -948,11 +977,27 @@ def matmul_nt(A, B, out=None, accumulate=False, bias=None, gelu_out=None, residu
             out += residual
         if gelu_out is not None:
             gelu_out[...] = gelu_new_forward(out.reshape(-1)).reshape(out.shape)
+        if layernorm is not None:
+            out[...] = layernorm_forward(out, *layernorm)[0]
         return out
     act = EPI_NONE if gelu_out is None else EPI_GELU_IN_PLACE if gelu_out is out else EPI_GELU
     return gemm(_contiguous(A), False, _b_operand(B), True, out, accumulate,
                 bias=bias, act=act, X=None if act == EPI_GELU_IN_PLACE else gelu_out,
-                residual=residual)
+                residual=residual, layernorm=layernorm)
+
+
+def _layernorm_args(out, accumulate, gelu_out, layernorm):
+    # check matmul_nt's layernorm = (gamma, beta, eps) against out [M, N]
+    gamma, beta, _ = layernorm
+    N = out.shape[1]
+    for name, v in (("gamma", gamma), ("beta", beta)):
+        if not isinstance(v, np.ndarray) or v.shape != (N,) or v.dtype != out.dtype:
+            raise ValueError(f"matmul_nt: layernorm's {name} must be a {out.dtype} array of "
+                             f"shape {(N,)}, got {getattr(v, 'dtype', type(v))} "
+                             f"{getattr(v, 'shape', '')}")
+    if accumulate or gelu_out is not None:
+        raise ValueError("matmul_nt: layernorm normalises the whole product; not with "
+                         "accumulate=True or gelu_out")
 
 
 def matmul_nn(A, B, out=None, accumulate=False, gelu_grad_of=None):

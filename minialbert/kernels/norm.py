@@ -19,6 +19,42 @@ from ._base import FASTMATH, ROW_CHUNK, cast_like
 from .reduce import vdot, vsum
 
 
+@njit(cache=True)
+def _inv_sqrt(x, v):
+    # 1 / sqrt(v), correctly rounded: compiled without fast-math and called, not inlined at
+    # Numba's level, so that the flags of the caller do not reach it. Under them LLVM may
+    # use an approximate reciprocal square root and a Newton step, in some callers and not
+    # in others (a prange body kept the division, a serial loop did not): rstd would
+    # differ by an ulp between layernorm_forward and layernorm_rows. In x's type (an array).
+    return cast_like(x, 1.0) / math.sqrt(v)
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _normalize_row(x, y, gamma, beta, inv_c, e):
+    # one row: y = gamma (x - mean) rstd + beta -> (mean, rstd); y is not x (for that:
+    # _normalize_row_in_place, the same operations in the same order, so the same bits).
+    # The sums through reduce.py: vectorised, in a fixed order.
+    m = vsum(x) * inv_c
+    for j in range(x.shape[0]):
+        y[j] = x[j] - m
+    rs = _inv_sqrt(x, vdot(y, y) * inv_c + e)
+    for j in range(x.shape[0]):
+        y[j] = y[j] * rs * gamma[j] + beta[j]
+    return m, rs
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _normalize_row_in_place(x, gamma, beta, inv_c, e):
+    # _normalize_row with y = x. A function of its own: given x twice, the loops above
+    # would see two arrays that may overlap and, finding that they do, run a value at a time.
+    m = vsum(x) * inv_c
+    for j in range(x.shape[0]):
+        x[j] = x[j] - m
+    rs = _inv_sqrt(x, vdot(x, x) * inv_c + e)
+    for j in range(x.shape[0]):
+        x[j] = x[j] * rs * gamma[j] + beta[j]
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def layernorm_forward(x, gamma, beta, eps):  # x: [R,C] -> y: [R,C], mean: [R], rstd: [R]
     R, C = x.shape
@@ -31,17 +67,21 @@ def layernorm_forward(x, gamma, beta, eps):  # x: [R,C] -> y: [R,C], mean: [R], 
     # float64 conversions: the forward took twice the time (4096 x 256, 2 threads, a
     # Zen 4 EPYC: 0.317 -> 0.168 ms, benchmarks/ab_kernels.py bb108bd --only rows)
     inv_c = cast_like(x, 1.0 / C)
-    for r in prange(R):  # the sums through reduce.py: vectorised, in a fixed order
-        m = vsum(x[r]) * inv_c
-        d = y[r]
-        for j in range(C):
-            d[j] = x[r, j] - m
-        rs = cast_like(x, 1.0) / math.sqrt(vdot(d, d) * inv_c + e)
-        mean[r] = m
-        rstd[r] = rs
-        for j in range(C):
-            d[j] = d[j] * rs * gamma[j] + beta[j]
+    for r in prange(R):
+        mean[r], rstd[r] = _normalize_row(x[r], y[r], gamma, beta, inv_c, e)
     return y, mean, rstd
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def layernorm_rows(Yf, y0, ld, rows, C, gamma, beta, eps):
+    # LayerNorm in place, on one thread, of the rows Yf[y0 + i*ld : y0 + i*ld + C], i < rows:
+    # the same bits as layernorm_forward's y. The GEMM's epilogue runs it on each block of
+    # rows of a product once its sums are done, while the block is in cache (matmul_nt's
+    # ``layernorm``: a pass no backward follows, which needs neither mean nor rstd).
+    e = cast_like(Yf, eps)
+    inv_c = cast_like(Yf, 1.0 / C)
+    for i in range(rows):
+        _normalize_row_in_place(Yf[y0 + i * ld:y0 + i * ld + C], gamma, beta, inv_c, e)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
