@@ -176,6 +176,47 @@ def test_microkernel_matches_its_readable_twin(dt, isa, rng):
         assert_close(out.reshape(-1), 2 * ref, **_tol(dt), what=f"{isa} kc={kc} accumulate")
 
 
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("isa", _kernels())
+def test_ragged_tile_writes_its_block_only_with_the_whole_tiles_bits(dt, isa, rng):
+    """A ragged tile (microkernel_edge: masked stores) writes, or adds into, exactly its
+    first mr rows and nr columns of C, with the bits of the whole tile computed by the
+    plain micro-kernel; every value around it (the rest of the tile's rows and columns,
+    and the rows and columns beyond) is left as it was."""
+    from numba import njit
+
+    from minialbert.kernels.microkernel import (KERNELS, kernel_tile, microkernel,
+                                                microkernel_edge)
+
+    @njit
+    def whole(isa, kc, Ap, Bp, C, MR, NR):
+        microkernel(isa, kc, Ap, 0, Bp, 0, C, 0, NR, False, MR, NR)
+
+    @njit
+    def ragged(isa, kc, Ap, Bp, C, c0, ldc, add, MR, NR, mr, nr):
+        microkernel_edge(isa, kc, Ap, 0, Bp, 0, C, c0, ldc, add, MR, NR, mr, nr)
+
+    MR, NR = kernel_tile(dt, isa)
+    W = NR // KERNELS[isa][3]  # the floats in one vector
+    kc = 37
+    Ap = rng.standard_normal(kc * MR).astype(dt)
+    Bp = rng.standard_normal(kc * NR).astype(dt)
+    full = np.empty(MR * NR, dt)
+    whole(isa, kc, Ap, Bp, full, MR, NR)
+    full = full.reshape(MR, NR)
+    ldc = NR + 3
+    for mr in sorted({1, max(MR - 1, 1), MR}):
+        for nr in sorted({n for n in (1, W - 1, W, W + 1, NR - 1, NR) if 1 <= n <= NR}):
+            for add in (False, True):
+                C = rng.standard_normal((MR + 2, ldc)).astype(dt)
+                start = C.copy()
+                ragged(isa, kc, Ap, Bp, C.reshape(-1), ldc + 1, ldc, add, MR, NR, mr, nr)
+                want = start.copy()
+                block = full[:mr, :nr]
+                want[1:1 + mr, 1:1 + nr] = start[1:1 + mr, 1:1 + nr] + block if add else block
+                assert np.array_equal(C, want), (isa, dt, mr, nr, add)
+
+
 @pytest.mark.parametrize("isa", _kernels())
 @given(data=st.data())
 def test_packed_gemm_any_shape_every_isa_every_form(isa, data):

@@ -7,8 +7,9 @@ from numba import njit, prange
 from ._base import FASTMATH, FASTMATH_REASSOC, ROW_CHUNK, cast_like, check_float, get_threads
 from .act import gelu_new_at, gelu_new_backward, gelu_new_forward, gelu_new_grad_at
 from .norm import layernorm_forward, layernorm_rows
-from .microkernel import (NATIVE, host_isa, kernel_tile, microkernel, microkernel_packing,
-                          pack_8_steps, pick_kernel, prefetch_l2, transpose_8x8)
+from .microkernel import (NATIVE, host_isa, kernel_tile, microkernel, microkernel_edge,
+                          microkernel_packing, pack_8_steps, pick_kernel, prefetch_l2,
+                          transpose_8x8)
 
 _USE_BLAS = False
 
@@ -267,7 +268,8 @@ def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, 
     # Cf[c0 + i*ldc + j] (+)= sum_{p < kc} Ap-panels[p, i] Bp-panels[p, j], i < m, j < n.
     # Ap[a_off:] holds ceil(m/MR) panels [kc, MR] one after the other, Bp[b_off:] holds
     # ceil(n/NR) panels [kc, NR]. One NR-wide panel of B (reused from L1/L2) against every
-    # MR-tall panel of A; a whole tile goes straight into C, a ragged edge through `edge`.
+    # MR-tall panel of A; a whole tile goes straight into C, a ragged one too, by masked
+    # stores (microkernel_edge).
     # The CPU's own kernel gets a copy of the loops (_tiles, inlined) in which its code is
     # a constant, which LLVM folds to that one kernel; any other code (a narrower tile the
     # tests compare, AVX-512's second tile) runs the loops that test the code at every
@@ -283,6 +285,25 @@ def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, 
 
 
 @njit(inline="always")
+def _edge_to_c(edge, NR, Cf, c, ldc, mr, nr, add):
+    # A ragged tile's mr x nr values, from the full tile the packing micro-kernel wrote into
+    # edge (rows NR apart), into C at Cf[c + i*ldc + j] (added with add): the first column
+    # of tiles when it is ragged (every other ragged tile stores its own values, by masked
+    # stores: microkernel_edge). Row by row through slices: an index j from range(nr) is
+    # known to be non-negative, so the loops vectorise; Cf[c + i*ldc + j] itself got a
+    # wrap-around check that kept them a value at a time.
+    for i in range(mr):
+        dst = Cf[c + i * ldc:c + i * ldc + nr]
+        src = edge[i * NR:i * NR + nr]
+        if add:
+            for j in range(nr):
+                dst[j] += src[j]
+        else:
+            for j in range(nr):
+                dst[j] = src[j]
+
+
+@njit(inline="always")
 def _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, edge):
     # _macrokernel's loops, for one kernel code
     for jr in range(0, n, NR):
@@ -294,14 +315,8 @@ def _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, edge):
             c = c0 + ir * ldc + jr
             if mr == MR and nr == NR:
                 microkernel(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR)
-            else:
-                microkernel(isa, kc, Ap, a, Bp, b, edge, 0, NR, False, MR, NR)
-                for i in range(mr):
-                    for j in range(nr):
-                        if add:
-                            Cf[c + i * ldc + j] += edge[i * NR + j]
-                        else:
-                            Cf[c + i * ldc + j] = edge[i * NR + j]
+            else:  # a ragged tile: masked stores
+                microkernel_edge(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR, mr, nr)
 
 
 @njit(cache=True)
@@ -386,17 +401,11 @@ def _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, is
                 else:
                     microkernel_packing(isa, kc, Af, a0 + ir * rs, rs, cs, Ap, a, Bp, b, edge,
                                         0, NR, False, MR, NR)
+                    _edge_to_c(edge, NR, Cf, c, ldc, mr, nr, add)
             elif whole:
                 microkernel(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR)
-            else:
-                microkernel(isa, kc, Ap, a, Bp, b, edge, 0, NR, False, MR, NR)
-            if not whole:
-                for i in range(mr):
-                    for j in range(nr):
-                        if add:
-                            Cf[c + i * ldc + j] += edge[i * NR + j]
-                        else:
-                            Cf[c + i * ldc + j] = edge[i * NR + j]
+            else:  # a ragged tile: masked stores
+                microkernel_edge(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR, mr, nr)
 
 
 @njit(cache=True)

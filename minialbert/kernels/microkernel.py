@@ -33,6 +33,9 @@ CPU's features (``host_isa``) and, on AVX-512, from the product's shape (``pick_
 the tile that wastes least on ragged edges). Every variant is compiled into the GEMM and
 chosen by an argument, so one cached build serves every tile and a benchmark can time them
 side by side.
+A ragged tile (the last rows or columns of a product) runs the same kernel with masked
+stores (``microkernel_edge``): the whole tile is computed, and only its first mr rows and
+nr columns reach C.
 Accumulators are allocas: LLVM's mem2reg pass turns them into registers. Before the loop,
 each cache line of the C tile is prefetched for writing (``llvm.prefetch``, as BLIS's
 kernels do): the tile is read and written once, after kc steps, and by then it is in L1
@@ -146,10 +149,11 @@ _HAS_FMA = "fma" in _host_features()
 # paths that must give the same bits (tests/test_matmul.py) did not, depending on the
 # order the tests ran in. With its own flags it is one function whoever compiles it.
 @njit(fastmath={"contract"}, cache=True)
-def microkernel_loops(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR):
+def microkernel_loops(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR, mr=-1, nr=-1):
     # C[c0 + i*ldc + j] (+)= sum_p Ap[a0 + p*MR + i] * Bp[b0 + p*NR + j]   (C flat)
-    for i in range(MR):
-        for j in range(NR):
+    # for i < mr, j < nr (a ragged tile; -1: the whole tile)
+    for i in range(MR if mr < 0 else mr):
+        for j in range(NR if nr < 0 else nr):
             s = Ap.dtype.type(0)
             for p in range(kc):
                 s += Ap[a0 + p * MR + i] * Bp[b0 + p * NR + j]
@@ -163,11 +167,21 @@ def microkernel_loops(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR):
 # the fast kernel, one per ISA, written as LLVM IR
 
 
-def _make_microkernel(vbytes, MR, NV, packs=False):
+def _make_microkernel(vbytes, MR, NV, packs=False, edge=False):
     # packs=False: microkernel(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate), A packed.
     # packs=True: microkernel(kc, A, a0, rs, cs, Ap, a0p, Bp, ...): A read where it lies,
     # element (i, p) at A[a0 + i*rs + p*cs], and written packed to Ap[a0p + p*MR + i] on
     # the way — the first use of an A panel packs it (see matmul._macrokernel).
+    # edge=True: microkernel(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, mr, nr), a ragged
+    # tile: the whole MR x NR tile is computed (the panels are zero past their edges), and
+    # only its first mr rows and nr columns are stored, by masked vector stores.
+    if edge:
+        @intrinsic
+        def microkernel_edge(typingctx, kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, mr, nr):
+            sig = types.void(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, mr, nr)
+            return sig, _codegen(vbytes, MR, NV, False, True)
+        return microkernel_edge
+
     @intrinsic
     def microkernel(typingctx, kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate):
         # the same contract as microkernel_loops, with MR and NR = NV*W fixed
@@ -183,11 +197,14 @@ def _make_microkernel(vbytes, MR, NV, packs=False):
     return microkernel_packing if packs else microkernel
 
 
-def _codegen(vbytes, MR, NV, packs):
+def _codegen(vbytes, MR, NV, packs, edge=False):
     def codegen(context, builder, signature, args):
         if packs:
             kc_, A_, a0_, rs_, cs_, Ap_, a0p_, Bp_, b0_, C_, c0_, ldc_, acc_ = args
             b_arg, c_arg = 7, 9
+        elif edge:
+            kc_, Ap_, a0_, Bp_, b0_, C_, c0_, ldc_, acc_, mr_, nr_ = args
+            b_arg, c_arg = 3, 5
         else:
             kc_, Ap_, a0_, Bp_, b0_, C_, c0_, ldc_, acc_ = args
             b_arg, c_arg = 3, 5
@@ -220,12 +237,13 @@ def _codegen(vbytes, MR, NV, packs):
             f"llvm.fma.v{W}f{8 * esize}")
         undef = ir.Constant(vty, ir.Undefined)
         splat0 = ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W)
-        # prefetch the tile of C (for writing) while the loop below runs
+        # prefetch the tile of C (for writing) while the loop below runs (not a ragged
+        # tile's: its lines past the edge may be another thread's)
         pf = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [
                 ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(32),
                 ir.IntType(32)]), "llvm.prefetch.p0")
-        for i in range(MR):
+        for i in range(0 if edge else MR):
             crow = builder.gep(c_ptr, [builder.mul(c64(i), ldc_)])
             for off in range(0, NR * esize, 64):  # each cache line of row i
                 ptr = builder.bitcast(builder.gep(crow, [c64(off // esize)]),
@@ -257,6 +275,9 @@ def _codegen(vbytes, MR, NV, packs):
                         new = builder.fadd(builder.fmul(a, b[v]), old)
                     builder.store(new, acc[i][v])
         add = builder.icmp_unsigned("!=", acc_, ir.Constant(acc_.type, 0))
+        if edge:
+            _store_edge(builder, acc, c_ptr, ldc_, add, mr_, nr_, MR, NV, vty, esize, c64)
+            return context.get_dummy_value()
         for i in range(MR):  # the tile out to C, row i at c_ptr + i*ldc
             crow = builder.gep(c_ptr, [builder.mul(c64(i), ldc_)])
             for v in range(NV):
@@ -273,6 +294,44 @@ def _codegen(vbytes, MR, NV, packs):
     return codegen
 
 
+def _store_edge(builder, acc, c_ptr, ldc_, add, mr_, nr_, MR, NV, vty, esize, c64):
+    # A ragged tile out to C: rows i < mr, and in each row the lanes of columns j < nr
+    # (llvm.masked.load / llvm.masked.store, one mask per vector: its lanes' columns
+    # v*W + lane against nr). Nothing past the edge is read or written.
+    W = vty.count
+    i32, i1 = ir.IntType(32), ir.IntType(1)
+    mty = ir.VectorType(i1, W)
+    suffix = f"v{W}f{8 * esize}.p0"
+    mstore = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, mty]),
+        f"llvm.masked.store.{suffix}")
+    mload = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty.as_pointer(), i32, mty, vty]),
+        f"llvm.masked.load.{suffix}")
+    align = ir.Constant(i32, esize)
+    zero = ir.Constant(vty, [ir.Constant(vty.element, 0.0)] * W)
+    i64 = ir.IntType(64)
+    mr_, nr_ = (x if x.type.width == 64 else builder.sext(x, i64) for x in (mr_, nr_))
+    lanes = ir.Constant(ir.VectorType(i64, W), list(range(W)))
+    nr_v = builder.insert_element(ir.Constant(lanes.type, ir.Undefined), nr_,
+                                  ir.Constant(i32, 0))
+    nr_v = builder.shuffle_vector(nr_v, nr_v, ir.Constant(ir.VectorType(i32, W), [0] * W))
+    masks = [builder.icmp_signed("<", builder.add(lanes, ir.Constant(
+        lanes.type, [v * W] * W)), nr_v) for v in range(NV)]
+    for i in range(MR):
+        with builder.if_then(builder.icmp_signed("<", c64(i), mr_)):
+            crow = builder.gep(c_ptr, [builder.mul(c64(i), ldc_)])
+            for v in range(NV):
+                ptr = builder.bitcast(builder.gep(crow, [c64(v * W)]), vty.as_pointer())
+                val = builder.load(acc[i][v])
+                with builder.if_else(add) as (then, otherwise):
+                    with then:
+                        old = builder.call(mload, [ptr, align, masks[v], zero])
+                        builder.call(mstore, [builder.fadd(old, val), ptr, align, masks[v]])
+                    with otherwise:
+                        builder.call(mstore, [val, ptr, align, masks[v]])
+
+
 microkernel_sse = _make_microkernel(*KERNELS[1][1:])
 microkernel_avx2 = _make_microkernel(*KERNELS[2][1:])
 microkernel_avx512 = _make_microkernel(*KERNELS[3][1:])
@@ -283,6 +342,11 @@ packing_avx2 = _make_microkernel(*KERNELS[2][1:], packs=True)
 packing_avx512 = _make_microkernel(*KERNELS[3][1:], packs=True)
 packing_avx512_narrow = _make_microkernel(*KERNELS[4][1:], packs=True)
 packing_avx512_short = _make_microkernel(*KERNELS[5][1:], packs=True)
+edge_sse = _make_microkernel(*KERNELS[1][1:], edge=True)
+edge_avx2 = _make_microkernel(*KERNELS[2][1:], edge=True)
+edge_avx512 = _make_microkernel(*KERNELS[3][1:], edge=True)
+edge_avx512_narrow = _make_microkernel(*KERNELS[4][1:], edge=True)
+edge_avx512_short = _make_microkernel(*KERNELS[5][1:], edge=True)
 
 
 @njit(inline="always")
@@ -300,6 +364,25 @@ def microkernel(isa, kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR):
         microkernel_sse(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate)
     else:
         microkernel_loops(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR)
+
+
+@njit(inline="always")
+def microkernel_edge(isa, kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR, mr, nr):
+    """The micro-kernel on a ragged tile: only its first mr rows and nr columns reach C
+    (the whole tile is computed: the packed panels are zero past their edges) — the bits
+    of computing the tile elsewhere and copying those values into C."""
+    if isa == 4:
+        edge_avx512_narrow(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, mr, nr)
+    elif isa == 5:
+        edge_avx512_short(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, mr, nr)
+    elif isa == 3:
+        edge_avx512(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, mr, nr)
+    elif isa == 2:
+        edge_avx2(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, mr, nr)
+    elif isa == 1:
+        edge_sse(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, mr, nr)
+    else:
+        microkernel_loops(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, MR, NR, mr, nr)
 
 
 @njit(inline="always")
