@@ -267,7 +267,7 @@ def test_packing_in_the_first_column_gives_the_bits_of_packing_first(isa, data):
     ref = out.copy()
     ref_in = out.copy()
     mm.gemm(A, form == "tn", B, form == "nt", out, accumulate, kernel=isa)
-    Ap, Bp, edge = mm.packing_buffers(M, N, K, MR, NR, KC, dt)
+    Ap, Bp = mm.packing_buffers(M, N, K, MR, NR, KC, dt)
     single = ref.copy()
     ref_f = ref.reshape(-1)
     mm._zero_if_empty(K, accumulate, ref_f, 0, N, M, N)
@@ -275,8 +275,7 @@ def test_packing_in_the_first_column_gives_the_bits_of_packing_first(isa, data):
         kc = min(KC, K - p0)
         mm._pack(A, form == "tn", p0, kc, 0, M, MR, Ap)
         mm._pack(B, form != "nt", p0, kc, 0, N, NR, Bp)
-        mm._macrokernel(Ap, 0, Bp, 0, kc, M, N, ref_f, 0, N, accumulate or p0 > 0, isa, MR, NR,
-                        edge)
+        mm._macrokernel(Ap, 0, Bp, 0, kc, M, N, ref_f, 0, N, accumulate or p0 > 0, isa, MR, NR)
     assert np.array_equal(out, ref), (isa, form, M, K, N, accumulate)
     # both ways of packing B (whole before the products; by each task, a KC block of its
     # columns at a time), with C cut into several blocks across M and N, give them too
@@ -296,7 +295,7 @@ def test_packing_in_the_first_column_gives_the_bits_of_packing_first(isa, data):
     # attention's one-thread driver (A read in place through its strides) gives them too
     rs, cs = (1, M) if form == "tn" else (K, 1)
     mm._gemm_block(A.reshape(-1), 0, rs, cs, M, B, form == "nt", 0, N, K, single.reshape(-1),
-                   0, N, accumulate, isa, MR, NR, KC, Ap, Bp, edge)
+                   0, N, accumulate, isa, MR, NR, KC, Ap, Bp)
     assert np.array_equal(single, ref), (isa, form, M, K, N, accumulate)
 
 

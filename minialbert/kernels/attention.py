@@ -249,10 +249,10 @@ def _attention_forward(q, qstarts, qlens, qpos, kv, k0, v0, starts, lens, mask_b
         else:
             P_f = np.empty(Lq * L, dtype=q.dtype)
         P = P_f.reshape(Lq, L)
-        Ap, Bp, edge = packing_buffers(Lq, max(L, D), max(L, D), MR, NR, KC, q.dtype)
+        Ap, Bp = packing_buffers(Lq, max(L, D), max(L, D), MR, NR, KC, q.dtype)
         # S = Q K^T  (into probs, then softmax in place)
         _gemm_block(q_f, qs0 * q_ld + c0, q_ld, I1, Lq, Kh, YES, I0, L, D, P_f, I0, L, NO,
-                    isa, MR, NR, KC, Ap, Bp, edge)
+                    isa, MR, NR, KC, Ap, Bp)
         for i in range(Lq):
             row = P[i]
             inv = _softmax_row(row, mask_bias[b, :L], scale)
@@ -268,7 +268,7 @@ def _attention_forward(q, qstarts, qlens, qpos, kv, k0, v0, starts, lens, mask_b
                     Pd[i, j] = P[i, j] * keep_scale if keep else cast_like(q, 0.0)
         # O = Pd V  -> ctx[qs0:qs0+Lq, c0:c0+D] (row stride H)
         _gemm_block(Pd.reshape(Lq * L), I0, L, I1, Lq, Vh, NO, I0, D, L, ctx_f, qs0 * H + c0,
-                    H, NO, isa, MR, NR, KC, Ap, Bp, edge)
+                    H, NO, isa, MR, NR, KC, Ap, Bp)
     return ctx, probs
 
 
@@ -310,13 +310,13 @@ def _attention_backward(dctx, q, qstarts, qlens, qpos, kv, k0, v0, starts, lens,
         Vh = kv[s0:s0 + L, v0 + c0:v0 + c0 + D]
         dO = dctx[qs0:qs0 + Lq, c0:c0 + D]
         P = probs[poff[b] + h * Lq * L:poff[b] + (h + 1) * Lq * L].reshape(Lq, L)
-        Ap, Bp, edge = packing_buffers(max(Lq, L), max(L, D), max(Lq, L, D), MR, NR, KC,
+        Ap, Bp = packing_buffers(max(Lq, L), max(L, D), max(Lq, L, D), MR, NR, KC,
                                        q.dtype)
         dS = np.empty((Lq, L), dtype=q.dtype)  # first dPd, then dS, in place
         dS_f = dS.reshape(Lq * L)
         # dPd = dO V^T
         _gemm_block(dctx_f, qs0 * H + c0, H, I1, Lq, Vh, YES, I0, L, D, dS_f, I0, L, NO, isa,
-                    MR, NR, KC, Ap, Bp, edge)
+                    MR, NR, KC, Ap, Bp)
         Pd = P
         if p_drop > 0.0:
             Pd = np.empty((Lq, L), dtype=q.dtype)
@@ -329,16 +329,16 @@ def _attention_backward(dctx, q, qstarts, qlens, qpos, kv, k0, v0, starts, lens,
                     dS[i, j] *= kept  # back through dropout: dP = dPd * keep/(1-p)
         # dV = Pd^T dO
         _gemm_block(Pd.reshape(Lq * L), I0, I1, L, L, dO, NO, I0, D, Lq, dkv_f,
-                    s0 * kv_ld + v0 + c0, kv_ld, NO, isa, MR, NR, KC, Ap, Bp, edge)
+                    s0 * kv_ld + v0 + c0, kv_ld, NO, isa, MR, NR, KC, Ap, Bp)
         for i in range(Lq):  # softmax backward, then the 1/sqrt(D): dS = P (dP - <dP, P>) s
             dot = vdot(dS[i], P[i])
             for j in range(L):
                 dS[i, j] = P[i, j] * (dS[i, j] - dot) * scale
         # dQ = dS K;  dK = dS^T Q
         _gemm_block(dS_f, I0, L, I1, Lq, Kh, NO, I0, D, L, dq_f, qs0 * dq_ld + c0, dq_ld,
-                    NO, isa, MR, NR, KC, Ap, Bp, edge)
+                    NO, isa, MR, NR, KC, Ap, Bp)
         _gemm_block(dS_f, I0, I1, L, L, Qh, NO, I0, D, Lq, dkv_f, s0 * kv_ld + k0 + c0, kv_ld,
-                    NO, isa, MR, NR, KC, Ap, Bp, edge)
+                    NO, isa, MR, NR, KC, Ap, Bp)
 
 
 def _tiles(dtype, T, D):

@@ -8,8 +8,8 @@ from ._base import FASTMATH, FASTMATH_REASSOC, ROW_CHUNK, cast_like, check_float
 from .act import gelu_new_at, gelu_new_backward, gelu_new_forward, gelu_new_grad_at
 from .norm import layernorm_forward, layernorm_rows
 from .microkernel import (NATIVE, host_isa, kernel_tile, microkernel, microkernel_edge,
-                          microkernel_packing, pack_8_steps, pick_kernel, prefetch_l2,
-                          transpose_8x8)
+                          microkernel_packing, microkernel_packing_edge, pack_8_steps,
+                          pick_kernel, prefetch_l2, transpose_8x8)
 
 _USE_BLAS = False
 
@@ -264,7 +264,7 @@ def _pack(X, k_major, p0, kc, j0, n, R, out):
 
 
 @njit(cache=True)
-def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, edge):
+def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
     # Cf[c0 + i*ldc + j] (+)= sum_{p < kc} Ap-panels[p, i] Bp-panels[p, j], i < m, j < n.
     # Ap[a_off:] holds ceil(m/MR) panels [kc, MR] one after the other, Bp[b_off:] holds
     # ceil(n/NR) panels [kc, NR]. One NR-wide panel of B (reused from L1/L2) against every
@@ -279,32 +279,13 @@ def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, 
     # the GEMM chain's compile from 59 to 84 s; the copy for this CPU's alone, to about
     # 65.)
     if isa == NATIVE:
-        _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE, MR, NR, edge)
+        _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE, MR, NR)
     else:
-        _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, edge)
+        _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR)
 
 
 @njit(inline="always")
-def _edge_to_c(edge, NR, Cf, c, ldc, mr, nr, add):
-    # A ragged tile's mr x nr values, from the full tile the packing micro-kernel wrote into
-    # edge (rows NR apart), into C at Cf[c + i*ldc + j] (added with add): the first column
-    # of tiles when it is ragged (every other ragged tile stores its own values, by masked
-    # stores: microkernel_edge). Row by row through slices: an index j from range(nr) is
-    # known to be non-negative, so the loops vectorise; Cf[c + i*ldc + j] itself got a
-    # wrap-around check that kept them a value at a time.
-    for i in range(mr):
-        dst = Cf[c + i * ldc:c + i * ldc + nr]
-        src = edge[i * NR:i * NR + nr]
-        if add:
-            for j in range(nr):
-                dst[j] += src[j]
-        else:
-            for j in range(nr):
-                dst[j] = src[j]
-
-
-@njit(inline="always")
-def _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, edge):
+def _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
     # _macrokernel's loops, for one kernel code
     for jr in range(0, n, NR):
         nr = min(NR, n - jr)
@@ -354,8 +335,7 @@ def _pack_rows(Af, a0, rs, kc, m, MR, Ap):
 
 
 @njit(cache=True)
-def _macrokernel_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR,
-                         NR, edge):
+def _macrokernel_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
     # As _macrokernel, with the [m, kc] block of A not packed yet: element (i, p) at
     # Af[a0 + i*rs + p*cs] (A's own memory, any layout). The first column of tiles (jr = 0)
     # reads A where it lies and writes each panel into Ap as it goes (microkernel_packing);
@@ -370,18 +350,15 @@ def _macrokernel_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, a
     # As in _macrokernel, a copy of the loops (_tiles_packing) for the CPU's own kernel.
     if isa == 2 and cs == 1:
         _pack_rows(Af, a0, rs, kc, m, MR, Ap)
-        _macrokernel(Ap, 0, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, edge)
+        _macrokernel(Ap, 0, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR)
     elif isa == NATIVE:
-        _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE, MR,
-                       NR, edge)
+        _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE, MR, NR)
     else:
-        _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR,
-                       edge)
+        _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR)
 
 
 @njit(inline="always")
-def _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR,
-                   edge):
+def _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
     # _macrokernel_packing's loops, for one kernel code
     full = m // MR * MR
     if full < m:  # the ragged last panel, copied first
@@ -398,10 +375,9 @@ def _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, is
                 if whole:
                     microkernel_packing(isa, kc, Af, a0 + ir * rs, rs, cs, Ap, a, Bp, b, Cf, c,
                                         ldc, add, MR, NR)
-                else:
-                    microkernel_packing(isa, kc, Af, a0 + ir * rs, rs, cs, Ap, a, Bp, b, edge,
-                                        0, NR, False, MR, NR)
-                    _edge_to_c(edge, NR, Cf, c, ldc, mr, nr, add)
+                else:  # a ragged tile: masked stores
+                    microkernel_packing_edge(isa, kc, Af, a0 + ir * rs, rs, cs, Ap, a, Bp, b,
+                                             Cf, c, ldc, add, MR, NR, mr, nr)
             elif whole:
                 microkernel(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR)
             else:  # a ragged tile: masked stores
@@ -437,7 +413,7 @@ def _prefetch_rows(X, r0, rows, c0, cols):  # as _prefetch_block, on X[r0:r0+row
 
 @njit(cache=True)
 def _gemm_block(Af, a0, rs, cs, m, B, b_trans, j0, n, K, Cf, c0, ldc, accumulate, isa, MR, NR,
-                KC, Ap, Bp, edge, prefetch=False):
+                KC, Ap, Bp, prefetch=False):
     # One thread's GEMM: Cf[c0 + i*ldc + j] (+)= sum_p opA[i, p] opB(B)[p, j0+j] for i < m,
     # j < n, where opA[i, p] lies at Af[a0 + i*rs + p*cs] (any layout, read in place).
     # Walks the reduction in KC steps, packing the B columns of each step into Bp, and runs
@@ -459,16 +435,15 @@ def _gemm_block(Af, a0, rs, cs, m, B, b_trans, j0, n, K, Cf, c0, ldc, accumulate
             else:  # B is [K, N]
                 _prefetch_rows(B, p0 + KC, nk, j0, n)
         _macrokernel_packing(Af, a0 + p0 * cs, rs, cs, Ap, Bp, I0, kc, m, n, Cf, c0, ldc,
-                             accumulate or p0 > 0, isa, MR, NR, edge)
+                             accumulate or p0 > 0, isa, MR, NR)
 
 
 @njit(cache=True)
 def packing_buffers(m, n, K, MR, NR, KC, dtype):
-    # scratch for _gemm_block on an [m, K] x [K, n] product: packed A, packed B, edge tile
+    # scratch for _gemm_block on an [m, K] x [K, n] product: packed A, packed B
     kc = max(1, min(KC, K))
     return (np.empty(((m + MR - 1) // MR) * MR * kc, dtype=dtype),
-            np.empty(((n + NR - 1) // NR) * NR * kc, dtype=dtype),
-            np.empty(MR * NR, dtype=dtype))
+            np.empty(((n + NR - 1) // NR) * NR * kc, dtype=dtype))
 
 
 @njit(cache=True)
@@ -579,14 +554,12 @@ def _gemm_task_sums(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, M
     m = min(MC, M - i0)
     j0 = (t % n_nb) * NC
     n = min(NC, N - j0)
-    edge = np.empty(MR * NR, dtype=C.dtype)
     Al = Ap[t * per_task:(t + 1) * per_task]  # this task's packed block of A
     epi = bias.shape[0] > 0 or act != EPI_NONE or Rf.shape[0] > 0
     if b_in_task:
         per_task_b = fused_a_size(NC, K, NR, KC)
         _gemm_block(Af, i0 * rs, rs, cs, m, B, b_trans, j0, n, K, Cf, i0 * N + j0, N,
-                    accumulate, isa, MR, NR, KC, Al, Bp[t * per_task_b:(t + 1) * per_task_b],
-                    edge, True)
+                    accumulate, isa, MR, NR, KC, Al, Bp[t * per_task_b:(t + 1) * per_task_b], True)
         if epi:
             _epilogue(Cf, i0 * N + j0, N, m, n, bias, j0, act, Xf, Rf)
         return
@@ -613,12 +586,12 @@ def _gemm_task_sums(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, M
                 # for the NN/NT forms.
                 if q0 == 0:
                     _pack(A, YES, p0, kc, i0, m, MR, Al)
-                _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, edge)
+                _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR)
             elif q0 == 0:  # the first chunk packs the block of A on the way
                 _macrokernel_packing(Af, i0 * rs + p0 * cs, rs, cs, Al, Bp, b, kc, m, qn,
-                                     Cf, c, N, add, isa, MR, NR, edge)
+                                     Cf, c, N, add, isa, MR, NR)
             else:
-                _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, edge)
+                _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR)
             if last:
                 _epilogue(Cf, c, N, m, qn, bias, j0 + q0, act, Xf, Rf)
 

@@ -172,9 +172,17 @@ def _make_microkernel(vbytes, MR, NV, packs=False, edge=False):
     # packs=True: microkernel(kc, A, a0, rs, cs, Ap, a0p, Bp, ...): A read where it lies,
     # element (i, p) at A[a0 + i*rs + p*cs], and written packed to Ap[a0p + p*MR + i] on
     # the way — the first use of an A panel packs it (see matmul._macrokernel).
-    # edge=True: microkernel(kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, mr, nr), a ragged
-    # tile: the whole MR x NR tile is computed (the panels are zero past their edges), and
-    # only its first mr rows and nr columns are stored, by masked vector stores.
+    # edge=True: the same with two more arguments, mr and nr, for a ragged tile: the whole
+    # MR x NR tile is computed (the panels are zero past their edges), and only its first
+    # mr rows and nr columns are stored, by masked vector stores.
+    if edge and packs:
+        @intrinsic
+        def packing_edge(typingctx, kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc,
+                         accumulate, mr, nr):
+            sig = types.void(kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate, mr,
+                             nr)
+            return sig, _codegen(vbytes, MR, NV, True, True)
+        return packing_edge
     if edge:
         @intrinsic
         def microkernel_edge(typingctx, kc, Ap, a0, Bp, b0, C, c0, ldc, accumulate, mr, nr):
@@ -200,7 +208,8 @@ def _make_microkernel(vbytes, MR, NV, packs=False, edge=False):
 def _codegen(vbytes, MR, NV, packs, edge=False):
     def codegen(context, builder, signature, args):
         if packs:
-            kc_, A_, a0_, rs_, cs_, Ap_, a0p_, Bp_, b0_, C_, c0_, ldc_, acc_ = args
+            kc_, A_, a0_, rs_, cs_, Ap_, a0p_, Bp_, b0_, C_, c0_, ldc_, acc_ = args[:13]
+            mr_, nr_ = args[13:] if edge else (None, None)
             b_arg, c_arg = 7, 9
         elif edge:
             kc_, Ap_, a0_, Bp_, b0_, C_, c0_, ldc_, acc_, mr_, nr_ = args
@@ -347,6 +356,11 @@ edge_avx2 = _make_microkernel(*KERNELS[2][1:], edge=True)
 edge_avx512 = _make_microkernel(*KERNELS[3][1:], edge=True)
 edge_avx512_narrow = _make_microkernel(*KERNELS[4][1:], edge=True)
 edge_avx512_short = _make_microkernel(*KERNELS[5][1:], edge=True)
+packing_edge_sse = _make_microkernel(*KERNELS[1][1:], packs=True, edge=True)
+packing_edge_avx2 = _make_microkernel(*KERNELS[2][1:], packs=True, edge=True)
+packing_edge_avx512 = _make_microkernel(*KERNELS[3][1:], packs=True, edge=True)
+packing_edge_avx512_narrow = _make_microkernel(*KERNELS[4][1:], packs=True, edge=True)
+packing_edge_avx512_short = _make_microkernel(*KERNELS[5][1:], packs=True, edge=True)
 
 
 @njit(inline="always")
@@ -406,6 +420,30 @@ def microkernel_packing(isa, kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, acc
             for i in range(MR):
                 Ap[a0p + p * MR + i] = A[a0 + i * rs + p * cs]
         microkernel_loops(kc, Ap, a0p, Bp, b0, C, c0, ldc, accumulate, MR, NR)
+
+
+@njit(inline="always")
+def microkernel_packing_edge(isa, kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate,
+                             MR, NR, mr, nr):
+    """microkernel_packing on a ragged tile (the whole panel of A is packed; only its first
+    mr rows and nr columns reach C, as in microkernel_edge)."""
+    if isa == 4:
+        packing_edge_avx512_narrow(kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate,
+                                   mr, nr)
+    elif isa == 5:
+        packing_edge_avx512_short(kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate,
+                                  mr, nr)
+    elif isa == 3:
+        packing_edge_avx512(kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate, mr, nr)
+    elif isa == 2:
+        packing_edge_avx2(kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate, mr, nr)
+    elif isa == 1:
+        packing_edge_sse(kc, A, a0, rs, cs, Ap, a0p, Bp, b0, C, c0, ldc, accumulate, mr, nr)
+    else:
+        for p in range(kc):
+            for i in range(MR):
+                Ap[a0p + p * MR + i] = A[a0 + i * rs + p * cs]
+        microkernel_loops(kc, Ap, a0p, Bp, b0, C, c0, ldc, accumulate, MR, NR, mr, nr)
 
 
 # ----------------------------------------------------------------------------------
