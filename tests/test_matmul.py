@@ -182,11 +182,12 @@ def test_ragged_tile_writes_its_block_only_with_the_whole_tiles_bits(dt, isa, rn
     """A ragged tile (microkernel_edge: masked stores) writes, or adds into, exactly its
     first mr rows and nr columns of C, with the bits of the whole tile computed by the
     plain micro-kernel; every value around it (the rest of the tile's rows and columns,
-    and the rows and columns beyond) is left as it was."""
+    and the rows and columns beyond) is left as it was. So does the packing kernel's
+    (microkernel_packing_edge), which also packs the whole panel of A on the way."""
     from numba import njit
 
     from minialbert.kernels.microkernel import (KERNELS, kernel_tile, microkernel,
-                                                microkernel_edge)
+                                                microkernel_edge, microkernel_packing_edge)
 
     @njit
     def whole(isa, kc, Ap, Bp, C, MR, NR):
@@ -195,6 +196,12 @@ def test_ragged_tile_writes_its_block_only_with_the_whole_tiles_bits(dt, isa, rn
     @njit
     def ragged(isa, kc, Ap, Bp, C, c0, ldc, add, MR, NR, mr, nr):
         microkernel_edge(isa, kc, Ap, 0, Bp, 0, C, c0, ldc, add, MR, NR, mr, nr)
+
+    @njit
+    def ragged_packing(isa, kc, A, Ap, Bp, C, c0, ldc, add, MR, NR, mr, nr):
+        # A: [MR, kc] rows along the reduction (an NT form's A), read in place
+        microkernel_packing_edge(isa, kc, A, 0, kc, 1, Ap, 0, Bp, 0, C, c0, ldc, add, MR, NR,
+                                 mr, nr)
 
     MR, NR = kernel_tile(dt, isa)
     W = NR // KERNELS[isa][3]  # the floats in one vector
@@ -215,6 +222,12 @@ def test_ragged_tile_writes_its_block_only_with_the_whole_tiles_bits(dt, isa, rn
                 block = full[:mr, :nr]
                 want[1:1 + mr, 1:1 + nr] = start[1:1 + mr, 1:1 + nr] + block if add else block
                 assert np.array_equal(C, want), (isa, dt, mr, nr, add)
+                C = start.copy()
+                packed = np.full(kc * MR, np.nan, dt)
+                ragged_packing(isa, kc, np.ascontiguousarray(Ap.reshape(kc, MR).T).reshape(-1),
+                               packed, Bp, C.reshape(-1), ldc + 1, ldc, add, MR, NR, mr, nr)
+                assert np.array_equal(C, want), ("packing", isa, dt, mr, nr, add)
+                assert np.array_equal(packed, Ap), ("packing", isa, dt)
 
 
 @pytest.mark.parametrize("isa", _kernels())
