@@ -284,61 +284,69 @@ def _codegen(vbytes, MR, NV, packs, edge=False):
                         new = builder.fadd(builder.fmul(a, b[v]), old)
                     builder.store(new, acc[i][v])
         add = builder.icmp_unsigned("!=", acc_, ir.Constant(acc_.type, 0))
-        if edge:
-            _store_edge(builder, acc, c_ptr, ldc_, add, mr_, nr_, MR, NV, vty, esize, c64)
-            return context.get_dummy_value()
-        for i in range(MR):  # the tile out to C, row i at c_ptr + i*ldc
-            crow = builder.gep(c_ptr, [builder.mul(c64(i), ldc_)])
-            for v in range(NV):
-                ptr = builder.bitcast(builder.gep(crow, [c64(v * W)]), vty.as_pointer())
-                val = builder.load(acc[i][v])
-                with builder.if_else(add) as (then, otherwise):
-                    with then:
-                        builder.store(builder.fadd(builder.load(ptr, align=esize), val), ptr,
-                                      align=esize)
-                    with otherwise:
-                        builder.store(val, ptr, align=esize)
+        _store_tile(builder, acc, c_ptr, ldc_, add, MR, NV, vty, esize, c64,
+                    (mr_, nr_) if edge else None)
         return context.get_dummy_value()
 
     return codegen
 
 
-def _store_edge(builder, acc, c_ptr, ldc_, add, mr_, nr_, MR, NV, vty, esize, c64):
-    # A ragged tile out to C: rows i < mr, and in each row the lanes of columns j < nr
-    # (llvm.masked.load / llvm.masked.store, one mask per vector: its lanes' columns
-    # v*W + lane against nr). Nothing past the edge is read or written.
+def _store_tile(builder, acc, c_ptr, ldc_, add, MR, NV, vty, esize, c64, edge):
+    # The tile out to C (row i at c_ptr + i*ldc), written, or added with add. edge: None,
+    # or (mr, nr) for a ragged tile: rows i < mr only, and in each row the lanes of columns
+    # j < nr (llvm.masked.load / llvm.masked.store, one mask per vector: its lanes' columns
+    # v*W + lane against nr); nothing past the edge is read or written.
     W = vty.count
-    i32, i1 = ir.IntType(32), ir.IntType(1)
-    mty = ir.VectorType(i1, W)
-    suffix = f"v{W}f{8 * esize}.p0"
-    mstore = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, mty]),
-        f"llvm.masked.store.{suffix}")
-    mload = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vty, [vty.as_pointer(), i32, mty, vty]),
-        f"llvm.masked.load.{suffix}")
-    align = ir.Constant(i32, esize)
-    zero = ir.Constant(vty, [ir.Constant(vty.element, 0.0)] * W)
-    i64 = ir.IntType(64)
-    mr_, nr_ = (x if x.type.width == 64 else builder.sext(x, i64) for x in (mr_, nr_))
-    lanes = ir.Constant(ir.VectorType(i64, W), list(range(W)))
-    nr_v = builder.insert_element(ir.Constant(lanes.type, ir.Undefined), nr_,
-                                  ir.Constant(i32, 0))
-    nr_v = builder.shuffle_vector(nr_v, nr_v, ir.Constant(ir.VectorType(i32, W), [0] * W))
-    masks = [builder.icmp_signed("<", builder.add(lanes, ir.Constant(
-        lanes.type, [v * W] * W)), nr_v) for v in range(NV)]
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    if edge is None:
+        def load(ptr, v):
+            return builder.load(ptr, align=esize)
+
+        def store(val, ptr, v):
+            builder.store(val, ptr, align=esize)
+    else:
+        mty = ir.VectorType(ir.IntType(1), W)
+        suffix = f"v{W}f{8 * esize}.p0"
+        mstore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, mty]),
+            f"llvm.masked.store.{suffix}")
+        mload = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty.as_pointer(), i32, mty, vty]),
+            f"llvm.masked.load.{suffix}")
+        align = ir.Constant(i32, esize)
+        zero = ir.Constant(vty, [ir.Constant(vty.element, 0.0)] * W)
+        mr_, nr_ = (x if x.type.width == 64 else builder.sext(x, i64) for x in edge)
+        lanes = ir.Constant(ir.VectorType(i64, W), list(range(W)))
+        nr_v = builder.insert_element(ir.Constant(lanes.type, ir.Undefined), nr_,
+                                      ir.Constant(i32, 0))
+        nr_v = builder.shuffle_vector(nr_v, nr_v, ir.Constant(ir.VectorType(i32, W), [0] * W))
+        masks = [builder.icmp_signed("<", builder.add(lanes, ir.Constant(
+            lanes.type, [v * W] * W)), nr_v) for v in range(NV)]
+
+        def load(ptr, v):
+            return builder.call(mload, [ptr, align, masks[v], zero])
+
+        def store(val, ptr, v):
+            builder.call(mstore, [val, ptr, align, masks[v]])
     for i in range(MR):
-        with builder.if_then(builder.icmp_signed("<", c64(i), mr_)):
-            crow = builder.gep(c_ptr, [builder.mul(c64(i), ldc_)])
-            for v in range(NV):
-                ptr = builder.bitcast(builder.gep(crow, [c64(v * W)]), vty.as_pointer())
-                val = builder.load(acc[i][v])
-                with builder.if_else(add) as (then, otherwise):
-                    with then:
-                        old = builder.call(mload, [ptr, align, masks[v], zero])
-                        builder.call(mstore, [builder.fadd(old, val), ptr, align, masks[v]])
-                    with otherwise:
-                        builder.call(mstore, [val, ptr, align, masks[v]])
+        if edge is None:
+            _store_row(builder, acc[i], c_ptr, ldc_, add, c64(i), NV, vty, c64, load, store)
+        else:
+            with builder.if_then(builder.icmp_signed("<", c64(i), mr_)):
+                _store_row(builder, acc[i], c_ptr, ldc_, add, c64(i), NV, vty, c64, load,
+                           store)
+
+
+def _store_row(builder, acc_row, c_ptr, ldc_, add, i, NV, vty, c64, load, store):
+    crow = builder.gep(c_ptr, [builder.mul(i, ldc_)])
+    for v in range(NV):
+        ptr = builder.bitcast(builder.gep(crow, [c64(v * vty.count)]), vty.as_pointer())
+        val = builder.load(acc_row[v])
+        with builder.if_else(add) as (then, otherwise):
+            with then:
+                store(builder.fadd(load(ptr, v), val), ptr, v)
+            with otherwise:
+                store(val, ptr, v)
 
 
 microkernel_sse = _make_microkernel(*KERNELS[1][1:])
