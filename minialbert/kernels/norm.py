@@ -23,9 +23,9 @@ from .reduce import vdot, vsum
 def _inv_sqrt(x, v):
     # 1 / sqrt(v), correctly rounded: compiled without fast-math and called, not inlined at
     # Numba's level, so that the flags of the caller do not reach it. Under them LLVM may
-    # use an approximate reciprocal square root and a Newton step, in some callers and not
-    # in others (a prange body kept the division, a serial loop did not): rstd would
-    # differ by an ulp between layernorm_forward and layernorm_rows. In x's type (an array).
+    # use an approximate reciprocal square root and a Newton step, and it compiled the same
+    # line one way in layernorm_forward's prange body and another way in a serial loop:
+    # rstd differed by an ulp between layernorm_forward and layernorm_rows. In x's type.
     return cast_like(x, 1.0) / math.sqrt(v)
 
 
