@@ -19,7 +19,9 @@ import numpy as np
 from .config import AlbertConfig
 from .kernels import (dropout_backward, dropout_forward, embedding_backward, embedding_forward,
                       mask_bias)
+from .kernels import matmul as _matmul
 from .kernels.act import tanh_backward, tanh_forward
+from .kernels.encoder import encoder_by_sequence
 from .kernels.embedding import check_ids
 from .layers import (Dropout, LayerNormCache, Sequences, Weights, attention_block_backward,
                      attention_block_forward, dense_backward, dense_forward, ffn_block_backward,
@@ -95,7 +97,7 @@ class EncoderCache(NamedTuple):
 
 
 def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None, keep=True,
-                    hidden=True):
+                    hidden=True, by_sequence=None):
     # h: [n, H] -> [n, H]; L steps, step l runs group g(l)'s inner_group_num layers.
     # seqs: layers.Sequences (padded with a mask bias, or packed without padding).
     # The layers read their matrices through Weights: each packed for the GEMM once, used by
@@ -115,7 +117,17 @@ def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None, keep=Tr
     # block's LayerNorm, by the GEMM before it (layers.dense_norm_forward).
     # hidden: keep every layer application's output (hidden_states: [h_0, ..., h_L]);
     # False: hidden_states is None, and no layer's output outlives the next layer's.
+    # by_sequence: such a pass (keep and hidden False, no read, no dropout) over a batch
+    # runs each sequence through every layer on one thread while its activations stay in
+    # that core's cache (kernels/encoder.py; the same bits), where _by_sequence finds it
+    # pays; None: decide so, False: layer by layer, True: by sequence where it can run.
     weights = weights if weights is not None else Weights(params)
+    if by_sequence is None:
+        by_sequence = None if BY_SEQUENCE else False
+    if not keep and not hidden and read is None and by_sequence is not False:
+        y = _by_sequence(h, weights, cfg, seqs, drop, force=bool(by_sequence))
+        if y is not None:
+            return y, None, EncoderCache(weights, [])
     hidden_states, caches = [h] if hidden else None, []
     last = (cfg.num_hidden_layers - 1, cfg.inner_group_num - 1)
     for l in range(cfg.num_hidden_layers):
@@ -133,6 +145,92 @@ def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None, keep=Tr
             if hidden:
                 hidden_states.append(h)  # one per layer application, as Hugging Face's
     return h, hidden_states, EncoderCache(weights, caches)
+
+
+# The by-sequence encoder's limit on one layer application's weights: each thread reads
+# them all again for every sequence, from L3. Measured on a 2-core EPYC (Zen 4, 32 MiB L3),
+# a batch of 32 x 128 against the layered pass: tiny (3 MiB of weights) 1.10x, base (27
+# MiB) 1.00-1.02x.
+BY_SEQUENCE = True  # False: every pass layer by layer (a profile's kernel by kernel view)
+BY_SEQUENCE_WEIGHT_BYTES = 16 << 20
+BY_SEQUENCE_BALANCE = 1.05  # the busiest thread's work at most this over an even share
+
+
+def by_sequence_groups(lens, threads, per_token, per_pair):
+    """Deal sequences of lengths ``lens`` out to ``threads`` threads, each sequence's
+    work per_token L + per_pair L^2 (its products and its attention), the longest first,
+    each to the thread with the least so far. -> (groups, order): thread t runs the
+    sequences order[groups[t]:groups[t+1]] (in their batch order); None when the busiest
+    thread would get more than BY_SEQUENCE_BALANCE times an even share (three equal
+    sequences on two threads: 2 against 1.5)."""
+    lens = np.asarray(lens, dtype=np.int64)
+    n_groups = min(threads, len(lens))
+    work = lens * (per_token + per_pair * lens).astype(np.float64)
+    loads, members = np.zeros(n_groups), [[] for _ in range(n_groups)]
+    for b in np.argsort(-work, kind="stable"):
+        t = int(np.argmin(loads))
+        loads[t] += work[b]
+        members[t].append(b)
+    if loads.max() > BY_SEQUENCE_BALANCE * work.sum() / threads:
+        return None
+    order = np.array([b for m in members for b in sorted(m)], dtype=np.int64)
+    groups = np.cumsum([0] + [len(m) for m in members]).astype(np.int64)
+    return groups, order
+
+
+def _by_sequence(h, weights, cfg, seqs, drop, force=False):
+    # encoder_forward's pass by sequence (kernels/encoder.py), or None where it does not
+    # apply (dropout, an activation other than gelu_new, the BLAS switch, one sequence)
+    # or, unless forced, would not pay (weights over BY_SEQUENCE_WEIGHT_BYTES, a batch
+    # the threads cannot share evenly).
+    from .kernels import get_threads
+    H, I = cfg.hidden_size, cfg.intermediate_size
+    starts, lens, bias, _ = seqs._rows(h.dtype)
+    if (drop.p(cfg.attention_probs_dropout_prob) > 0 or drop.p(cfg.hidden_dropout_prob) > 0
+            or cfg.hidden_act != "gelu_new" or _matmul._USE_BLAS or len(lens) < 2):
+        return None
+    if not force and (4 * H * H + 2 * H * I) * h.dtype.itemsize > BY_SEQUENCE_WEIGHT_BYTES:
+        return None
+    threads = get_threads()
+    dealt = by_sequence_groups(lens, threads, 4 * H * H + 2 * H * I, 2 * H)
+    if dealt is None:
+        if not force:
+            return None
+        dealt = by_sequence_groups(lens, 1, 1, 0)  # forced: one thread takes them all
+    names = [layer_prefixes(cfg, l, i) for l in range(cfg.num_hidden_layers)
+             for i in range(cfg.inner_group_num)]
+    unique = list(dict.fromkeys(names))
+    apps = np.array([unique.index(n) for n in names], dtype=np.int64)
+    Lmax = max(int(np.max(lens)), 1)
+    blk = {}
+    for kind, N, K in (("qkv", 3 * H, H), ("out", H, H), ("ffn", I, H), ("ffn_out", H, I)):
+        blk[kind] = _matmul.blocking(h.dtype, Lmax, N, b_packed=True, b_trans=True, K=K)
+    tiles = np.array([[blk[k]["code"], blk[k]["MR"], blk[k]["NR"]]
+                      for k in ("qkv", "out", "ffn", "ffn_out")], dtype=np.int64)
+    KC = blk["qkv"]["KC"]
+    att = _matmul.blocking(h.dtype, Lmax, H // cfg.num_attention_heads)
+    att_tile = np.array([att["code"], att["MR"], att["NR"]], dtype=np.int64)
+
+    def stack(arrays):  # [U, *]: one row per distinct layer application's weights
+        return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+
+    def panels(kind, name):
+        W = weights.qkv(name)[0] if kind == "qkv" else weights[name + ".weight"]
+        return W.panels(True, blk[kind])
+
+    P = weights.params
+    a_, f_ = [n[0] for n in unique], [n[1] for n in unique]
+    y = encoder_by_sequence(
+        h, *dealt, starts, lens, bias, apps, cfg.num_attention_heads, float(cfg.layer_norm_eps),
+        stack([panels("qkv", a) for a in a_]), stack([weights.qkv(a)[1] for a in a_]),
+        stack([panels("out", a + "dense") for a in a_]), stack([P[a + "dense.bias"] for a in a_]),
+        stack([P[a + "LayerNorm.weight"] for a in a_]), stack([P[a + "LayerNorm.bias"] for a in a_]),
+        stack([panels("ffn", f + "ffn") for f in f_]), stack([P[f + "ffn.bias"] for f in f_]),
+        stack([panels("ffn_out", f + "ffn_output") for f in f_]),
+        stack([P[f + "ffn_output.bias"] for f in f_]),
+        stack([P[f + "full_layer_layer_norm.weight"] for f in f_]),
+        stack([P[f + "full_layer_layer_norm.bias"] for f in f_]), tiles, KC, att_tile)
+    return y
 
 
 def _unread_nan(y, rows, n):  # [len(rows), H] -> [n, H], NaN at the rows not made

@@ -34,6 +34,8 @@ KINDS = {
     "cross-entropy": ("cross_entropy",),
     "optimizer": ("step",),
 }
+BY_SEQUENCE = "encoder by sequence (a layer's kernels, all)"  # (model.py: a frozen batch)
+KINDS[BY_SEQUENCE] = ("encoder_by_sequence",)
 
 
 def gemm_flops(name, A, B):
@@ -44,11 +46,20 @@ def gemm_flops(name, A, B):
     return 2 * M * N * K
 
 
+def by_sequence_flops(x, apps, bqkv, b1):
+    """2 M N K of the four products of every layer application in one call of
+    kernels.encoder.encoder_by_sequence (x [n, H], apps [L], bqkv [U, 3H], b1 [U, I])."""
+    n, H = x.shape
+    I = b1.shape[1]
+    return len(apps) * 2 * n * H * (bqkv.shape[1] + H + 2 * I)
+
+
 class KernelProfile:
     def __init__(self):
         self.seconds = {k: 0.0 for k in KINDS}
         self.calls = {k: 0 for k in KINDS}
         self.gemm_flops = 0  # the arithmetic of every GEMM call timed (gemm_gflops)
+        self.by_sequence_flops = 0  # the products' arithmetic inside encoder_by_sequence
         self._saved = []
 
     def _wrap(self, fn, kind, name=None):
@@ -61,6 +72,8 @@ class KernelProfile:
                 self.calls[kind] += 1
                 if kind == GEMM:
                     self.gemm_flops += gemm_flops(name, a[0], a[1])
+                elif kind == BY_SEQUENCE:
+                    self.by_sequence_flops += by_sequence_flops(a[0], a[6], a[10], a[16])
         return timed
 
     def gemm_gflops(self):

@@ -3,11 +3,11 @@ every kernel back when the block ends (chapter 10 and bench_inference print from
 import numpy as np
 import pytest
 
-from minialbert import layers
+from minialbert import layers, model
 from minialbert.config import AlbertConfig
 from minialbert.kernels import PackedWeight, matmul_nn, matmul_nt, matmul_tn
 from minialbert.model import AlbertModel
-from minialbert.profiler import GEMM, KernelProfile, gemm_flops
+from minialbert.profiler import BY_SEQUENCE, GEMM, KernelProfile, gemm_flops
 
 
 @pytest.mark.parametrize("name, a, b, mnk", [
@@ -25,14 +25,15 @@ def test_gemm_flops_reads_each_form(name, a, b, mnk):
         assert gemm_flops(name, A, PackedWeight(B)) == 2 * M * N * K
 
 
-@pytest.mark.parametrize("frozen", [False, True])
-def test_profile_counts_every_gemm_of_a_forward_pass(frozen):
+@pytest.mark.parametrize("frozen, by_sequence", [(False, True), (True, False), (True, True)])
+def test_profile_counts_every_gemm_of_a_forward_pass(frozen, by_sequence, monkeypatch):
     V, E, H, I, L, nh = 40, 8, 12, 20, 3, 3
     cfg = AlbertConfig(vocab_size=V, embedding_size=E, hidden_size=H, num_hidden_layers=L,
                        num_attention_heads=nh, intermediate_size=I, max_position_embeddings=16)
     m = AlbertModel(cfg, seed=0)
     if frozen:
         m.freeze()
+    monkeypatch.setattr(model, "BY_SEQUENCE", by_sequence)
     B, T = 2, 5
     ids = np.random.default_rng(0).integers(1, V, (B, T))
     original = layers.matmul_nt
@@ -41,12 +42,16 @@ def test_profile_counts_every_gemm_of_a_forward_pass(frozen):
         out, _ = m.forward(ids)
     assert layers.matmul_nt is original  # and put back after it
     n = B * T
-    expected = (2 * n * E * H  # the embeddings' projection to H
-                + L * 2 * n * H * (3 * H + H + I + I)  # q|k|v, attention output, FFN in, out
-                + 2 * B * H * H)  # the pooler
-    assert prof.gemm_flops == expected
-    assert prof.calls[GEMM] == 1 + 4 * L + 1
+    outside = (2 * n * E * H  # the embeddings' projection to H
+               + 2 * B * H * H)  # the pooler
+    layer_flops = L * 2 * n * H * (3 * H + H + I + I)  # q|k|v, attention output, FFN in, out
+    # a frozen batch runs its layers by sequence (model._by_sequence): one call of its own
+    by_seq = frozen and by_sequence
+    assert prof.calls[BY_SEQUENCE] == (1 if by_seq else 0)
+    assert prof.by_sequence_flops == (layer_flops if by_seq else 0)
+    assert prof.gemm_flops == outside + (0 if by_seq else layer_flops)
+    assert prof.calls[GEMM] == 1 + (0 if by_seq else 4 * L) + 1
     assert prof.seconds[GEMM] > 0 and prof.gemm_gflops() > 0
-    assert prof.calls["attention (QK^T, softmax, PV)"] == L
+    assert prof.calls["attention (QK^T, softmax, PV)"] == (0 if by_seq else L)
     ref, _ = m.forward(ids)  # the profile changes no value
     np.testing.assert_array_equal(out["last_hidden_state"], ref["last_hidden_state"])

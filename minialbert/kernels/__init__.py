@@ -103,10 +103,16 @@ def _warm_attention(dt, a, rows=False):
         bwd(q, q, q, q, probs, 2, p, np.uint64(1))
 
 
+def _warm_encoder(dt, a):
+    from .encoder import warm
+    warm(dt)
+
+
 # the kernel groups, the slowest to compile first (float32's about 130 s in all, cold, on
 # one core of a Zen 3 EPYC; float64's as much)
-_WARMUP = (_warm_attention, _warm_matmul, lambda dt, a: _warm_attention(dt, a, rows=True),
-           _warm_rows, _warm_elementwise, _warm_layernorm, _warm_matmul_steps)
+_WARMUP = (_warm_attention, _warm_encoder, _warm_matmul,
+           lambda dt, a: _warm_attention(dt, a, rows=True), _warm_rows, _warm_elementwise,
+           _warm_layernorm, _warm_matmul_steps)
 
 
 def warmup(processes=1, part=None):

@@ -208,6 +208,21 @@ def attention_backward_rows(dctx, q, k, v, probs, n_heads, p_drop, key):
 # through the GEMM micro-kernel
 
 
+@njit(fastmath=FASTMATH, cache=True)
+def _scores_softmax(q_f, q0, q_ld, Lq, Kh, P_f, bias, scale, isa, MR, NR, KC, Ap, Bp):
+    # One head's P = softmax(Q K^T * scale + bias) into P_f ([Lq, L], flat): Q's row i at
+    # q_f[q0 + i*q_ld], Kh: [L, D]; Ap, Bp: packing scratch (packing_buffers).
+    L, D = Kh.shape
+    _gemm_block(q_f, q0, q_ld, I1, Lq, Kh, YES, I0, L, D, P_f, I0, L, NO, isa, MR, NR, KC,
+                Ap, Bp)  # S = Q K^T, then the softmax in place
+    P = P_f[:Lq * L].reshape(Lq, L)
+    for i in range(Lq):
+        row = P[i]
+        inv = _softmax_row(row, bias, scale)
+        for j in range(L):
+            row[j] *= inv
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _attention_forward(q, qstarts, qlens, qpos, kv, k0, v0, starts, lens, mask_bias, T, H,
                        n_heads, p_drop, key, isa, MR, NR, KC, keep_probs=True):
@@ -250,14 +265,8 @@ def _attention_forward(q, qstarts, qlens, qpos, kv, k0, v0, starts, lens, mask_b
             P_f = np.empty(Lq * L, dtype=q.dtype)
         P = P_f.reshape(Lq, L)
         Ap, Bp = packing_buffers(Lq, max(L, D), max(L, D), MR, NR, KC, q.dtype)
-        # S = Q K^T  (into probs, then softmax in place)
-        _gemm_block(q_f, qs0 * q_ld + c0, q_ld, I1, Lq, Kh, YES, I0, L, D, P_f, I0, L, NO,
-                    isa, MR, NR, KC, Ap, Bp)
-        for i in range(Lq):
-            row = P[i]
-            inv = _softmax_row(row, mask_bias[b, :L], scale)
-            for j in range(L):
-                row[j] *= inv
+        _scores_softmax(q_f, qs0 * q_ld + c0, q_ld, Lq, Kh, P_f, mask_bias[b, :L], scale,
+                        isa, MR, NR, KC, Ap, Bp)
         Pd = P  # dropout on a copy: probs keeps P (the attention map, as before)
         if p_drop > 0.0:
             Pd = np.empty((Lq, L), dtype=q.dtype)
