@@ -192,6 +192,46 @@ write_table("06_epilogue.md", [f"{n_rows} x {H_} -> {I_} (and back), float32, {c
              ("back to H: LayerNorm in the epilogue too (same bits; inference)",
               f"{tn1 * 1e3:.2f}")])
 
+# %% [markdown]
+# ## A frozen batch, one sequence at a time
+# Layer by layer, each kernel runs over every row of the batch with both threads: on tiny's
+# batch of 32 x 128 tokens, q|k|v is 12 MB and the FFN's activation 16 MB, written out to
+# L3 and memory by one kernel and read back by the next. A pass no backward follows can go
+# the other way round: each thread takes whole sequences and runs one sequence through
+# every layer before the next, so its activations (q|k|v 384 KB, the FFN's 512 KB) stay in
+# the core's own L2 (`kernels/encoder.py`; the model does it by itself for a frozen batch
+# where the threads can share the sequences evenly: `model._by_sequence`). The same kernels
+# on the same values, each sum in the same order: the same bits.
+
+# %%
+from minialbert.config import preset, shape_of  # noqa: E402
+from minialbert.layers import Weights  # noqa: E402
+from minialbert.model import AlbertModel, encoder_forward  # noqa: E402
+
+tcfg = AlbertConfig(**shape_of(preset("tiny")))
+tparams = AlbertModel(tcfg, seed=0).params
+tB, tT = (8, 64) if QUICK else (32, 128)
+th = rng.standard_normal((tB * tT, tcfg.hidden_size)).astype(np.float32)
+tseqs = Sequences(tB, tT, bias=np.zeros((tB, tT), np.float32))
+tweights = Weights(tparams)  # packed once, as a frozen model keeps them
+
+
+def encoder(by_sequence):
+    return encoder_forward(th, tparams, tcfg, tseqs, Dropout(), weights=tweights, keep=False,
+                           hidden=False, by_sequence=by_sequence)[0]
+
+
+assert np.array_equal(encoder(False), encoder(True))  # the same bits
+tl, ts = best_times([lambda: encoder(False), lambda: encoder(True)])
+print(f"tiny's encoder on {tB} x {tT}: layer by layer {tl * 1e3:.2f} ms, by sequence "
+      f"{ts * 1e3:.2f} ms ({tl / ts:.2f}x)")
+write_table("06_by_sequence.md",
+            [f"tiny's encoder ({tcfg.num_hidden_layers} layers, H {tcfg.hidden_size}), "
+             f"{tB} x {tT} tokens, float32, {cpu_name()}", "ms"],
+            [("layer by layer, each kernel over every row", f"{tl * 1e3:.2f}"),
+             ("by sequence, each thread's sequences through every layer (same bits)",
+              f"{ts * 1e3:.2f}")])
+
 # %%
 p = plt()
 if p is not None:
