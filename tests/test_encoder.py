@@ -131,3 +131,19 @@ def test_sequences_are_dealt_out_evenly_or_not_at_all():
             for t in range(2)]
     assert max(work) <= 1.05 * sum(work) / 2
     assert by_sequence_groups([300, 10, 10, 10], 2, 1000, 10) is None  # one long sequence
+
+
+def test_by_sequence_on_a_fully_masked_sequence(rng):
+    """A padded sequence whose every key is masked (its attention uniform, as in
+    transformers) and a one-token sequence: the layered bits."""
+    cfg = cfg_of()
+    params = random_params(cfg, np.float32, 5)
+    B, T = 4, 11
+    mask = np.ones((B, T), np.int64)
+    mask[1] = 0
+    mask[2, 1:] = 0
+    seqs = Sequences(B, T, bias=mask_bias(mask, np.float32))
+    h = rng.standard_normal((B * T, cfg.hidden_size)).astype(np.float32)
+    by_seq, layered = both_ways(cfg, h, seqs, params)
+    assert np.isfinite(layered).all()
+    np.testing.assert_array_equal(by_seq, layered)
