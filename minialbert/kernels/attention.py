@@ -208,7 +208,7 @@ def attention_backward_rows(dctx, q, k, v, probs, n_heads, p_drop, key):
 # through the GEMM micro-kernel
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, inline="always")
 def _scores_softmax(q_f, q0, q_ld, Lq, Kh, P_f, bias, scale, isa, MR, NR, KC, Ap, Bp):
     # One head's P = softmax(Q K^T * scale + bias) into P_f ([Lq, L], flat): Q's row i at
     # q_f[q0 + i*q_ld], Kh: [L, D]; Ap, Bp: packing scratch (packing_buffers).
