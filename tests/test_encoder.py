@@ -15,6 +15,7 @@ from minialbert.config import AlbertConfig
 from minialbert.kernels import mask_bias
 from minialbert.layers import Dropout, Sequences, Weights
 from minialbert.model import AlbertModel, by_sequence_groups, encoder_forward
+from reference import assert_close, hf_from_params, n, require
 
 
 def cfg_of(**kw):
@@ -147,3 +148,39 @@ def test_by_sequence_on_a_fully_masked_sequence(rng):
     by_seq, layered = both_ways(cfg, h, seqs, params)
     assert np.isfinite(layered).all()
     np.testing.assert_array_equal(by_seq, layered)
+
+
+@pytest.mark.parametrize("dtype, rtol, atol", [(np.float64, 1e-10, 1e-12),
+                                               (np.float32, 1e-4, 1e-5)])
+def test_a_frozen_batch_by_sequence_matches_transformers(dtype, rtol, atol, rng,
+                                                          monkeypatch):
+    """The frozen batch (by sequence) against transformers.AlbertModel on the same random
+    weights, a padded batch with a mask: last_hidden_state at the real tokens, and the
+    pooler."""
+    torch = require("torch")
+    cfg = cfg_of(num_hidden_groups=1)
+    m = AlbertModel(cfg, seed=6, dtype=dtype)
+    m.params.update(random_params(cfg, dtype, 6))
+    m.freeze()
+    B, T = 4, 17
+    ids = rng.integers(5, cfg.vocab_size, (B, T))
+    mask = np.ones((B, T), np.int64)
+    mask[1, 9:] = mask[3, 2:] = 0
+    calls = []
+    original = model_module.encoder_by_sequence
+
+    def counted(*a):
+        calls.append(1)
+        return original(*a)
+    monkeypatch.setattr(model_module, "encoder_by_sequence", counted)
+    out = m.forward(ids, attention_mask=mask)[0]
+    assert calls == [1]  # (the by-sequence pass ran)
+    hf = hf_from_params(cfg, m.params, getattr(torch, np.dtype(dtype).name), cls="AlbertModel")
+    hf.eval()
+    with torch.inference_mode():
+        ref = hf(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+    real = mask.astype(bool)
+    assert_close(out["last_hidden_state"][real], n(ref.last_hidden_state)[real], rtol=rtol,
+                 atol=atol, what="last_hidden_state")
+    assert_close(out["pooler_output"], n(ref.pooler_output), rtol=rtol, atol=atol,
+                 what="pooler_output")
