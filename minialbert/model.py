@@ -364,6 +364,10 @@ class AlbertModel:
         self._frozen = None
         return self
 
+    @property
+    def frozen(self):
+        return self._frozen is not None
+
     def _sequences(self, attention_mask, bias, output_attentions):
         """(Sequences, rows): padded, or packed without padding (rows = the flat indices of
         the real tokens) when unpad is on, some token is padding, and every row keeps its

@@ -286,3 +286,44 @@ def test_the_steps_and_evaluations_fit_the_budget(budget, spent, per_step, every
     # is floored, and n / every evaluations are allowed for where n // every run)
     assert n == 1 or budget - spent - seconds(n) < per_step + 2 * cost
 
+
+
+def test_evaluation_freezes_the_model_for_its_duration(monkeypatch):
+    """evaluate_batches runs a frozen pass (weights packed once, nothing kept for a
+    backward) and gives the numbers of the plain forward passes, bit for bit; a model it
+    found unfrozen it leaves unfrozen (training goes on), a frozen one frozen."""
+    from minialbert.config import AlbertConfig
+    from minialbert.evaluation import evaluate_batches
+    from minialbert.heads import AlbertForPreTraining
+    cfg = AlbertConfig(vocab_size=60, embedding_size=8, hidden_size=24, num_hidden_layers=2,
+                       num_attention_heads=3, intermediate_size=40, max_position_embeddings=32)
+    m = AlbertForPreTraining(cfg, seed=3)
+    rng = np.random.default_rng(3)
+    batches = []
+    for _ in range(2):
+        ids = rng.integers(5, 60, (4, 16))
+        am = np.ones((4, 16), np.int64)
+        am[2, 11:] = 0
+        lab = np.where(rng.random((4, 16)) < 0.2, ids, -100)
+        batches.append(dict(input_ids=ids, token_type_ids=np.zeros((4, 16), np.int64),
+                            attention_mask=am, labels=lab,
+                            sentence_order_label=rng.integers(0, 2, 4)))
+    seen = []
+    forward = type(m).forward
+
+    def spy(self, *a, **kw):
+        seen.append(self.frozen)
+        return forward(self, *a, **kw)
+    monkeypatch.setattr(type(m), "forward", spy)
+    got = evaluate_batches(m, batches)
+    assert seen == [True, True] and not m.frozen
+    monkeypatch.setattr(type(m), "forward", forward)
+    nll = n = 0.0
+    for b in batches:  # the plain (training-mode) passes
+        out, _ = m.forward(**b, mlm_path="masked")
+        k = int((b["labels"] != -100).sum())
+        nll += float(out["mlm_loss"]) * k
+        n += k
+    assert got["mlm_loss"] == nll / n
+    m.freeze()
+    assert evaluate_batches(m, batches) == got and m.frozen
