@@ -11,19 +11,16 @@ from hypothesis import strategies as st
 
 import minialbert.model as model_module
 from minialbert import kernels
-from minialbert.config import AlbertConfig
 from minialbert.kernels import mask_bias
 from minialbert.layers import Dropout, Sequences, Weights
 from minialbert.model import AlbertModel, by_sequence_groups, encoder_forward
 from reference import assert_close, hf_from_params, n, require
+from test_model import tiny
 
 
-def cfg_of(**kw):
-    base = dict(vocab_size=60, embedding_size=8, hidden_size=24, num_hidden_layers=3,
-                num_attention_heads=3, intermediate_size=40, max_position_embeddings=64,
-                initializer_range=0.3)
-    base.update(kw)
-    return AlbertConfig(**base)
+def cfg_of(**kw):  # test_model's tiny config, a little wider and longer
+    return tiny(**{**dict(vocab_size=60, hidden_size=24, intermediate_size=40,
+                          max_position_embeddings=64), **kw})
 
 
 def both_ways(cfg, h, seqs, params):
