@@ -211,26 +211,36 @@ def _by_sequence(h, weights, cfg, seqs, drop, force=False):
     att = _matmul.blocking(h.dtype, Lmax, H // cfg.num_attention_heads)
     att_tile = np.array([att["code"], att["MR"], att["NR"]], dtype=np.int64)
 
-    def stack(arrays):  # [U, *]: one row per distinct layer application's weights
+    key = ("by sequence", tuple(unique), tiles.tobytes(), KC)
+    stacked = weights._qkv.get(key)  # made once per Weights (a frozen model keeps it)
+    if stacked is None:
+        stacked = weights._qkv[key] = _stacked_weights(weights, unique, blk)
+    return encoder_by_sequence(h, *dealt, starts, lens, bias, apps, cfg.num_attention_heads,
+                               float(cfg.layer_norm_eps), *stacked, tiles, KC, att_tile)
+
+
+def _stacked_weights(weights, unique, blk):
+    # encoder_by_sequence's weights: for each of q|k|v, the attention output, the FFN and
+    # its output, the packed panels [U, *] and bias [U, *] (and each LayerNorm's gamma and
+    # beta), one row per distinct layer application (U = 1 when every layer shares them: a
+    # view, no copy)
+    def stack(arrays):
         return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
-    def panels(kind, name):
-        W = weights.qkv(name)[0] if kind == "qkv" else weights[name + ".weight"]
-        return W.panels(True, blk[kind])
-
     P = weights.params
-    a_, f_ = [n[0] for n in unique], [n[1] for n in unique]
-    y = encoder_by_sequence(
-        h, *dealt, starts, lens, bias, apps, cfg.num_attention_heads, float(cfg.layer_norm_eps),
-        stack([panels("qkv", a) for a in a_]), stack([weights.qkv(a)[1] for a in a_]),
-        stack([panels("out", a + "dense") for a in a_]), stack([P[a + "dense.bias"] for a in a_]),
-        stack([P[a + "LayerNorm.weight"] for a in a_]), stack([P[a + "LayerNorm.bias"] for a in a_]),
-        stack([panels("ffn", f + "ffn") for f in f_]), stack([P[f + "ffn.bias"] for f in f_]),
-        stack([panels("ffn_out", f + "ffn_output") for f in f_]),
-        stack([P[f + "ffn_output.bias"] for f in f_]),
-        stack([P[f + "full_layer_layer_norm.weight"] for f in f_]),
-        stack([P[f + "full_layer_layer_norm.bias"] for f in f_]), tiles, KC, att_tile)
-    return y
+    attn, ffn = [n[0] for n in unique], [n[1] for n in unique]
+    return (stack([weights.qkv(a)[0].panels(True, blk["qkv"]) for a in attn]),
+            stack([weights.qkv(a)[1] for a in attn]),
+            stack([weights[a + "dense.weight"].panels(True, blk["out"]) for a in attn]),
+            stack([P[a + "dense.bias"] for a in attn]),
+            stack([P[a + "LayerNorm.weight"] for a in attn]),
+            stack([P[a + "LayerNorm.bias"] for a in attn]),
+            stack([weights[f + "ffn.weight"].panels(True, blk["ffn"]) for f in ffn]),
+            stack([P[f + "ffn.bias"] for f in ffn]),
+            stack([weights[f + "ffn_output.weight"].panels(True, blk["ffn_out"]) for f in ffn]),
+            stack([P[f + "ffn_output.bias"] for f in ffn]),
+            stack([P[f + "full_layer_layer_norm.weight"] for f in ffn]),
+            stack([P[f + "full_layer_layer_norm.bias"] for f in ffn]))
 
 
 def _unread_nan(y, rows, n):  # [len(rows), H] -> [n, H], NaN at the rows not made
