@@ -18,7 +18,7 @@ packed weights (3 MB for tiny) are read from L3 by both threads. Per sequence an
     h   = LayerNorm(g W2^T + b2 + a)                (the epilogue)
 
 The same kernels on the same values, each sum in the same order: the bits of the layered
-pass (tests/test_model.py checks them bitwise). The sequences are dealt to the threads so
+pass (tests/test_encoder.py checks them bitwise). The sequences are dealt to the threads so
 that each has about the same work (model.py: by_sequence_groups); a batch that cannot be
 dealt out evenly (3 sequences on 2 threads) runs layer by layer."""
 import math
