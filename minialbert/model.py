@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import AlbertConfig
 from .kernels import (dropout_backward, dropout_forward, embedding_backward, embedding_forward,
-                      mask_bias)
+                      get_threads, mask_bias)
 from .kernels import matmul as _matmul
 from .kernels.act import tanh_backward, tanh_forward
 from .kernels.encoder import encoder_by_sequence
@@ -183,7 +183,6 @@ def _by_sequence(h, weights, cfg, seqs, drop, force=False):
     # apply (dropout, an activation other than gelu_new, the BLAS switch, one sequence)
     # or, unless forced, would not pay (weights over BY_SEQUENCE_WEIGHT_BYTES, a batch
     # the threads cannot share evenly).
-    from .kernels import get_threads
     H, I = cfg.hidden_size, cfg.intermediate_size
     starts, lens, bias, _ = seqs._rows(h.dtype)
     if (drop.p(cfg.attention_probs_dropout_prob) > 0 or drop.p(cfg.hidden_dropout_prob) > 0
