@@ -217,6 +217,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-profile", action="store_true",
                     help="skip the section on where our time goes")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated, of " + ", ".join(CONFIGS) + " (default: all; "
+                    "--quick: tiny)")
     ap.add_argument("--worker", nargs=4, metavar=("SIDE", "CONFIG", "PATH", "WEIGHTS"))
     _isa.add_option(ap)
     a = ap.parse_args()
@@ -227,10 +230,14 @@ def main():
     from minialbert.config import AlbertConfig
     from minialbert.heads import init_params
 
+    names = a.models.split(",") if a.models else ["tiny"] if a.quick else list(CONFIGS)
+    for name in names:
+        if name not in CONFIGS:
+            ap.error(f"--models: {name!r} is not one of {', '.join(CONFIGS)}")
     print(_isa.header(a.threads))
     sides = [("hf", "eager"), ("hf", "sdpa"), ("hf", "eager+keep"), ("hf", "sdpa+keep"),
              ("ours", "-")]
-    for name in (["tiny"] if a.quick else ["tiny", "base"]):
+    for name in names:
         with tempfile.TemporaryDirectory() as d:
             w = os.path.join(d, "w.npz")
             np.savez(w, **init_params(AlbertConfig(**CONFIGS[name]), seed=0, head="base"))
