@@ -2,6 +2,7 @@
 
     python benchmarks/bench_inference.py            # tiny and base configs
     python benchmarks/bench_inference.py --quick    # tiny only
+    python benchmarks/bench_inference.py --models base   # base only (~7 minutes)
 
 Embedding a sentence (B1 x T32, B1 x T128) and a batch (B32 x T128): one forward pass of
 the encoder and pooler (AlbertModel; HF under torch.inference_mode, eval, the fastest of

@@ -232,6 +232,57 @@ write_table("06_by_sequence.md",
              ("by sequence, each thread's sequences through every layer (same bits)",
               f"{ts * 1e3:.2f}")])
 
+# %% [markdown]
+# ## What sharing does not save: the weights' trip from memory
+#
+# ALBERT stores one layer and applies it L times, so its weights take 1/L of BERT's
+# memory. A forward pass still *reads* them L times, and whether that read is cheap depends
+# on where they are: tiny's layer (3 MB packed) stays in the 32 MB L3 from one application
+# to the next, base's (28 MB: q|k|v 7 MB, the FFN's two matrices 9.4 MB each) does not once
+# the activations and the rest are counted, and comes back from memory each time. Here one
+# product of a sentence of 128 tokens, with one weight called again and again (warm), and
+# with as many different weights, in turn, as fill twice the L3 (so each call's weight was
+# pushed out by the others, as in a pass over base): the same arithmetic, the same tiles.
+
+# %%
+import os  # noqa: E402
+
+
+def l3_bytes():
+    try:
+        return max(os.sysconf("SC_LEVEL3_CACHE_SIZE"), 1 << 20)
+    except (ValueError, OSError, AttributeError):
+        return 32 << 20
+
+
+cold_rows = []
+for what, (cN, cK) in ([("FFN (H -> I)", (512, 128)), ("FFN output (I -> H)", (128, 512))]
+                       if QUICK else
+                       [("FFN (H -> I)", (3072, 768)), ("FFN output (I -> H)", (768, 3072))]):
+    cx = rng.standard_normal((128, cK)).astype(np.float32)
+    n_w = 2 if QUICK else 2 * l3_bytes() // (cN * cK * 4) + 1
+    cW = [PackedWeight(rng.standard_normal((cN, cK)).astype(np.float32) * 0.02)
+          for _ in range(n_w)]
+    cout = np.empty((128, cN), np.float32)
+    turn = [0]
+
+    def cold():
+        turn[0] = (turn[0] + 1) % n_w
+        matmul_nt(cx, cW[turn[0]], out=cout)
+
+    for W_ in cW:  # each weight packed once, before the clock
+        matmul_nt(cx, W_, out=cout)
+    t_warm, t_cold = best_times([lambda: matmul_nt(cx, cW[0], out=cout), cold], rounds=3)
+    gf = 2 * 128 * cN * cK / 1e9
+    cold_rows.append((f"{what}: 128 x {cK} -> {cN}, weight {cN * cK * 4 / 2**20:.1f} MiB",
+                      f"{t_warm * 1e3:.3f} ({gf / t_warm:.0f})",
+                      f"{t_cold * 1e3:.3f} ({gf / t_cold:.0f}), {n_w} weights in turn",
+                      f"{t_cold / t_warm:.2f}"))
+    print(cold_rows[-1])
+write_table("06_cold_weights.md",
+            [f"one product, float32, {cpu_name()}", "warm weight: ms (GFLOP/s)",
+             "a cold weight each call: ms (GFLOP/s)", "cold / warm"], cold_rows)
+
 # %%
 p = plt()
 if p is not None:
