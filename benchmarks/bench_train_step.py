@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train_step.py            # tiny and base configs
     python benchmarks/bench_train_step.py --quick    # tiny only, fewer steps
+    python benchmarks/bench_train_step.py --models base   # base only
     python benchmarks/bench_train_step.py --head classification   # a fine-tuning step
 
 Forward + backward + an AdamW step (ours and torch.optim.AdamW, the same arithmetic; pass
@@ -171,8 +172,15 @@ def main():
     ap.add_argument("--head", default="pretraining", choices=["pretraining", "classification"])
     ap.add_argument("--pad", type=float, default=0.5,
                     help="padding fraction of the second batch (0: only a full batch)")
+    ap.add_argument("--models", default=None,
+                    help="comma-separated, of " + ", ".join(CONFIGS) + " (default: all; "
+                    "--quick: tiny)")
     _isa.add_option(ap)
     a = ap.parse_args()
+    names = a.models.split(",") if a.models else ["tiny"] if a.quick else list(CONFIGS)
+    for name in names:
+        if name not in CONFIGS:
+            ap.error(f"--models: {name!r} is not one of {', '.join(CONFIGS)}")
     if a.worker:
         side, name, path, weights = a.worker
         serve(*jobs(side, name, path, a.threads, weights, not a.no_optimizer, a.head, a.pad))
@@ -185,7 +193,6 @@ def main():
     print(_isa.header(a.threads))
     print("(threads per side: Numba's and torch.set_num_threads; NumPy's BLAS is not used "
           "by either model)")
-    names = ["tiny"] if a.quick else ["tiny", "base"]
     for name in names:
         cfg_kw, B, T = CONFIGS[name]
         steps = a.steps or (2 if a.quick or name == "base" else 3)

@@ -237,9 +237,10 @@ write_table("06_by_sequence.md",
 #
 # ALBERT stores one layer and applies it L times, so its weights take 1/L of BERT's
 # memory. A forward pass still *reads* them L times, and whether that read is cheap depends
-# on where they are: tiny's layer (3 MB packed) stays in the 32 MB L3 from one application
-# to the next, base's (28 MB: q|k|v 7 MB, the FFN's two matrices 9.4 MB each) does not once
-# the activations and the rest are counted, and comes back from memory each time. Here one
+# on where they are: tiny's layer (3 MB packed) stays in the L3 (32 MB on the Zen 4 EPYC
+# the book ran on) from one application to the next, base's (28 MB: q|k|v 7 MB, the FFN's
+# two matrices 9.4 MB each) does not once the activations and the rest are counted, and
+# comes back from memory each time. Here one
 # product of a sentence of 128 tokens, with one weight called again and again (warm), and
 # with as many different weights, in turn, as fill twice the L3 (so each call's weight was
 # pushed out by the others, as in a pass over base): the same arithmetic, the same tiles.
