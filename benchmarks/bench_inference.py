@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import _isa
+import _report
 
 _isa.emulate_from_argv()  # --isa avx2: restarts under that ISA before anything loads
 
@@ -223,6 +224,7 @@ def main():
                     "--quick: tiny)")
     ap.add_argument("--worker", nargs=4, metavar=("SIDE", "CONFIG", "PATH", "WEIGHTS"))
     _isa.add_option(ap)
+    _report.add_option(ap)
     a = ap.parse_args()
     if a.worker:
         side, name, path, weights = a.worker
@@ -238,6 +240,7 @@ def main():
     print(_isa.header(a.threads))
     sides = [("hf", "eager"), ("hf", "sdpa"), ("hf", "eager+keep"), ("hf", "sdpa+keep"),
              ("ours", "-")]
+    figures = []
     for name in names:
         with tempfile.TemporaryDirectory() as d:
             w = os.path.join(d, "w.npz")
@@ -259,6 +262,9 @@ def main():
                 *hf, o = (best[k][str(i)] * 1e3 for k in range(len(sides)))
                 print(f"{f'{label} (B{B} x T{T})':<24}{hf[0]:>9.2f}{hf[1]:>8.2f}"
                       f"{hf[2]:>11.2f}{hf[3]:>10.2f}{o:>9.2f}{min(hf) / o:>14.2f}x")
+                figures.append(dict(config=name, shape=f"B{B} x T{T}", ours_ms=o,
+                                    hf_ms=min(hf), ratio=min(hf) / o))
+                _report.write(a.json, figures)  # after each row: a cut run keeps its rows
             if not a.no_profile:
                 where_the_time_goes(name, w, a.threads, fastest_hf, steps)
 

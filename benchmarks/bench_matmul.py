@@ -15,6 +15,7 @@ import sys
 import time
 
 import _isa
+import _report
 
 _isa.emulate_from_argv()  # --isa avx2: restarts under that ISA before anything loads
 
@@ -95,6 +96,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-torch", action="store_true", help="leave out the torch column")
     _isa.add_option(ap)
+    _report.add_option(ap)
     a = ap.parse_args()
     if not a.no_torch:
         try:
@@ -141,7 +143,12 @@ def main():
         worst_t = min(rows, key=lambda r: r["vs_torch"])
         print(f"every shape above: geometric-mean ratio {geo_t:.2f}x torch, worst "
               f"{worst_t['vs_torch']:.2f}x ({worst_t['shape']} {worst_t['form']})")
-    print(f"import + first matmul in a fresh process (warm cache): {first_call_seconds():.2f} s")
+    first = first_call_seconds()
+    print(f"import + first matmul in a fresh process (warm cache): {first:.2f} s")
+    _report.write(a.json, dict(
+        quick=a.quick, geo_ratio=geo if big else None, worst_ratio=worst["ratio"] if big else None,
+        worst_shape=f"{worst['shape']} {worst['form']}" if big else None, shapes=len(big),
+        first_call_s=first))
     print(f"benchmark took {time.time() - t0:.0f} s")
 
 

@@ -16,6 +16,7 @@ import argparse
 import time
 
 import _isa
+import _report
 
 _isa.emulate_from_argv()  # --isa avx2: restarts under that ISA before anything loads
 
@@ -133,6 +134,7 @@ def main():
     ap.add_argument("--budget", type=float, default=300)
     ap.add_argument("--lr", type=float, default=1e-3)
     _isa.add_option(ap)
+    _report.add_option(ap)
     a = ap.parse_args()
     pc = PretrainConfig()
     keep_freed_memory()  # as the trainers do; the same process setting for HF's side too
@@ -168,6 +170,9 @@ def main():
               f"{ev['sop_acc']:.3f}; a step (model, loss, optimizer) {np.median(times) * 1e3:.0f} ms "
               f"median, the rest of the budget's time making batches", flush=True)
     print(f"steps in the same wall-clock budget: minialbert / HF = {rows[0][1] / rows[1][1]:.2f}")
+    _report.write(a.json, dict(budget_s=a.budget, steps_ratio=rows[0][1] / rows[1][1],
+                               unigram=uni, **{side.lower(): dict(steps=steps, **ev)
+                                               for side, steps, _, ev in rows}))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import sys
 import tempfile
 
 import _isa
+import _report
 
 _isa.emulate_from_argv()  # --isa avx2: restarts under that ISA before anything loads
 
@@ -176,6 +177,7 @@ def main():
                     help="comma-separated, of " + ", ".join(CONFIGS) + " (default: all; "
                     "--quick: tiny)")
     _isa.add_option(ap)
+    _report.add_option(ap)
     a = ap.parse_args()
     names = a.models.split(",") if a.models else ["tiny"] if a.quick else list(CONFIGS)
     for name in names:
@@ -193,12 +195,14 @@ def main():
     print(_isa.header(a.threads))
     print("(threads per side: Numba's and torch.set_num_threads; NumPy's BLAS is not used "
           "by either model)")
+    figures = []
     for name in names:
         cfg_kw, B, T = CONFIGS[name]
         steps = a.steps or (2 if a.quick or name == "base" else 3)
         n_rounds = a.rounds or (2 if a.quick else 3)
         for pad in [0.0] + ([a.pad] if a.pad > 0 else []):
-            run_config(a, name, cfg_kw, B, T, steps, n_rounds, pad)
+            figures.append(run_config(a, name, cfg_kw, B, T, steps, n_rounds, pad))
+            _report.write(a.json, figures)  # after each batch: a cut run keeps what it has
 
 
 def run_config(a, name, cfg_kw, B, T, steps, n_rounds, pad):
@@ -240,6 +244,11 @@ def run_config(a, name, cfg_kw, B, T, steps, n_rounds, pad):
     print("minialbert runs without work on padding and, on the masked path and the "
           "classifier, its last layer\nonly on the rows the heads read (the trainers' "
           "settings); /no-skip: that last layer on every row")
+    ours = [r for r in rows if r["side"] != "hf"]
+    return dict(config=name, head=a.head, padding=1 - real,
+                ratio={r["path"]: best_hf / r["seconds"] for r in ours},
+                peak_mb={r["path"]: r["peak_mb"] for r in ours},
+                hf_peak_mb=min(r["peak_mb"] for r in rows if r["side"] == "hf"))
 
 
 if __name__ == "__main__":
