@@ -14,6 +14,17 @@ def add_option(ap):
                          "(what benchmarks/scorecard.py reads)")
 
 
+def check(ap, path):
+    """Stop at once, with one line, if --json names a file that cannot be written (its
+    folder missing or read-only, or a folder itself), not after the benchmark's minutes."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        ap.error(f"--json {path}: cannot write a file there (a folder that exists and "
+                 "can be written to is needed)")
+
+
 def write(path, figures):
     """figures (a dict of plain numbers, strings and lists) to path, written whole or not at
     all (a temporary file renamed over it)."""

@@ -226,6 +226,7 @@ def main():
     _isa.add_option(ap)
     _report.add_option(ap)
     a = ap.parse_args()
+    _report.check(ap, a.json)
     if a.worker:
         side, name, path, weights = a.worker
         serve(jobs(side, name, path, weights, a.threads))

@@ -98,6 +98,7 @@ def main():
     _isa.add_option(ap)
     _report.add_option(ap)
     a = ap.parse_args()
+    _report.check(ap, a.json)
     if not a.no_torch:
         try:
             import torch  # noqa: F401

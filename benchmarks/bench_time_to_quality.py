@@ -136,6 +136,7 @@ def main():
     _isa.add_option(ap)
     _report.add_option(ap)
     a = ap.parse_args()
+    _report.check(ap, a.json)
     pc = PretrainConfig()
     keep_freed_memory()  # as the trainers do; the same process setting for HF's side too
     threads = kernels.set_threads(None)

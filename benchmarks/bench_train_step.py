@@ -179,6 +179,7 @@ def main():
     _isa.add_option(ap)
     _report.add_option(ap)
     a = ap.parse_args()
+    _report.check(ap, a.json)
     names = a.models.split(",") if a.models else ["tiny"] if a.quick else list(CONFIGS)
     for name in names:
         if name not in CONFIGS:

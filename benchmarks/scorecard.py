@@ -116,6 +116,13 @@ def main():
     _isa.add_option(ap)
     _report.add_option(ap)
     a = ap.parse_args()
+    _report.check(ap, a.json)
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        ap.error(f"the other side of every comparison is torch and transformers ({e}): "
+                 "pip install -e '.[bench]'")
     figures = {}
     with tempfile.TemporaryDirectory() as d:
         for key, script, quick, full in BENCHMARKS:

@@ -88,3 +88,13 @@ def test_report_writes_whole_json(tmp_path):
     assert json.loads(p.read_text()) == {"ratio": 1.5, "rows": [1, 2]}
     assert list(tmp_path.iterdir()) == [p]  # no temporary file left
     _report.write(None, {"x": 1})  # no path: nothing written, no error
+
+
+def test_a_json_path_that_cannot_be_written_stops_before_anything_runs(tmp_path):
+    import subprocess
+    for bad in (tmp_path / "no-such-folder" / "f.json", tmp_path):
+        r = subprocess.run([sys.executable, str(BENCH / "scorecard.py"), "--quick", "--json",
+                            str(bad)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert f"--json {bad}: cannot write a file there" in r.stderr
+        assert "=== scorecard" not in r.stdout  # no benchmark started
