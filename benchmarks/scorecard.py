@@ -130,13 +130,12 @@ def main():
             args = quick if a.quick else full
             print(f"\n=== scorecard: {script} {' '.join(args)}", flush=True)
             r = subprocess.run([sys.executable, str(HERE / script), *args, "--json", out])
+            # what it wrote (the train-step and inference benchmarks write after each
+            # batch or row, so a benchmark that failed half-way keeps what it finished)
             figures[key] = (json.loads(pathlib.Path(out).read_text())
                             if os.path.exists(out) else None)
             if r.returncode != 0:
                 print(f"=== scorecard: {script} exited with {r.returncode}", flush=True)
-                if key in ("train", "inference") and figures[key]:  # rows it finished
-                    continue
-                figures[key] = None
     print("\n=== scorecard: issue 11's targets, measured side by side on this machine "
           f"({'--quick' if a.quick else 'full'})")
     print(_isa.header(os.cpu_count()))
