@@ -91,7 +91,7 @@ def where_the_time_goes(name, weights, threads, fastest_hf, calls=10):
     from minialbert.kernels.matmul import ISA
     from minialbert.kernels.microkernel import measured_peak_gflops
     from minialbert import model
-    from minialbert.profiler import BY_SEQUENCE, GEMM, KernelProfile
+    from minialbert.profiler import GEMM, ONE_CALL, KernelProfile
 
     runs = jobs("ours", name, "-", weights, threads)
     peaks, rows = [], []
@@ -104,8 +104,9 @@ def where_the_time_goes(name, weights, threads, fastest_hf, calls=10):
         t_end = time.perf_counter() + 0.3  # settle, as the rounds do (_sides.serve)
         while time.perf_counter() < t_end:
             f()
-        # the pass layer by layer, each kernel timed on its own (a batch runs by sequence,
-        # model._by_sequence: one call for all of the encoder's kernels, timed below)
+        # the pass layer by layer from Python, each kernel timed on its own (as run, the
+        # encoder is one compiled call: by sequence for a batch, layered for one sentence;
+        # kernels/encoder.py; timed below)
         model.BY_SEQUENCE = False
         try:
             with KernelProfile() as prof:  # at least `calls` calls and at least a second
@@ -122,18 +123,19 @@ def where_the_time_goes(name, weights, threads, fastest_hf, calls=10):
                 f()
                 k += 1
             as_run_ms = (time.perf_counter() - t0) / k * 1e3
-        by_seq = as_run.seconds[BY_SEQUENCE] * 1e3 / k
-        rows.append((label, B, T, prof, n, total, as_run_ms, by_seq))
+        one_call = as_run.seconds[ONE_CALL] * 1e3 / k
+        rows.append((label, B, T, prof, n, total, as_run_ms, one_call))
     peak = max(peaks)
     print(f"\n{name}, ours, where the time goes (KernelProfile, at least {calls} calls and "
           f"1 s a shape; measured peak {peak:.0f} GFLOP/s on {threads} threads, the best of "
           f"{len(peaks)} measurements: " + ", ".join(f"{p:.0f}" for p in peaks) + "):")
     print("(the pass layer by layer, each kernel timed; 'as run': the pass as the rounds ran "
-          "it, and of that, 'by seq.': the encoder by sequence, where a batch takes it)")
+          "it, and of that, 'one call': the encoder's layers compiled as one call, by sequence for a "
+          "batch, layered for one sentence)")
     print(f"{'':<24}{'ms/call':>8}{'GEMM ms':>9}{'GFLOP/s':>9}{'of peak':>8}{'attention':>10}"
           f"{'other':>7}{'rest':>7}{'HF ms':>9}{'bound: GEMM at peak':>21}{'only GEMM':>11}"
-          f"{'as run':>8}{'by seq.':>9}")
-    for i, (label, B, T, prof, n, total, as_run_ms, by_seq) in enumerate(rows):
+          f"{'as run':>8}{'one call':>9}")
+    for i, (label, B, T, prof, n, total, as_run_ms, one_call) in enumerate(rows):
         ms = {k: s * 1e3 / n for k, s in prof.seconds.items()}
         gemm, att = ms[GEMM], ms["attention (QK^T, softmax, PV)"]
         other = sum(ms.values()) - gemm - att
@@ -144,7 +146,7 @@ def where_the_time_goes(name, weights, threads, fastest_hf, calls=10):
               f"{prof.gemm_gflops():>9.0f}{prof.gemm_gflops() / peak:>8.2f}{att:>10.2f}"
               f"{other:>7.2f}{rest:>7.2f}{hf:>9.2f}"
               f"{hf / (total * 1e3 - gemm + at_peak):>20.2f}x{hf / at_peak:>10.2f}x"
-              f"{as_run_ms:>8.2f}{by_seq:>9.2f}")
+              f"{as_run_ms:>8.2f}{one_call:>9.2f}")
     for label, B, T, prof, n, *_ in rows:  # the list below is the pass's, product for product
         listed = sum(2 * M * N * K * c for _, M, N, K, c in products_of_a_pass(CONFIGS[name],
                                                                                B, T))

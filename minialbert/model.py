@@ -21,7 +21,8 @@ from .kernels import (dropout_backward, dropout_forward, embedding_backward, emb
                       get_threads, mask_bias)
 from .kernels import matmul as _matmul
 from .kernels.act import tanh_backward, tanh_forward
-from .kernels.encoder import encoder_by_sequence
+from .kernels import attention as _attention
+from .kernels.encoder import encoder_by_sequence, encoder_layered
 from .kernels.embedding import check_ids
 from .layers import (Dropout, LayerNormCache, Sequences, Weights, attention_block_backward,
                      attention_block_forward, dense_backward, dense_forward, ffn_block_backward,
@@ -120,12 +121,18 @@ def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None, keep=Tr
     # by_sequence: such a pass (keep and hidden False, no read, no dropout) over a batch
     # runs each sequence through every layer on one thread while its activations stay in
     # that core's cache (kernels/encoder.py; the same bits), where _by_sequence finds it
-    # pays; None: decide so, False: layer by layer, True: by sequence where it can run.
+    # pays, and otherwise (one sentence, say) runs this loop compiled as one call
+    # (encoder_layered: the same kernels and bits, without the Python between them);
+    # None: decide so, False: this loop, kernel by kernel (what a profile times), True: by
+    # sequence where it can run.
     weights = weights if weights is not None else Weights(params)
     if by_sequence is None:
         by_sequence = None if BY_SEQUENCE else False
-    if not keep and not hidden and read is None and by_sequence is not False:
-        y = _by_sequence(h, weights, cfg, seqs, drop, force=bool(by_sequence))
+    if (not keep and not hidden and read is None and by_sequence is not False
+            and _compiled_pass_applies(h, cfg, drop)):
+        y = _by_sequence(h, weights, cfg, seqs, force=bool(by_sequence))
+        if y is None and by_sequence is None:
+            y = _layered(h, weights, cfg, seqs)
         if y is not None:
             return y, None, EncoderCache(weights, [])
     hidden_states, caches = [h] if hidden else None, []
@@ -151,7 +158,8 @@ def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None, keep=Tr
 # them all again for every sequence, from L3. Measured on a 2-core EPYC (Zen 4, 32 MiB L3),
 # a batch of 32 x 128 against the layered pass: tiny (3 MiB of weights) 1.10x, base (27
 # MiB) 1.00-1.02x.
-BY_SEQUENCE = True  # False: every pass layer by layer (a profile's kernel by kernel view)
+BY_SEQUENCE = True  # False: every pass layer by layer from Python (a profile's kernel by
+# kernel view): neither by sequence nor compiled as one call
 BY_SEQUENCE_WEIGHT_BYTES = 16 << 20
 BY_SEQUENCE_BALANCE = 1.05  # the busiest thread's work at most this over an even share
 
@@ -178,15 +186,29 @@ def by_sequence_groups(lens, threads, per_token, per_pair):
     return groups, order
 
 
-def _by_sequence(h, weights, cfg, seqs, drop, force=False):
-    # encoder_forward's pass by sequence (kernels/encoder.py), or None where it does not
-    # apply (dropout, an activation other than gelu_new, the BLAS switch, one sequence)
-    # or, unless forced, would not pay (weights over BY_SEQUENCE_WEIGHT_BYTES, a batch
-    # the threads cannot share evenly).
+def _compiled_pass_applies(h, cfg, drop):
+    # the encoder's compiled passes (kernels/encoder.py) run no dropout and gelu_new only,
+    # through our GEMM (not the BLAS switch), on at least one row
+    return (drop.p(cfg.attention_probs_dropout_prob) == 0 and drop.p(cfg.hidden_dropout_prob) == 0
+            and cfg.hidden_act == "gelu_new" and not _matmul._USE_BLAS and h.shape[0] > 0)
+
+
+def _applications(cfg):
+    # -> (unique, apps): the distinct (attention, FFN) weight prefixes, and for each layer
+    # application the index of the one it uses
+    names = [layer_prefixes(cfg, l, i) for l in range(cfg.num_hidden_layers)
+             for i in range(cfg.inner_group_num)]
+    unique = list(dict.fromkeys(names))
+    return unique, np.array([unique.index(n) for n in names], dtype=np.int64)
+
+
+def _by_sequence(h, weights, cfg, seqs, force=False):
+    # encoder_forward's pass by sequence (kernels/encoder.py), or None for one sequence
+    # or, unless forced, where it would not pay (weights over BY_SEQUENCE_WEIGHT_BYTES, a
+    # batch the threads cannot share evenly). (_compiled_pass_applies first.)
     H, I = cfg.hidden_size, cfg.intermediate_size
     starts, lens, bias, _ = seqs._rows(h.dtype)
-    if (drop.p(cfg.attention_probs_dropout_prob) > 0 or drop.p(cfg.hidden_dropout_prob) > 0
-            or cfg.hidden_act != "gelu_new" or _matmul._USE_BLAS or len(lens) < 2):
+    if len(lens) < 2:
         return None
     if not force and (4 * H * H + 2 * H * I) * h.dtype.itemsize > BY_SEQUENCE_WEIGHT_BYTES:
         return None
@@ -196,10 +218,7 @@ def _by_sequence(h, weights, cfg, seqs, drop, force=False):
         if not force:
             return None
         dealt = by_sequence_groups(lens, 1, 1, 0)  # forced: one thread takes them all
-    names = [layer_prefixes(cfg, l, i) for l in range(cfg.num_hidden_layers)
-             for i in range(cfg.inner_group_num)]
-    unique = list(dict.fromkeys(names))
-    apps = np.array([unique.index(n) for n in names], dtype=np.int64)
+    unique, apps = _applications(cfg)
     Lmax = max(int(np.max(lens)), 1)
     blk = {}
     for kind, N, K in (("qkv", 3 * H, H), ("out", H, H), ("ffn", I, H), ("ffn_out", H, I)):
@@ -216,6 +235,35 @@ def _by_sequence(h, weights, cfg, seqs, drop, force=False):
         stacked = weights._qkv[key] = _stacked_weights(weights, unique, blk)
     return encoder_by_sequence(h, *dealt, starts, lens, bias, apps, cfg.num_attention_heads,
                                float(cfg.layer_norm_eps), *stacked, tiles, KC, att_tile)
+
+
+def _layered(h, weights, cfg, seqs):
+    # encoder_forward's loop, frozen, as one compiled call (kernels/encoder.encoder_layered):
+    # each product with the blocking gemm would give it (matmul._plan) and its weights'
+    # panels laid out for that, attention with attention_forward_qkv's tile: the same
+    # kernels, the same bits. (_compiled_pass_applies first.)
+    n, H = h.shape
+    I = cfg.intermediate_size
+    starts, lens, bias, T = seqs._rows(h.dtype)
+    threads = get_threads()
+    plans, blk, a_size = [], {}, 1
+    for kind, N, K in (("qkv", 3 * H, H), ("out", H, H), ("ffn", I, H), ("ffn_out", H, I)):
+        run, code, MR, NR, KC, MC, NC, a_need, _, _, _, copy_a, b = _matmul._plan(
+            h.dtype, n, N, K, _matmul.ISA, threads, None, True, False, True)
+        plans.append((run is _matmul._gemm_fused, code, MR, NR, KC, MC, NC, copy_a))
+        blk[kind], a_size = b, max(a_size, a_need)
+    plans = np.array(plans, dtype=np.int64)
+    att = np.array(_attention._tiles(h.dtype, max(int(np.max(lens)), 1),
+                                     H // cfg.num_attention_heads), dtype=np.int64)
+    unique, apps = _applications(cfg)
+    key = ("layered", tuple(unique), plans[:, 1:5].tobytes())  # (the panels' layout)
+    stacked = weights._qkv.get(key)  # made once per Weights (a frozen model keeps it)
+    if stacked is None:
+        stacked = weights._qkv[key] = _stacked_weights(weights, unique, blk)
+    Ap = _matmul._workspace.get("A", h.dtype, a_size)  # gemm's packing buffer
+    return encoder_layered(np.ascontiguousarray(h), T, plans, starts, lens, bias, apps,
+                           cfg.num_attention_heads, float(cfg.layer_norm_eps), *stacked, att,
+                           Ap)
 
 
 def _stacked_weights(weights, unique, blk):

@@ -34,8 +34,10 @@ KINDS = {
     "cross-entropy": ("cross_entropy",),
     "optimizer": ("step",),
 }
-BY_SEQUENCE = "encoder by sequence (a layer's kernels, all)"  # (model.py: a frozen batch)
-KINDS[BY_SEQUENCE] = ("encoder_by_sequence",)
+# a frozen pass's encoder in one compiled call (model.py: by sequence for a batch, layered
+# for one sentence; kernels/encoder.py): its kernels are not timed one by one
+ONE_CALL = "encoder in one call (a layer's kernels, all)"
+KINDS[ONE_CALL] = ("encoder_by_sequence", "encoder_layered")
 
 
 def gemm_flops(name, A, B):
@@ -46,9 +48,10 @@ def gemm_flops(name, A, B):
     return 2 * M * N * K
 
 
-def by_sequence_flops(x, apps, bqkv, b1):
+def one_call_flops(x, apps, bqkv, b1):
     """2 M N K of the four products of every layer application in one call of
-    kernels.encoder.encoder_by_sequence (x [n, H], apps [L], bqkv [U, 3H], b1 [U, I])."""
+    kernels.encoder.encoder_by_sequence or encoder_layered (x [n, H], apps [L], bqkv [U,
+    3H], b1 [U, I]: their arguments 0, 6, 10 and 16)."""
     n, H = x.shape
     I = b1.shape[1]
     return len(apps) * 2 * n * H * (bqkv.shape[1] + H + 2 * I)
@@ -59,7 +62,7 @@ class KernelProfile:
         self.seconds = {k: 0.0 for k in KINDS}
         self.calls = {k: 0 for k in KINDS}
         self.gemm_flops = 0  # the arithmetic of every GEMM call timed (gemm_gflops)
-        self.by_sequence_flops = 0  # the products' arithmetic inside encoder_by_sequence
+        self.one_call_flops = 0  # the products' arithmetic inside those ONE_CALL timed
         self._saved = []
 
     def _wrap(self, fn, kind, name=None):
@@ -72,8 +75,8 @@ class KernelProfile:
                 self.calls[kind] += 1
                 if kind == GEMM:
                     self.gemm_flops += gemm_flops(name, a[0], a[1])
-                elif kind == BY_SEQUENCE:
-                    self.by_sequence_flops += by_sequence_flops(a[0], a[6], a[10], a[16])
+                elif kind == ONE_CALL:
+                    self.one_call_flops += one_call_flops(a[0], a[6], a[10], a[16])
         return timed
 
     def gemm_gflops(self):

@@ -1,9 +1,11 @@
-"""The encoder by sequence (kernels/encoder.py, model._by_sequence): a frozen batch's
-layers, each sequence through every layer on one thread. It must give the layered pass's
-bits exactly (the same kernels, each sum in the same order), for every way the batch's rows
-can form sequences (padded with a mask, packed without padding, lengths that are not a
-multiple of any tile, one token), every sharing of the layers, both dtypes, one thread and
-all; and it must run only where it applies."""
+"""The encoder in one compiled call (kernels/encoder.py): by sequence (model._by_sequence),
+a frozen batch's layers, each sequence through every layer on one thread; and layered
+(model._layered), the layer loop compiled whole, every kernel on all threads (one sentence,
+or a batch that does not run by sequence). Each must give the layered pass's bits exactly
+(the same kernels, each sum in the same order), for every way the batch's rows can form
+sequences (padded with a mask, packed without padding, lengths that are not a multiple of
+any tile, one token), every sharing of the layers, both dtypes, one thread and all; and
+each must run only where it applies."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -23,11 +25,23 @@ def cfg_of(**kw):  # test_model's tiny config, a little wider and longer
                           max_position_embeddings=64), **kw})
 
 
-def both_ways(cfg, h, seqs, params):
+def both_ways(cfg, h, seqs, params, by=True):
+    # (the pass by=True (by sequence) or None (decide: layered compiled, for what does not
+    # run by sequence), the layered pass from Python)
     weights = Weights(params)
     run = [encoder_forward(h, params, cfg, seqs, Dropout(), weights=weights, keep=False,
-                           hidden=False, by_sequence=by)[0] for by in (True, False)]
+                           hidden=False, by_sequence=b)[0] for b in (by, False)]
     return run
+
+
+def counting(monkeypatch, name):  # -> the list of x.shape of each call of model.<name>
+    calls, original = [], getattr(model_module, name)
+
+    def counted(*a):
+        calls.append(a[0].shape)
+        return original(*a)
+    monkeypatch.setattr(model_module, name, counted)
+    return calls
 
 
 def random_params(cfg, dtype, seed):  # every weight, bias and LayerNorm random
@@ -83,36 +97,106 @@ def test_by_sequence_reads_each_layers_own_weights(sharing, rng):
 
 def test_a_frozen_batch_runs_by_sequence_where_it_applies(rng, monkeypatch):
     """A frozen model's batch goes through the encoder by sequence (one call), a single
-    sequence layer by layer; training mode, hidden states, attention maps, the BLAS switch
-    and an activation other than gelu_new never do; the outputs are the same bits."""
-    calls = []
-    original = model_module.encoder_by_sequence
-
-    def counted(*a):
-        calls.append(a[0].shape)
-        return original(*a)
-    monkeypatch.setattr(model_module, "encoder_by_sequence", counted)
+    sequence through the layered pass compiled (one call, its products shared by the
+    threads); training mode, hidden states, attention maps, the BLAS switch and an
+    activation other than gelu_new take neither; the outputs are the same bits."""
+    calls = counting(monkeypatch, "encoder_by_sequence")
+    layered = counting(monkeypatch, "encoder_layered")
     cfg = cfg_of()
     m = AlbertModel(cfg, seed=4)
     ids = rng.integers(5, cfg.vocab_size, (4, 21))
     plain = m.forward(ids)[0]["last_hidden_state"]  # training mode: layer by layer
-    assert calls == []
+    one = m.forward(ids[:1])[0]["last_hidden_state"]
+    assert calls == [] and layered == []
     m.freeze()
     frozen = m.forward(ids)[0]["last_hidden_state"]
-    assert calls == [(4 * 21, cfg.hidden_size)]
+    assert calls == [(4 * 21, cfg.hidden_size)] and layered == []
     np.testing.assert_array_equal(frozen, plain)
-    m.forward(ids[:1])  # one sequence: its products shared by the threads instead
+    np.testing.assert_array_equal(m.forward(ids[:1])[0]["last_hidden_state"], one)
+    assert len(calls) == 1 and layered == [(21, cfg.hidden_size)]
     m.forward(ids, output_hidden_states=True)
     m.forward(ids, output_attentions=True)
+    m.forward(ids[:1], output_attentions=True)
     with kernels.use_blas(True):
         m.forward(ids)
-    assert len(calls) == 1
+        m.forward(ids[:1])
+    assert len(calls) == 1 and len(layered) == 1
     g = AlbertModel(cfg_of(hidden_act="gelu"), seed=4).freeze()
     g.forward(ids)
-    assert len(calls) == 1
+    g.forward(ids[:1])
+    assert len(calls) == 1 and len(layered) == 1
     monkeypatch.setattr(model_module, "BY_SEQUENCE", False)  # the switch for profiles
     np.testing.assert_array_equal(m.forward(ids)[0]["last_hidden_state"], frozen)
-    assert len(calls) == 1
+    np.testing.assert_array_equal(m.forward(ids[:1])[0]["last_hidden_state"], one)
+    assert len(calls) == 1 and len(layered) == 1
+
+
+@settings(max_examples=12, deadline=None)
+@given(lens=st.lists(st.integers(1, 37), min_size=1, max_size=3),
+       packed=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]),
+       one_thread=st.booleans(), seed=st.integers(0, 2**16))
+def test_the_layered_pass_compiled_gives_its_bits(lens, packed, dtype, one_thread, seed):
+    """The layer loop compiled as one call (kernels/encoder.encoder_layered) against the
+    loop in Python: one sequence, or a batch kept from running by sequence (here: by the
+    weights' limit, set to 0), padded or packed; the same bits."""
+    cfg = cfg_of()
+    rng = np.random.default_rng(seed)
+    B, T, H = len(lens), max(lens), cfg.hidden_size
+    params = random_params(cfg, dtype, seed)
+    if packed:
+        n = sum(lens)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        seqs = Sequences(B, T, starts=starts, lens=np.array(lens, np.int64))
+    else:
+        n = B * T
+        mask = (np.arange(T)[None] < np.array(lens)[:, None]).astype(np.int64)
+        seqs = Sequences(B, T, bias=mask_bias(mask, dtype))
+    h = rng.standard_normal((n, H)).astype(dtype)
+    threads = kernels.get_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model_module, "BY_SEQUENCE_WEIGHT_BYTES", 0)
+        layered = counting(mp, "encoder_layered")
+        try:
+            if one_thread:
+                kernels.set_threads(1)
+            compiled, python = both_ways(cfg, h, seqs, params, by=None)
+        finally:
+            kernels.set_threads(threads)
+    assert layered == [(n, H)]
+    assert np.isfinite(python).all()
+    np.testing.assert_array_equal(compiled, python)
+
+
+def test_the_layered_pass_compiled_normalises_after_a_product_of_column_blocks(rng,
+                                                                              monkeypatch):
+    """Where a product's tasks are blocks of columns (NC < N), its LayerNorm cannot run in
+    the tasks' epilogue: then, as gemm does, after the product (layernorm_forward). Every
+    product is cut into blocks of one panel of columns here; the same bits as the loop in
+    Python under the same cut."""
+    from minialbert.kernels import matmul
+
+    original = matmul._plan
+
+    def narrow(dtype, M, N, K, isa, threads, kernel, packed, a_trans, b_trans):
+        p = list(original(dtype, M, N, K, isa, threads, kernel, packed, a_trans, b_trans))
+        MR, NR, KC, MC = p[2], p[3], p[4], p[5]
+        p[6] = NC = NR  # one panel of columns a task
+        tasks = -(-M // MC) * -(-N // NC)
+        p[7] = tasks * -(-MC // MR) * MR * max(1, min(KC, K))  # a_size, as _plan counts it
+        p[0] = matmul._gemm_serial if threads == 1 or tasks == 1 else matmul._gemm_fused
+        cut.append(NC < N)
+        return tuple(p)
+    cut = []
+    monkeypatch.setattr(matmul, "_plan", narrow)
+    cfg = cfg_of(hidden_size=81, intermediate_size=96)  # H over any tile's NR (64 at most)
+    params = random_params(cfg, np.float32, 7)
+    T = 23
+    seqs = Sequences(1, T, bias=np.zeros((1, T), np.float32))
+    h = rng.standard_normal((T, cfg.hidden_size)).astype(np.float32)
+    layered = counting(monkeypatch, "encoder_layered")
+    compiled, python = both_ways(cfg, h, seqs, params, by=None)
+    assert layered == [(T, cfg.hidden_size)] and all(cut) and cut
+    np.testing.assert_array_equal(compiled, python)
 
 
 def test_sequences_are_dealt_out_evenly_or_not_at_all():
@@ -149,29 +233,24 @@ def test_by_sequence_on_a_fully_masked_sequence(rng):
 
 @pytest.mark.parametrize("dtype, rtol, atol", [(np.float64, 1e-10, 1e-12),
                                                (np.float32, 1e-4, 1e-5)])
-def test_a_frozen_batch_by_sequence_matches_transformers(dtype, rtol, atol, rng,
+@pytest.mark.parametrize("B, kernel", [(4, "encoder_by_sequence"), (1, "encoder_layered")])
+def test_a_frozen_batch_by_sequence_matches_transformers(dtype, rtol, atol, B, kernel, rng,
                                                           monkeypatch):
-    """The frozen batch (by sequence) against transformers.AlbertModel on the same random
-    weights, a padded batch with a mask: last_hidden_state at the real tokens, and the
-    pooler."""
+    """The frozen batch (by sequence) and one sentence (layered, compiled) against
+    transformers.AlbertModel on the same random weights, padded with a mask:
+    last_hidden_state at the real tokens, and the pooler."""
     torch = require("torch")
     cfg = cfg_of(num_hidden_groups=1)
     m = AlbertModel(cfg, seed=6, dtype=dtype)
     m.params.update(random_params(cfg, dtype, 6))
     m.freeze()
-    B, T = 4, 17
+    T = 17
     ids = rng.integers(5, cfg.vocab_size, (B, T))
     mask = np.ones((B, T), np.int64)
-    mask[1, 9:] = mask[3, 2:] = 0
-    calls = []
-    original = model_module.encoder_by_sequence
-
-    def counted(*a):
-        calls.append(1)
-        return original(*a)
-    monkeypatch.setattr(model_module, "encoder_by_sequence", counted)
+    mask[B // 4, 9:] = mask[B - 1, 2 if B > 1 else 13:] = 0
+    calls = counting(monkeypatch, kernel)
     out = m.forward(ids, attention_mask=mask)[0]
-    assert calls == [1]  # (the by-sequence pass ran)
+    assert len(calls) == 1  # (the by-sequence pass, or the layered one compiled, ran)
     hf = hf_from_params(cfg, m.params, getattr(torch, np.dtype(dtype).name), cls="AlbertModel")
     hf.eval()
     with torch.inference_mode():

@@ -7,7 +7,7 @@ from minialbert import layers, model
 from minialbert.config import AlbertConfig
 from minialbert.kernels import PackedWeight, matmul_nn, matmul_nt, matmul_tn
 from minialbert.model import AlbertModel
-from minialbert.profiler import BY_SEQUENCE, GEMM, KernelProfile, gemm_flops
+from minialbert.profiler import GEMM, ONE_CALL, KernelProfile, gemm_flops
 
 
 @pytest.mark.parametrize("name, a, b, mnk", [
@@ -25,8 +25,9 @@ def test_gemm_flops_reads_each_form(name, a, b, mnk):
         assert gemm_flops(name, A, PackedWeight(B)) == 2 * M * N * K
 
 
-@pytest.mark.parametrize("frozen, by_sequence", [(False, True), (True, False), (True, True)])
-def test_profile_counts_every_gemm_of_a_forward_pass(frozen, by_sequence, monkeypatch):
+@pytest.mark.parametrize("frozen, by_sequence, B", [(False, True, 2), (True, False, 2),
+                                                    (True, True, 2), (True, True, 1)])
+def test_profile_counts_every_gemm_of_a_forward_pass(frozen, by_sequence, B, monkeypatch):
     V, E, H, I, L, nh = 40, 8, 12, 20, 3, 3
     cfg = AlbertConfig(vocab_size=V, embedding_size=E, hidden_size=H, num_hidden_layers=L,
                        num_attention_heads=nh, intermediate_size=I, max_position_embeddings=16)
@@ -34,7 +35,7 @@ def test_profile_counts_every_gemm_of_a_forward_pass(frozen, by_sequence, monkey
     if frozen:
         m.freeze()
     monkeypatch.setattr(model, "BY_SEQUENCE", by_sequence)
-    B, T = 2, 5
+    T = 5
     ids = np.random.default_rng(0).integers(1, V, (B, T))
     original = layers.matmul_nt
     with KernelProfile() as prof:
@@ -45,13 +46,14 @@ def test_profile_counts_every_gemm_of_a_forward_pass(frozen, by_sequence, monkey
     outside = (2 * n * E * H  # the embeddings' projection to H
                + 2 * B * H * H)  # the pooler
     layer_flops = L * 2 * n * H * (3 * H + H + I + I)  # q|k|v, attention output, FFN in, out
-    # a frozen batch runs its layers by sequence (model._by_sequence): one call of its own
-    by_seq = frozen and by_sequence
-    assert prof.calls[BY_SEQUENCE] == (1 if by_seq else 0)
-    assert prof.by_sequence_flops == (layer_flops if by_seq else 0)
-    assert prof.gemm_flops == outside + (0 if by_seq else layer_flops)
-    assert prof.calls[GEMM] == 1 + (0 if by_seq else 4 * L) + 1
+    # a frozen pass runs its layers in one call of their own (model.py: a batch by
+    # sequence, one sentence layered), unless the switch for profiles is off
+    one_call = frozen and by_sequence
+    assert prof.calls[ONE_CALL] == (1 if one_call else 0)
+    assert prof.one_call_flops == (layer_flops if one_call else 0)
+    assert prof.gemm_flops == outside + (0 if one_call else layer_flops)
+    assert prof.calls[GEMM] == 1 + (0 if one_call else 4 * L) + 1
     assert prof.seconds[GEMM] > 0 and prof.gemm_gflops() > 0
-    assert prof.calls["attention (QK^T, softmax, PV)"] == (0 if by_seq else L)
+    assert prof.calls["attention (QK^T, softmax, PV)"] == (0 if one_call else L)
     ref, _ = m.forward(ids)  # the profile changes no value
     np.testing.assert_array_equal(out["last_hidden_state"], ref["last_hidden_state"])
