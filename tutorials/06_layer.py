@@ -233,6 +233,37 @@ write_table("06_by_sequence.md",
               f"{ts * 1e3:.2f}")])
 
 # %% [markdown]
+# One sentence cannot be dealt out: its products need both threads at once, so it runs
+# layer by layer. The loop over the layers is Python, though: between two kernels it checks
+# arguments, looks up each product's plan and allocates the next array, about 0.3 ms a
+# pass, which on a short sentence is a tenth of the time. `kernels.encoder.encoder_layered`
+# is the same loop compiled as one call: it calls the same kernels (`_gemm_fused` with the
+# plan `gemm` would work out, `_attention_forward`), so every kernel still runs on all
+# threads and gives the same bits. A frozen model takes it by itself for whatever does not
+# run by sequence (`model._layered`).
+
+# %%
+one_rows = []
+for sT in (32, 128):
+    sh = rng.standard_normal((sT, tcfg.hidden_size)).astype(np.float32)
+    sseqs = Sequences(1, sT, bias=np.zeros((1, sT), np.float32))
+
+    def sentence(how, sh=sh, sseqs=sseqs):  # how: False, the loop in Python; None, compiled
+        return encoder_forward(sh, tparams, tcfg, sseqs, Dropout(), weights=tweights,
+                               keep=False, hidden=False, by_sequence=how)[0]
+
+    assert np.array_equal(sentence(False), sentence(None))  # the same bits
+    sl, sc = best_times([lambda: sentence(False), lambda: sentence(None)])
+    print(f"tiny's encoder on one sentence of {sT} tokens: the loop in Python "
+          f"{sl * 1e3:.3f} ms, compiled {sc * 1e3:.3f} ms ({sl / sc:.2f}x)")
+    one_rows.append((f"one sentence of {sT} tokens", f"{sl * 1e3:.3f}", f"{sc * 1e3:.3f}",
+                     f"{sl / sc:.2f}x"))
+write_table("06_one_call.md",
+            [f"tiny's encoder ({tcfg.num_hidden_layers} layers, H {tcfg.hidden_size}), "
+             f"float32, {cpu_name()}", "layer loop in Python, ms", "compiled as one call, ms",
+             "ratio"], one_rows)
+
+# %% [markdown]
 # ## What sharing does not save: the weights' trip from memory
 #
 # ALBERT stores one layer and applies it L times, so its weights take 1/L of BERT's
