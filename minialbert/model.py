@@ -121,8 +121,9 @@ def encoder_forward(h, params, cfg, seqs, drop, weights=None, read=None, keep=Tr
     # by_sequence: such a pass (keep and hidden False, no read, no dropout) over a batch
     # runs each sequence through every layer on one thread while its activations stay in
     # that core's cache (kernels/encoder.py; the same bits), where _by_sequence finds it
-    # pays, and otherwise (one sentence, say) runs this loop compiled as one call
-    # (encoder_layered: the same kernels and bits, without the Python between them);
+    # pays, and otherwise (one sentence, say; one shared layer, as ALBERT's) runs this loop
+    # compiled as one call (encoder_layered: the same kernels and bits, without the Python
+    # between them);
     # None: decide so, False: this loop, kernel by kernel (what a profile times), True: by
     # sequence where it can run.
     weights = weights if weights is not None else Weights(params)
@@ -241,7 +242,8 @@ def _layered(h, weights, cfg, seqs):
     # encoder_forward's loop, frozen, as one compiled call (kernels/encoder.encoder_layered):
     # each product with the blocking gemm would give it (matmul._plan) and its weights'
     # panels laid out for that, attention with attention_forward_qkv's tile: the same
-    # kernels, the same bits. (_compiled_pass_applies first.)
+    # kernels, the same bits. None where the layers do not all share one set of weights.
+    # (_compiled_pass_applies first.)
     n, H = h.shape
     I = cfg.intermediate_size
     starts, lens, bias, T = seqs._rows(h.dtype)
@@ -256,6 +258,8 @@ def _layered(h, weights, cfg, seqs):
     att = np.array(_attention._tiles(h.dtype, max(int(np.max(lens)), 1),
                                      H // cfg.num_attention_heads), dtype=np.int64)
     unique, apps = _applications(cfg)
+    if len(unique) > 1:  # layers that do not share weights: their panels stacked would be
+        return None  # a copy of them all (one shared layer's are a view); the loop in Python
     key = ("layered", tuple(unique), plans[:, 1:5].tobytes())  # (the panels' layout)
     stacked = weights._qkv.get(key)  # made once per Weights (a frozen model keeps it)
     if stacked is None:
@@ -267,10 +271,10 @@ def _layered(h, weights, cfg, seqs):
 
 
 def _stacked_weights(weights, unique, blk):
-    # encoder_by_sequence's weights: for each of q|k|v, the attention output, the FFN and
-    # its output, the packed panels [U, *] and bias [U, *] (and each LayerNorm's gamma and
-    # beta), one row per distinct layer application (U = 1 when every layer shares them: a
-    # view, no copy)
+    # encoder_by_sequence's and encoder_layered's weights: for each of q|k|v, the attention
+    # output, the FFN and its output, the packed panels [U, *] and bias [U, *] (and each
+    # LayerNorm's gamma and beta), one row per distinct layer application (U = 1 when every
+    # layer shares them: a view, no copy)
     def stack(arrays):
         return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 

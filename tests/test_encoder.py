@@ -83,7 +83,7 @@ def test_by_sequence_gives_the_layered_bits(lens, packed, dtype, one_thread, see
                                      dict(sharing="ffn"),
                                      dict(num_hidden_layers=4, num_hidden_groups=2,
                                           inner_group_num=2)])
-def test_by_sequence_reads_each_layers_own_weights(sharing, rng):
+def test_by_sequence_reads_each_layers_own_weights(sharing, rng, monkeypatch):
     """With weights not shared by every layer, each application reads its own (the kernel
     gets them stacked, one row per distinct application)."""
     cfg = cfg_of(**sharing)
@@ -93,6 +93,11 @@ def test_by_sequence_reads_each_layers_own_weights(sharing, rng):
     h = rng.standard_normal((B * T, cfg.hidden_size)).astype(np.float32)
     by_seq, layered = both_ways(cfg, h, seqs, params)
     np.testing.assert_array_equal(by_seq, layered)
+    compiled = counting(monkeypatch, "encoder_layered")  # one sentence: the loop compiled
+    one = Sequences(1, T, bias=np.zeros((1, T), np.float32))  # only for one shared layer
+    both = both_ways(cfg, h[:T], one, params, by=None)  # (else its panels stacked: a copy)
+    np.testing.assert_array_equal(*both)
+    assert len(compiled) == (1 if len(model_module._applications(cfg)[0]) == 1 else 0)
 
 
 def test_a_frozen_batch_runs_by_sequence_where_it_applies(rng, monkeypatch):

@@ -240,7 +240,7 @@ write_table("06_by_sequence.md",
 # is the same loop compiled as one call: it calls the same kernels (`_gemm_fused` with the
 # plan `gemm` would work out, `_attention_forward`), so every kernel still runs on all
 # threads and gives the same bits. A frozen model takes it by itself for whatever does not
-# run by sequence (`model._layered`).
+# run by sequence, when its layers share one set of weights (`model._layered`).
 
 # %%
 one_rows = []
