@@ -265,3 +265,26 @@ def test_a_frozen_batch_by_sequence_matches_transformers(dtype, rtol, atol, B, k
                  atol=atol, what="last_hidden_state")
     assert_close(out["pooler_output"], n(ref.pooler_output), rtol=rtol, atol=atol,
                  what="pooler_output")
+
+
+def test_the_layered_pass_compiled_runs_as_python_under_disable_jit():
+    """Book chapter 01: NUMBA_DISABLE_JIT=1 steps through every kernel in a debugger; the
+    compiled layer loop then runs as the Python it is written in, with the same bits."""
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np; from minialbert.config import AlbertConfig;"
+            "from minialbert import model as M;"
+            "cfg = AlbertConfig(vocab_size=40, embedding_size=8, hidden_size=12,"
+            " num_hidden_layers=2, num_attention_heads=3, intermediate_size=20,"
+            " max_position_embeddings=16);"
+            "m = M.AlbertModel(cfg, seed=0, dtype=np.float64);"
+            "ids = np.random.default_rng(0).integers(1, 40, (1, 6));"
+            "plain = m.forward(ids)[0]['last_hidden_state']; calls = []; f = M.encoder_layered;"
+            "M.encoder_layered = lambda *a: (calls.append(1), f(*a))[1]; m.freeze();"
+            "frozen = m.forward(ids)[0]['last_hidden_state'];"
+            "assert calls == [1] and np.array_equal(plain, frozen); print('ok')")
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
