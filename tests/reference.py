@@ -77,3 +77,16 @@ def assert_grads_match(grads, hf_grads, dtype, zero_bias=()):
             dict(rtol=1e-3, atol=1e-5 * scale)
         assert g.dtype == dtype
         assert_close(g, ref, **tol, what=f"grad {k}")
+
+
+def assert_runs_without_jit(code):
+    """Run ``code`` (one line of Python that prints 'ok' when its checks pass) in a fresh
+    interpreter under NUMBA_DISABLE_JIT=1, where every kernel is plain Python (book chapter
+    01: how to step through one in a debugger)."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -16,7 +16,7 @@ from minialbert import kernels
 from minialbert.kernels import mask_bias
 from minialbert.layers import Dropout, Sequences, Weights
 from minialbert.model import AlbertModel, by_sequence_groups, encoder_forward
-from reference import assert_close, hf_from_params, n, require
+from reference import assert_close, assert_runs_without_jit, hf_from_params, n, require
 from test_model import tiny
 
 
@@ -270,21 +270,15 @@ def test_a_frozen_batch_by_sequence_matches_transformers(dtype, rtol, atol, B, k
 def test_the_layered_pass_compiled_runs_as_python_under_disable_jit():
     """Book chapter 01: NUMBA_DISABLE_JIT=1 steps through every kernel in a debugger; the
     compiled layer loop then runs as the Python it is written in, with the same bits."""
-    import os
-    import subprocess
-    import sys
-    code = ("import numpy as np; from minialbert.config import AlbertConfig;"
-            "from minialbert import model as M;"
-            "cfg = AlbertConfig(vocab_size=40, embedding_size=8, hidden_size=12,"
-            " num_hidden_layers=2, num_attention_heads=3, intermediate_size=20,"
-            " max_position_embeddings=16);"
-            "m = M.AlbertModel(cfg, seed=0, dtype=np.float64);"
-            "ids = np.random.default_rng(0).integers(1, 40, (1, 6));"
-            "plain = m.forward(ids)[0]['last_hidden_state']; calls = []; f = M.encoder_layered;"
-            "M.encoder_layered = lambda *a: (calls.append(1), f(*a))[1]; m.freeze();"
-            "frozen = m.forward(ids)[0]['last_hidden_state'];"
-            "assert calls == [1] and np.array_equal(plain, frozen); print('ok')")
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    assert_runs_without_jit(
+        "import numpy as np; from minialbert.config import AlbertConfig;"
+        "from minialbert import model as M;"
+        "cfg = AlbertConfig(vocab_size=40, embedding_size=8, hidden_size=12,"
+        " num_hidden_layers=2, num_attention_heads=3, intermediate_size=20,"
+        " max_position_embeddings=16);"
+        "m = M.AlbertModel(cfg, seed=0, dtype=np.float64);"
+        "ids = np.random.default_rng(0).integers(1, 40, (1, 6));"
+        "plain = m.forward(ids)[0]['last_hidden_state']; calls = []; f = M.encoder_layered;"
+        "M.encoder_layered = lambda *a: (calls.append(1), f(*a))[1]; m.freeze();"
+        "frozen = m.forward(ids)[0]['last_hidden_state'];"
+        "assert calls == [1] and np.array_equal(plain, frozen); print('ok')")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from minialbert.kernels import matmul_nn, matmul_nt, matmul_nt_naive, matmul_tn, use_blas
 from minialbert.kernels.matmul import bias_add, bias_grad, transpose
 from minialbert.kernels.norm import layernorm_forward
-from reference import assert_close, n, require, t
+from reference import assert_close, assert_runs_without_jit, n, require, t
 
 SIZES = [1, 2, 3, 4, 5, 7, 13, 31, 64, 67]  # 1, primes, tile multiples and not
 
@@ -621,15 +621,9 @@ def test_the_three_steps_of_chapter_01_agree(rng):
 def test_gemm_runs_as_plain_python_under_disable_jit():
     """Chapter 01: NUMBA_DISABLE_JIT=1 steps through every kernel in a debugger; the GEMM
     then uses the plain-loop micro-kernel (the IR one cannot run as Python)."""
-    import os
-    import subprocess
-    import sys
-    code = ("import numpy as np; from minialbert.kernels import matmul as mm;"
-            "r = np.random.default_rng(0); A = r.standard_normal((5, 19)); B = r.standard_normal((17, 19));"
-            "assert mm.ISA == 'loops', mm.ISA;"
-            "assert np.allclose(mm.matmul_nt(A, B), A @ B.T, rtol=1e-12, atol=1e-12);"
-            "assert np.allclose(mm.matmul_tn(A, A), A.T @ A, rtol=1e-12, atol=1e-12); print('ok')")
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    assert_runs_without_jit(
+        "import numpy as np; from minialbert.kernels import matmul as mm;"
+        "r = np.random.default_rng(0); A = r.standard_normal((5, 19)); B = r.standard_normal((17, 19));"
+        "assert mm.ISA == 'loops', mm.ISA;"
+        "assert np.allclose(mm.matmul_nt(A, B), A @ B.T, rtol=1e-12, atol=1e-12);"
+        "assert np.allclose(mm.matmul_tn(A, A), A.T @ A, rtol=1e-12, atol=1e-12); print('ok')")
