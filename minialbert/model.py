@@ -244,6 +244,9 @@ def _layered(h, weights, cfg, seqs):
     # panels laid out for that, attention with attention_forward_qkv's tile: the same
     # kernels, the same bits. None where the layers do not all share one set of weights.
     # (_compiled_pass_applies first.)
+    unique, apps = _applications(cfg)
+    if len(unique) > 1:  # layers that do not share weights: their panels stacked would be
+        return None  # a copy of them all (one shared layer's are a view); the loop in Python
     n, H = h.shape
     I = cfg.intermediate_size
     starts, lens, bias, T = seqs._rows(h.dtype)
@@ -257,9 +260,6 @@ def _layered(h, weights, cfg, seqs):
     plans = np.array(plans, dtype=np.int64)
     att = np.array(_attention._tiles(h.dtype, max(int(np.max(lens)), 1),
                                      H // cfg.num_attention_heads), dtype=np.int64)
-    unique, apps = _applications(cfg)
-    if len(unique) > 1:  # layers that do not share weights: their panels stacked would be
-        return None  # a copy of them all (one shared layer's are a view); the loop in Python
     key = ("layered", tuple(unique), plans[:, 1:5].tobytes())  # (the panels' layout)
     stacked = weights._qkv.get(key)  # made once per Weights (a frozen model keeps it)
     if stacked is None:
