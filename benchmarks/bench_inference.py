@@ -10,7 +10,10 @@ eager and sdpa attention, each as it comes and with the allocator setting ours u
 float32, the same random weights. Each side runs in its own subprocess with the same
 thread count, all alive at once and timed in rounds, the sides in turn
 (benchmarks/_sides.py). Prints each one's latency and the ratio
-(HF time / ours: > 1 means we are faster), and the CPU, ISA and threads it ran on.
+(HF time / ours: > 1 means we are faster), and the CPU, ISA and threads it ran on; beside
+the ratio, its ceiling on this machine: HF's time over the time the pass's matrix
+products would take at our micro-kernel's measured peak with nothing else costing any
+time (ceilings). A target above the ceiling is out of reach here for any GEMM.
 Then, for ours, where the time of each forward pass goes and how far a faster GEMM could
 take the ratio on this machine (where_the_time_goes; --no-profile skips it), and the same
 products alone, ours against torch's, which splits the ratio into the GEMMs' share and
@@ -169,6 +172,29 @@ def products_of_a_pass(cfg_kw, B, T):
             ("FFN", n, I, H, L), ("FFN out", n, H, I, L), ("pooler", B, H, H, 1)]
 
 
+def pass_flops(cfg_kw, B, T):
+    """(dense, attention): the flops of one forward pass's matrix products, from the
+    config. dense: every dense layer's (products_of_a_pass); attention: each layer's QK^T
+    and P V, 2 T^2 D flops each a head, 4 T^2 H a sequence (every key of every sequence:
+    the benchmark's batches have no padding)."""
+    dense = sum(2 * M * N * K * c for _, M, N, K, c in products_of_a_pass(cfg_kw, B, T))
+    L = cfg_kw["num_hidden_layers"] * cfg_kw.get("inner_group_num", 1)
+    return dense, L * B * 4 * T * T * cfg_kw["hidden_size"]
+
+
+def ceilings(name, fastest_hf, peak_gflops):
+    """For each shape, the most any implementation of the pass could reach against the
+    fastest HF on this machine, doing this arithmetic at our measured peak: HF's time over
+    the time of the pass's matrix products (dense and attention's) at the peak, with
+    nothing else (embeddings, softmax, LayerNorm, Python) costing any time. A target above
+    it is out of reach here for any GEMM; only less arithmetic would reach it."""
+    out = []
+    for (label, B, T), hf_ms in zip(SHAPES, fastest_hf):
+        at_peak_ms = sum(pass_flops(CONFIGS[name], B, T)) / (peak_gflops * 1e6)
+        out.append(hf_ms / at_peak_ms)
+    return out
+
+
 def products_alone(name, threads, rows, fastest_hf, rest=0.3):
     """The products of each shape's pass alone, ours (matmul_nt on packed weights, as the
     frozen model runs them) against HF's (torch.nn.functional.linear: the BLAS torch was
@@ -214,6 +240,15 @@ def products_alone(name, threads, rows, fastest_hf, rest=0.3):
               + (f"{r_hf / r_ours:>6.2f}x" if r_ours > 0 and r_hf > 0 else f"{'-':>7}"))
 
 
+def measured_peak(threads, times=3):
+    """Our micro-kernel's GFLOP/s on L1-resident panels (microkernel.measured_peak_gflops),
+    the best of `times` measurements: on a shared host one can fall in a slow moment."""
+    from minialbert.kernels.matmul import ISA
+    from minialbert.kernels.microkernel import measured_peak_gflops
+
+    return max(measured_peak_gflops(np.float32, ISA, threads) for _ in range(times))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -254,19 +289,26 @@ def main():
             best, _, _ = rounds(cmds, [str(i) for i in range(len(SHAPES))], steps, a.rounds)
             fastest_hf = [min(best[k][str(i)] for k in range(len(sides) - 1)) * 1e3
                           for i in range(len(SHAPES))]
+            peak = measured_peak(a.threads)
+            ceiling = ceilings(name, fastest_hf, peak)
             print(f"\n{name}: {CONFIGS[name]}, AlbertModel forward, float32, latency (the "
                   f"median of the best of {a.rounds} rounds of {steps} calls, the sides in "
                   "turn)")
             print("(HF's four rows: eager and sdpa attention, each as it comes and with the "
                   "allocator setting ours uses,\n +keep: memory.keep_freed_memory)")
+            print("(ceiling: HF's fastest time over the time of the pass's matrix products "
+                  f"at our measured peak, {peak:.0f} GFLOP/s on {a.threads} threads, with "
+                  "nothing else costing any time:\n the most any GEMM could reach here)")
             print(f"{'':<24}{'HF eager':>9}{'sdpa':>8}{'eager+keep':>11}{'sdpa+keep':>10}"
-                  f"{'ours ms':>9}{'vs fastest HF':>15}")
+                  f"{'ours ms':>9}{'vs fastest HF':>15}{'ceiling':>9}")
             for i, (label, B, T) in enumerate(SHAPES):
                 *hf, o = (best[k][str(i)] * 1e3 for k in range(len(sides)))
                 print(f"{f'{label} (B{B} x T{T})':<24}{hf[0]:>9.2f}{hf[1]:>8.2f}"
-                      f"{hf[2]:>11.2f}{hf[3]:>10.2f}{o:>9.2f}{min(hf) / o:>14.2f}x")
+                      f"{hf[2]:>11.2f}{hf[3]:>10.2f}{o:>9.2f}{min(hf) / o:>14.2f}x"
+                      f"{ceiling[i]:>8.2f}x")
                 figures.append(dict(config=name, shape=f"B{B} x T{T}", ours_ms=o,
-                                    hf_ms=min(hf), ratio=min(hf) / o))
+                                    hf_ms=min(hf), ratio=min(hf) / o, ceiling=ceiling[i],
+                                    peak_gflops=peak))
                 _report.write(a.json, figures)  # after each row: a cut run keeps its rows
             if not a.no_profile:
                 where_the_time_goes(name, w, a.threads, fastest_hf, steps)

@@ -57,3 +57,44 @@ def test_profile_counts_every_gemm_of_a_forward_pass(frozen, by_sequence, B, mon
     assert prof.calls["attention (QK^T, softmax, PV)"] == (0 if one_call else L)
     ref, _ = m.forward(ids)  # the profile changes no value
     np.testing.assert_array_equal(out["last_hidden_state"], ref["last_hidden_state"])
+
+
+def test_bench_inference_counts_the_arithmetic_of_a_pass(monkeypatch):
+    # its ceilings (the most any GEMM reaches against HF on this machine) rest on
+    # pass_flops: the dense part against what KernelProfile counts in a pass, the
+    # attention part against the products the naive attention makes, counted one by one
+    import pathlib
+    import sys
+
+    bench = str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        import bench_inference
+    finally:
+        sys.path.remove(bench)
+    from minialbert.kernels import attention
+
+    kw = dict(vocab_size=40, embedding_size=8, hidden_size=12, num_hidden_layers=3,
+              num_attention_heads=3, intermediate_size=20)
+    B, T = 2, 7
+    dense, att = bench_inference.pass_flops(kw, B, T)
+    m = AlbertModel(AlbertConfig(**kw, max_position_embeddings=16), seed=0).freeze()
+    monkeypatch.setattr(model, "BY_SEQUENCE", False)  # every product its own call
+    with KernelProfile() as prof:
+        m.forward(np.random.default_rng(0).integers(1, 40, (B, T)))
+    assert prof.gemm_flops == dense
+    counted = []
+    for name in ("matmul_nt", "matmul_nn"):
+        f = getattr(attention, name)
+        monkeypatch.setattr(attention, name, lambda A, B_, f=f, name=name: (
+            counted.append(gemm_flops(name, A, B_)), f(A, B_))[1])
+    q, k, v = np.random.default_rng(1).standard_normal((3, B, T, 12)).astype(np.float32)
+    attention.attention_forward_naive(q, k, v, np.zeros((B, T), np.float32), 3, 0.0, 0)
+    assert len(counted) == 2 * B * 3  # QK^T and P V, each head of each sequence
+    assert kw["num_hidden_layers"] * sum(counted) == att
+    # the ceiling: HF's time over those flops at the peak
+    c = bench_inference.ceilings("tiny", [10.0, 20.0, 30.0], 100.0)
+    for (_, B, T), hf_ms, got in zip(bench_inference.SHAPES, (10.0, 20.0, 30.0), c):
+        at_peak_ms = sum(bench_inference.pass_flops(bench_inference.CONFIGS["tiny"], B, T)) \
+            / 100e9 * 1e3
+        assert got == pytest.approx(hf_ms / at_peak_ms)

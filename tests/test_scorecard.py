@@ -31,7 +31,7 @@ def _figures(train_masked=1.8, pad_all=0.9, peak=600, inference=(2.0, 1.4)):
                        ratio={"all": pad_all, "masked": 2.4}, peak_mb={"all": 1100, "masked": 900},
                        hf_peak_mb=2500)],
         "inference": [dict(config="tiny", shape=f"B1 x T{t}", ours_ms=1.0, hf_ms=r, ratio=r)
-                      for t, r in zip((32, 128), inference)],
+                      for t, r in zip((32, 128, 256), inference)],
         "quality": dict(budget_s=150, steps_ratio=2.1, unigram=6.2,
                         minialbert=dict(steps=1100, mlm_loss=5.9, mlm_acc=0.09, sop_acc=0.7),
                         hf=dict(steps=520, mlm_loss=6.1, mlm_acc=0.07, sop_acc=0.66)),
@@ -65,6 +65,24 @@ def test_each_target_is_judged_against_its_own_threshold(scorecard):
     text = scorecard.table(scorecard.verdicts(_figures()))
     assert "✗" in text and "✓" in text
     assert text.splitlines()[-1] == "10 of 13 targets met"  # three misses above
+
+
+def test_an_inference_miss_above_its_ceiling_is_called_out_of_reach(scorecard):
+    figs = _figures(inference=(2.0, 1.3, 1.2))  # two misses, ceilings 1.4 and 1.7
+    for row, c in zip(figs["inference"], (2.5, 1.4, 1.7)):
+        row["ceiling"] = c
+    rows = scorecard.verdicts(figs)
+    t128 = [r for r in rows if r[0].startswith("inference, tiny, B1 x T128")][0]
+    t256 = [r for r in rows if r[0].startswith("inference, tiny, B1 x T256")][0]
+    assert t128[2:] == ("1.30x (ceiling 1.40x: out of reach on this machine)", False, False)
+    assert t256[2:] == ("1.20x (ceiling 1.70x)", False, True)  # a miss a GEMM could close
+    last = scorecard.table(rows).splitlines()[-1]
+    assert last == ("10 of 14 targets met; 1 of the misses out of reach on this machine "
+                    "(their target above the ceiling: no GEMM meets it here)")
+    # without ceilings (a benchmark's JSON from before them): no claim either way
+    rows = scorecard.verdicts(_figures(inference=(2.0, 1.3)))
+    assert [r[4] for r in rows if r[0].startswith("inference")] == [None, None]
+    assert "out of reach" not in scorecard.table(rows)
 
 
 def test_a_benchmark_without_figures_is_named_not_passed(scorecard):
