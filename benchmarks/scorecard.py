@@ -114,8 +114,8 @@ def table(rows):
     judged = sum(1 for r in rows if r[3] is not None)
     beyond = sum(1 for r in rows if r[3] is False and r[4:] == (False,))
     lines.append(f"{met} of {judged} targets met"
-                 + (f"; {beyond} of the misses out of reach on this machine (above the "
-                    "ceiling: no GEMM meets them here)" if beyond else "")
+                 + (f"; {beyond} of the misses out of reach on this machine (their target "
+                    "above the ceiling: no GEMM meets it here)" if beyond else "")
                  + (f"; {len(rows) - judged} benchmark(s) gave no figures" if judged < len(rows)
                     else ""))
     return "\n".join(lines)
