@@ -99,3 +99,24 @@ def header(threads, torch_side=True):
             lines.append("torch: not installed")
     lines.append(describe())
     return "\n".join(lines)
+
+
+def measured_peak(threads, times=3):
+    """Our micro-kernel's float32 GFLOP/s on L1-resident panels, on `threads` threads
+    (microkernel.measured_peak_gflops): the most arithmetic this CPU delivers to our code,
+    under the ISA the benchmark runs (emulated or not). The best of `times` measurements:
+    on a shared host one can fall in a slow moment."""
+    import numpy as np
+
+    from minialbert.kernels.matmul import ISA
+    from minialbert.kernels.microkernel import measured_peak_gflops
+
+    return max(measured_peak_gflops(np.float32, ISA, threads) for _ in range(times))
+
+
+def ceiling(hf_seconds, flops, peak_gflops):
+    """The most any implementation doing `flops` of matrix products can reach against HF's
+    time on this machine: HF's time over those products' time at the peak, with nothing
+    else (softmax, LayerNorm, the optimizer, Python) costing any time. A target above it is
+    out of reach here for any GEMM; only less arithmetic would reach it."""
+    return hf_seconds / (flops / (peak_gflops * 1e9))

@@ -188,11 +188,8 @@ def ceilings(name, fastest_hf, peak_gflops):
     the time of the pass's matrix products (dense and attention's) at the peak, with
     nothing else (embeddings, softmax, LayerNorm, Python) costing any time. A target above
     it is out of reach here for any GEMM; only less arithmetic would reach it."""
-    out = []
-    for (label, B, T), hf_ms in zip(SHAPES, fastest_hf):
-        at_peak_ms = sum(pass_flops(CONFIGS[name], B, T)) / (peak_gflops * 1e6)
-        out.append(hf_ms / at_peak_ms)
-    return out
+    return [_isa.ceiling(hf_ms / 1e3, sum(pass_flops(CONFIGS[name], B, T)), peak_gflops)
+            for (label, B, T), hf_ms in zip(SHAPES, fastest_hf)]
 
 
 def products_alone(name, threads, rows, fastest_hf, rest=0.3):
@@ -240,15 +237,6 @@ def products_alone(name, threads, rows, fastest_hf, rest=0.3):
               + (f"{r_hf / r_ours:>6.2f}x" if r_ours > 0 and r_hf > 0 else f"{'-':>7}"))
 
 
-def measured_peak(threads, times=3):
-    """Our micro-kernel's GFLOP/s on L1-resident panels (microkernel.measured_peak_gflops),
-    the best of `times` measurements: on a shared host one can fall in a slow moment."""
-    from minialbert.kernels.matmul import ISA
-    from minialbert.kernels.microkernel import measured_peak_gflops
-
-    return max(measured_peak_gflops(np.float32, ISA, threads) for _ in range(times))
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -289,7 +277,7 @@ def main():
             best, _, _ = rounds(cmds, [str(i) for i in range(len(SHAPES))], steps, a.rounds)
             fastest_hf = [min(best[k][str(i)] for k in range(len(sides) - 1)) * 1e3
                           for i in range(len(SHAPES))]
-            peak = measured_peak(a.threads)
+            peak = _isa.measured_peak(a.threads)
             ceiling = ceilings(name, fastest_hf, peak)
             print(f"\n{name}: {CONFIGS[name]}, AlbertModel forward, float32, latency (the "
                   f"median of the best of {a.rounds} rounds of {steps} calls, the sides in "

@@ -20,6 +20,10 @@ Prints tokens/s (padding included, as a batch's size) and the ratio against the 
 HF row (> 1 means we are faster). HF runs with eager and with
 sdpa attention, each also with "+keep": glibc told to keep freed memory for the next step,
 as our trainers do (minialbert/memory.py), so that setting is not counted as our gain.
+Beside each of our rows: the step's matrix products in GFLOP (counted by
+profiler.KernelProfile in one more, untimed step) and its ceiling on this machine: the
+faster HF's time over those products' time at our micro-kernel's measured peak, with
+nothing else costing any time (_isa.ceiling). A target above it is out of reach here.
 """
 import argparse
 import os
@@ -155,9 +159,16 @@ def jobs(side, name, path, threads, weights, optimizer, head, pad):
     def summary():
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         B, T = batch["input_ids"].shape
-        return dict(side=side, path=path, loss=last["loss"], pad=pad, tokens=B * T,
-                    real_tokens=int(batch["attention_mask"].sum()), peak_mb=rss / 1024,
-                    step_mb=(rss - rss0) / 1024)
+        out = dict(side=side, path=path, loss=last["loss"], pad=pad, tokens=B * T,
+                   real_tokens=int(batch["attention_mask"].sum()), peak_mb=rss / 1024,
+                   step_mb=(rss - rss0) / 1024)
+        if side == "ours":  # the step's matrix products, counted in one more step, untimed
+            from minialbert.profiler import KernelProfile
+
+            with KernelProfile() as prof:
+                step()
+            out["flops"] = prof.gemm_flops + prof.attention_flops
+        return out
     return {"step": job}, summary
 
 
@@ -225,6 +236,7 @@ def run_config(a, name, cfg_kw, B, T, steps, n_rounds, pad):
                  "--pad", str(pad), "--worker", side, name, path, w]
                 + (["--no-optimizer"] if a.no_optimizer else []) for side, path in sides]
         best, every, rows = rounds(cmds, ["step"], steps, n_rounds)
+    peak = _isa.measured_peak(a.threads)
     for i, r in enumerate(rows):
         r.update(seconds=best[i]["step"], median_all=float(np.median(every[i]["step"])),
                  path=sides[i][1])
@@ -235,19 +247,28 @@ def run_config(a, name, cfg_kw, B, T, steps, n_rounds, pad):
           f"{steps} timed steps, forward + backward{'' if a.no_optimizer else ' + AdamW step'}, "
           "float32")
     print(f"{'':<30}{'ms/step':>9}{'(all)':>7}{'tokens/s':>10}{'vs faster HF':>13}{'loss':>9}"
-          f"{'peak MB':>9}{'step MB':>9}")
+          f"{'peak MB':>9}{'step MB':>9}{'GFLOP':>7}{'ceiling':>9}")
     for r in rows:
         label = f"{'HF' if r['side'] == 'hf' else 'minialbert'} ({r['path']})"
+        if "flops" in r:
+            r["ceiling"] = _isa.ceiling(best_hf, r["flops"], peak)
         print(f"{label:<30}{r['seconds'] * 1e3:>9.0f}{r['median_all'] * 1e3:>7.0f}"
               f"{r['tokens'] / r['seconds']:>10.0f}{best_hf / r['seconds']:>12.2f}x"
-              f"{r['loss']:>9.4f}{r['peak_mb']:>9.0f}{r['step_mb']:>9.0f}")
+              f"{r['loss']:>9.4f}{r['peak_mb']:>9.0f}{r['step_mb']:>9.0f}"
+              + (f"{r['flops'] / 1e9:>7.1f}{r['ceiling']:>8.2f}x" if "flops" in r else ""))
     print("ms/step: the best round's median; (all): the median of every timed step")
     print("minialbert runs without work on padding and, on the masked path and the "
           "classifier, its last layer\nonly on the rows the heads read (the trainers' "
           "settings); /no-skip: that last layer on every row")
+    print("GFLOP: the step's matrix products (dense layers, MLM decoder, attention's), as "
+          "that path does them; ceiling: the\nfaster HF's time over their time at our "
+          f"measured peak ({peak:.0f} GFLOP/s on {a.threads} threads), nothing else "
+          "costing any time: the most any GEMM could reach here")
     ours = [r for r in rows if r["side"] != "hf"]
     return dict(config=name, head=a.head, padding=1 - real,
                 ratio={r["path"]: best_hf / r["seconds"] for r in ours},
+                ceiling={r["path"]: r["ceiling"] for r in ours},
+                peak_gflops=peak,
                 peak_mb={r["path"]: r["peak_mb"] for r in ours},
                 hf_peak_mb=min(r["peak_mb"] for r in rows if r["side"] == "hf"))
 

@@ -40,13 +40,24 @@ def _ratio(x):
     return f"{x:.2f}x"
 
 
+def _with_ceiling(ratio, ceiling, target):
+    """(measured, ok, reachable) of a ratio against HF and its target, with the ceiling
+    the benchmark measured beside it (None: a JSON from before ceilings, no claim)."""
+    if ceiling is None:
+        return _ratio(ratio), ratio >= target, None
+    reach = ceiling >= target
+    return (f"{_ratio(ratio)} (ceiling {_ratio(ceiling)}"
+            + ("" if reach else ": out of reach on this machine") + ")",
+            ratio >= target, reach)
+
+
 def verdicts(figures):
     """[(what, target, measured, ok[, reachable])] from the benchmarks' figures ({key:
     their JSON, or None where the benchmark did not finish}); ok is None for a benchmark
-    that gave nothing. The targets are issue 11's. An inference row carries reachable too:
-    False where the target is above the shape's ceiling on this machine (HF's time over
-    the pass's matrix products at our measured peak, nothing else costing any time:
-    bench_inference.ceilings), so that no GEMM could meet it here; None where the
+    that gave nothing. The targets are issue 11's. A row against HF (training step,
+    inference) carries reachable too: False where the target is above its ceiling on this
+    machine (HF's time over our matrix products' at our measured peak, nothing else
+    costing any time: _isa.ceiling), so that no GEMM could meet it here; None where the
     benchmark gave no ceiling."""
     rows = []
 
@@ -76,21 +87,17 @@ def verdicts(figures):
                                         ("all", "logits at every position", 1.0)):
                 if path in t["ratio"]:
                     r = t["ratio"][path]
-                    rows.append((f"{where}: {label}", f">= {target:.1f}x", _ratio(r), r >= target))
+                    rows.append((f"{where}: {label}", f">= {target:.1f}x",
+                                 *_with_ceiling(r, t.get("ceiling", {}).get(path), target)))
             ours = max(t["peak_mb"].get(p, 0) for p in ("masked", "all"))
             rows.append((f"{where}: peak memory, ours (larger path) vs HF's smallest",
                          "<= HF", f"{ours:,.0f} vs {t['hf_peak_mb']:,.0f} MB",
                          ours <= t["hf_peak_mb"]))
     if not missing("inference", "inference (bench_inference.py)"):
         for i in figures["inference"]:
-            measured, reach = _ratio(i["ratio"]), None
-            if "ceiling" in i:  # bench_inference.ceilings: the most any GEMM reaches here
-                reach = i["ceiling"] >= 1.5
-                measured += (f" (ceiling {_ratio(i['ceiling'])}"
-                             + ("" if reach else ": out of reach on this machine") + ")")
             rows.append((f"inference, {i['config']}, {i['shape']} "
                          f"({i['ours_ms']:.2f} vs {i['hf_ms']:.2f} ms)", ">= 1.5x",
-                         measured, i["ratio"] >= 1.5, reach))
+                         *_with_ceiling(i["ratio"], i.get("ceiling"), 1.5)))
     if not missing("quality", "time to quality (bench_time_to_quality.py)"):
         q = figures["quality"]
         ours, hf = q["minialbert"], q["hf"]

@@ -10,19 +10,22 @@ added to its kind: GEMM, attention, LayerNorm, activation, ... Whatever the step
 outside these calls (NumPy adds and copies, Python, allocation) is the "rest". Kernels
 already run in parallel, so timing each call adds only a ``perf_counter`` pair per call.
 The GEMM calls' arithmetic (2 M N K each, from the operands' shapes) is counted too:
-``prof.gemm_gflops()`` is the rate the products ran at inside the step.
+``prof.gemm_gflops()`` is the rate the products ran at inside the step; attention's
+products (QK^T and P V, and the backward's four) are counted apart, in
+``prof.attention_flops``.
 Chapter 10's "where the time goes" is printed from this.
 """
 import time
 
 from . import heads, layers, model, optim
 
-GEMM = "GEMM (dense layers, MLM decoder)"  # the kind whose calls' arithmetic is counted
+GEMM = "GEMM (dense layers, MLM decoder)"  # the kinds whose calls' arithmetic is counted
+ATTENTION = "attention (QK^T, softmax, PV)"
 
 # kind -> the kernel names (as imported into layers/model/heads) that belong to it
 KINDS = {
     GEMM: ("matmul_nt", "matmul_nn", "matmul_tn"),
-    "attention (QK^T, softmax, PV)": ("attention_forward_qkv", "attention_backward_qkv",
+    ATTENTION: ("attention_forward_qkv", "attention_backward_qkv",
                                       "attention_forward_rows_of",
                                       "attention_backward_rows_of"),
     "LayerNorm": ("layernorm_forward", "layernorm_backward"),
@@ -48,6 +51,27 @@ def gemm_flops(name, A, B):
     return 2 * M * N * K
 
 
+def attention_flops(name, a):
+    """2 M N K of the products inside one call of an attention kernel (its arguments a, as
+    layers.py passes them): QK^T and P V forward, 2 L_q L D flops each a head, so 4 L_q L H
+    a sequence of L keys and L_q queries; the backward's four (dP, dV, dQ, dK) 8 L_q L H.
+    Every query against every key of its own sequence: the padding removed is not counted,
+    and on a pass that reads a few rows (the *_rows_of kernels) only those rows' queries."""
+    import numpy as np
+
+    from .kernels.attention import query_rows
+
+    if name in ("attention_forward_qkv", "attention_backward_qkv"):
+        qkv, lens = (a[0], a[2]) if name == "attention_forward_qkv" else (a[1], a[4])
+        H, qlens = qkv.shape[1] // 3, lens
+    else:  # *_rows_of: the queries of some rows against all of their sequence's keys
+        fwd = name == "attention_forward_rows_of"
+        q, rows, starts, lens = (a[0], a[1], a[3], a[4]) if fwd else (a[1], a[2], a[5], a[6])
+        H, qlens = q.shape[1], query_rows(rows, starts, lens)[1]
+    per_head_pair = int(np.dot(np.asarray(qlens, np.int64), np.asarray(lens, np.int64)))
+    return (4 if name.startswith("attention_forward") else 8) * per_head_pair * H
+
+
 def one_call_flops(x, apps, bqkv, b1):
     """2 M N K of the four products of every layer application in one call of
     kernels.encoder.encoder_by_sequence or encoder_layered (x [n, H], apps [L], bqkv [U,
@@ -63,6 +87,7 @@ class KernelProfile:
         self.calls = {k: 0 for k in KINDS}
         self.gemm_flops = 0  # the arithmetic of every GEMM call timed (gemm_gflops)
         self.one_call_flops = 0  # the products' arithmetic inside those ONE_CALL timed
+        self.attention_flops = 0  # QK^T, P V (and the backward's four) in the attention calls
         self._saved = []
 
     def _wrap(self, fn, kind, name=None):
@@ -77,6 +102,8 @@ class KernelProfile:
                     self.gemm_flops += gemm_flops(name, a[0], a[1])
                 elif kind == ONE_CALL:
                     self.one_call_flops += one_call_flops(a[0], a[6], a[10], a[16])
+                elif kind == ATTENTION:
+                    self.attention_flops += attention_flops(name, a)
         return timed
 
     def gemm_gflops(self):
@@ -102,7 +129,7 @@ class KernelProfile:
             for name, kind in by_name.items():
                 if name != "step":
                     self._patch(mod, name, kind)
-        for name in KINDS["attention (QK^T, softmax, PV)"]:
+        for name in KINDS[ATTENTION]:
             self._patch(attention, name, by_name[name])
         # activations are looked up by name at call time: wrap the table's entries
         self._acts = dict(act.ACTIVATIONS)

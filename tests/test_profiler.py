@@ -98,3 +98,34 @@ def test_bench_inference_counts_the_arithmetic_of_a_pass(monkeypatch):
         at_peak_ms = sum(bench_inference.pass_flops(bench_inference.CONFIGS["tiny"], B, T)) \
             / 100e9 * 1e3
         assert got == pytest.approx(hf_ms / at_peak_ms)
+
+
+@pytest.mark.parametrize("skip_unread", [False, True])
+def test_profile_counts_attention_arithmetic_of_a_training_step(skip_unread):
+    # forward QK^T and P V: 4 L_q L H a sequence and layer; the backward's four: 8 L_q L H.
+    # Padding removed (the lengths below), and with skip_unread the last layer's queries
+    # only at the rows the heads read (the masked positions and [CLS])
+    from minialbert.heads import AlbertForPreTraining
+    from minialbert.params import zeros_like_params
+
+    V, E, H, I, L, nh, B, T = 40, 8, 12, 20, 3, 3, 3, 9
+    cfg = AlbertConfig(vocab_size=V, embedding_size=E, hidden_size=H, num_hidden_layers=L,
+                       num_attention_heads=nh, intermediate_size=I, max_position_embeddings=16)
+    m = AlbertForPreTraining(cfg, seed=0)
+    m.unpad, m.skip_unread = True, skip_unread
+    rng = np.random.default_rng(0)
+    lens = np.array([9, 5, 7])
+    mask = (np.arange(T)[None] < lens[:, None]).astype(np.int64)
+    labels = np.full((B, T), -100)
+    labels[0, [2, 5]], labels[1, 3], labels[2, [1, 4, 6]] = 7, 8, 9
+    batch = dict(input_ids=rng.integers(5, V, (B, T)) * mask, attention_mask=mask,
+                 token_type_ids=np.zeros((B, T), np.int64), labels=labels,
+                 sentence_order_label=np.array([0, 1, 0]))
+    with KernelProfile() as prof:
+        out, cache = m.forward(**batch, mlm_path="masked")
+        m.backward(cache, zeros_like_params(m.params))
+    full = int((lens * lens).sum())  # every query of every sequence against its keys
+    read = (labels != -100).sum(1) + 1  # the masked positions and [CLS]
+    last = int((read * lens).sum()) if skip_unread else full
+    assert prof.attention_flops == (4 + 8) * H * ((L - 1) * full + last)
+    assert prof.calls["attention (QK^T, softmax, PV)"] == 2 * L

@@ -85,6 +85,19 @@ def test_an_inference_miss_above_its_ceiling_is_called_out_of_reach(scorecard):
     assert "out of reach" not in scorecard.table(rows)
 
 
+def test_a_training_miss_above_its_ceiling_is_called_out_of_reach(scorecard):
+    figs = _figures(train_masked=1.2)  # tiny's masked path misses 1.5x, base's padded "all" 1.0x
+    figs["train"][0]["ceiling"] = {"all": 2.5, "masked": 1.3, "masked/no-skip": 2.0}
+    figs["train"][1]["ceiling"] = {"all": 1.5, "masked": 3.0}
+    rows = scorecard.verdicts(figs)
+    masked = [r for r in rows if r[0] == "training step, tiny, full batch: masked MLM path"][0]
+    assert masked[2:] == ("1.20x (ceiling 1.30x: out of reach on this machine)", False, False)
+    padded = [r for r in rows if r[0].startswith("training step, base, 45% padding: logits")][0]
+    assert padded[2:] == ("0.90x (ceiling 1.50x)", False, True)
+    assert scorecard.table(rows).splitlines()[-1].startswith(
+        "9 of 13 targets met; 1 of the misses out of reach on this machine")
+
+
 def test_a_benchmark_without_figures_is_named_not_passed(scorecard):
     figs = _figures()
     figs["inference"] = None
