@@ -94,7 +94,7 @@ def where_the_time_goes(name, weights, threads, fastest_hf, calls=10):
     from minialbert.kernels.matmul import ISA
     from minialbert.kernels.microkernel import measured_peak_gflops
     from minialbert import model
-    from minialbert.profiler import GEMM, ONE_CALL, KernelProfile
+    from minialbert.profiler import ATTENTION, GEMM, ONE_CALL, KernelProfile
 
     runs = jobs("ours", name, "-", weights, threads)
     peaks, rows = [], []
@@ -132,21 +132,23 @@ def where_the_time_goes(name, weights, threads, fastest_hf, calls=10):
     print(f"\n{name}, ours, where the time goes (KernelProfile, at least {calls} calls and "
           f"1 s a shape; measured peak {peak:.0f} GFLOP/s on {threads} threads, the best of "
           f"{len(peaks)} measurements: " + ", ".join(f"{p:.0f}" for p in peaks) + "):")
-    print("(the pass layer by layer, each kernel timed; 'as run': the pass as the rounds ran "
+    print("(the pass layer by layer, each kernel timed; attention's GFLOP/s: its QK^T and PV "
+          "over its time, the softmax's included; 'as run': the pass as the rounds ran "
           "it, and of that, 'one call': the encoder's layers compiled as one call, by sequence for a "
           "batch, layered for one sentence)")
     print(f"{'':<24}{'ms/call':>8}{'GEMM ms':>9}{'GFLOP/s':>9}{'of peak':>8}{'attention':>10}"
-          f"{'other':>7}{'rest':>7}{'HF ms':>9}{'bound: GEMM at peak':>21}{'only GEMM':>11}"
-          f"{'as run':>8}{'one call':>9}")
+          f"{'GFLOP/s':>8}{'other':>7}{'rest':>7}{'HF ms':>9}{'bound: GEMM at peak':>21}"
+          f"{'only GEMM':>11}{'as run':>8}{'one call':>9}")
     for i, (label, B, T, prof, n, total, as_run_ms, one_call) in enumerate(rows):
         ms = {k: s * 1e3 / n for k, s in prof.seconds.items()}
-        gemm, att = ms[GEMM], ms["attention (QK^T, softmax, PV)"]
+        gemm, att = ms[GEMM], ms[ATTENTION]
         other = sum(ms.values()) - gemm - att
         rest = total * 1e3 - sum(ms.values())
         at_peak = prof.gemm_flops / n / (peak * 1e6)  # ms
         hf = fastest_hf[i]
         print(f"{f'{label} (B{B} x T{T})':<24}{total * 1e3:>8.2f}{gemm:>9.2f}"
               f"{prof.gemm_gflops():>9.0f}{prof.gemm_gflops() / peak:>8.2f}{att:>10.2f}"
+              f"{prof.attention_flops / n / (att * 1e6):>8.0f}"  # QK^T and PV, softmax's time too
               f"{other:>7.2f}{rest:>7.2f}{hf:>9.2f}"
               f"{hf / (total * 1e3 - gemm + at_peak):>20.2f}x{hf / at_peak:>10.2f}x"
               f"{as_run_ms:>8.2f}{one_call:>9.2f}")
