@@ -19,15 +19,14 @@ import time
 
 from . import heads, layers, model, optim
 
-GEMM = "GEMM (dense layers, MLM decoder)"  # the kinds whose calls' arithmetic is counted
-ATTENTION = "attention (QK^T, softmax, PV)"
+GEMM = "GEMM (dense layers, MLM decoder)"  # the kind whose calls' arithmetic is counted
+ATTENTION = "attention (QK^T, softmax, PV)"  # its products counted apart (attention_flops)
 
 # kind -> the kernel names (as imported into layers/model/heads) that belong to it
 KINDS = {
     GEMM: ("matmul_nt", "matmul_nn", "matmul_tn"),
     ATTENTION: ("attention_forward_qkv", "attention_backward_qkv",
-                                      "attention_forward_rows_of",
-                                      "attention_backward_rows_of"),
+                "attention_forward_rows_of", "attention_backward_rows_of"),
     "LayerNorm": ("layernorm_forward", "layernorm_backward"),
     "activation (gelu_new)": ("gelu_new_forward", "gelu_new_backward", "tanh_forward",
                               "tanh_backward"),
@@ -55,8 +54,10 @@ def attention_flops(name, a):
     """2 M N K of the products inside one call of an attention kernel (its arguments a, as
     layers.py passes them): QK^T and P V forward, 2 L_q L D flops each a head, so 4 L_q L H
     a sequence of L keys and L_q queries; the backward's four (dP, dV, dQ, dK) 8 L_q L H.
-    Every query against every key of its own sequence: the padding removed is not counted,
-    and on a pass that reads a few rows (the *_rows_of kernels) only those rows' queries."""
+    As the kernel makes them: each query against every key of its own sequence (L its
+    real length with the padding removed, the padded length with it kept), and on a pass
+    that reads a few rows (the *_rows_of kernels) only those rows' queries. (A frozen
+    pass's encoder in one compiled call has its attention inside: not counted here.)"""
     import numpy as np
 
     from .kernels.attention import query_rows
