@@ -156,6 +156,23 @@ assert all(profiles[u][0].calls["GEMM (dense layers, MLM decoder)"] > 0 for u in
 assert profiles[True][0].gemm_flops < profiles[False][0].gemm_flops or pad == 0
 
 # %% [markdown]
+# The profile counts attention's products too (QK^T and PV, and the backward's four):
+# `prof.attention_flops`, each query against the keys of its own sequence. Its rate is
+# the arithmetic over attention's whole time, the softmax's included, so it sits below the
+# GEMMs'; and removing the padding removes attention's arithmetic as well.
+
+# %%
+att = "attention (QK^T, softmax, PV)"
+for unpad in (False, True):
+    prof, _ = profiles[unpad]
+    print(f"padding {'removed' if unpad else 'kept   '}: attention "
+          f"{prof.attention_flops / reps / 1e9:.2f} GFLOP a step at "
+          f"{prof.attention_flops / max(prof.seconds[att], 1e-12) / 1e9:.0f} GFLOP/s, "
+          f"the GEMMs {prof.gemm_gflops():.0f} GFLOP/s")
+assert all(profiles[u][0].attention_flops > 0 for u in (False, True))
+assert profiles[True][0].attention_flops < profiles[False][0].attention_flops or pad == 0
+
+# %% [markdown]
 # ## No work on rows no head reads
 # The trainer also sets `model.skip_unread = True`: the last layer makes only the rows the
 # heads read (the masked positions and [CLS]); its keys and values still come from every
