@@ -5,6 +5,7 @@ package, timed in alternate rounds, their results checked bit for bit.
     python benchmarks/ab_kernels.py 18f99de --only attention
     python benchmarks/ab_kernels.py ebc15ac --only pass    # a frozen model's forward pass
     python benchmarks/ab_kernels.py bb108bd --only rows    # LayerNorm, softmax, the loss
+    python benchmarks/ab_kernels.py HEAD --only pass --isa avx2   # both held to AVX2
 
 The commit's minialbert/ is written out (git archive) into a directory of the system's
 temporary files as the package minialbert_old — its imports are relative, so it runs as
@@ -37,6 +38,8 @@ import time
 import numpy as np
 
 import _isa
+
+_isa.emulate_from_argv()  # --isa avx2: restarts under that ISA before anything loads
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -148,6 +151,7 @@ def main():
     ap.add_argument("--only", choices=["gemm", "attention", "rows", "pass"], default=None)
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--seconds", type=float, default=0.08, help="length of one block")
+    _isa.add_option(ap)
     a = ap.parse_args()
     sha, old = old_package(a.rev)
     import minialbert as new

@@ -7,9 +7,10 @@ from numba import njit, prange
 from ._base import FASTMATH, FASTMATH_REASSOC, ROW_CHUNK, cast_like, check_float, get_threads
 from .act import gelu_new_at, gelu_new_backward, gelu_new_forward, gelu_new_grad_at
 from .norm import layernorm_forward, layernorm_rows
-from .microkernel import (NATIVE, host_isa, kernel_tile, microkernel, microkernel_edge,
-                          microkernel_packing, microkernel_packing_edge, pack_8_steps,
-                          pick_kernel, prefetch_l2, transpose_8x8)
+from .microkernel import (NATIVE, TAIL_KERNEL, edge_tail, host_isa, kernel_tile, microkernel,
+                          microkernel_edge, microkernel_packing, microkernel_packing_edge,
+                          microkernel_tail, pack_8_steps, pick_kernel, prefetch_l2,
+                          transpose_8x8)
 
 _USE_BLAS = False
 
@@ -184,6 +185,49 @@ def matmul_nt_4x4(A, B):  # [M,K] x [N,K] -> [M,N]: step 2 of chapter 01
 # step 3: packed panels and a register micro-kernel
 
 
+# AVX2's 6 x 16 tile leaves a block of 128 rows (one sentence, one head's queries) 21
+# panels of 6 and a 22nd of 2 rows, computed whole and stored masked: 132 rows of work for
+# 128 (one thread, K 256 x N 1024 on packed weights, AVX2 emulated on a Zen 4 EPYC: 120,
+# 126, 128, 132 rows 628, 666, 690, 673 us). So the last rows of such a block go in panels
+# of 4, run by a 4 x 16 tile (TAIL_KERNEL: 0.90-0.95 of the 6 x 16 tile's rate on
+# L1-resident panels, there): 128 rows as 20 panels of 6 and two of 4.
+TAIL_MR = TAIL_KERNEL[2]
+
+
+@njit(inline="always")
+def tail_start(m, MR):
+    # The first row of a block's tail of 4-row panels; m: none. Only on AVX2's tile (MR 6;
+    # no other tile is 6 rows). m = 6q + r: r = 1 or 2, the last 6 + r rows as two panels
+    # of 4 (the second masked to 3 rows for r = 1); r = 3 or 4, the last r rows as one;
+    # r = 0 or 5, none (the last panel of 6 masked to 5, as before). Panel i's rows start
+    # at row i0, and it lies at i0 * kc in the packed block, either height.
+    if MR != 6:
+        return m
+    r = m % 6
+    if r == 0 or r == 5:
+        return m
+    if r <= 2 and m > 6:
+        return m - r - 6
+    return m - r
+
+
+@njit(inline="always")
+def _a_panel(k, m, MR):
+    # A's panel k of a block of m rows: (its first row, its rows, its height MR or TAIL_MR)
+    t0 = tail_start(m, MR)
+    main = (t0 + MR - 1) // MR
+    if k < main:
+        return k * MR, min(MR, m - k * MR), MR
+    i0 = t0 + (k - main) * TAIL_MR
+    return i0, min(TAIL_MR, m - i0), TAIL_MR
+
+
+@njit(inline="always")
+def _a_panels(m, MR):  # how many panels a block of m rows packs into
+    t0 = tail_start(m, MR)
+    return (t0 + MR - 1) // MR + (m - t0 + TAIL_MR - 1) // TAIL_MR
+
+
 # Packing copies a block of A or B into panels. Every loop below indexes a slice with loop
 # variables only: an index Numba cannot prove non-negative (like j0 + r*NR + j) gets a
 # wrap-around check that stops the loop from vectorising (a copy then runs ~10x slower).
@@ -211,6 +255,16 @@ def _pack(X, k_major, p0, kc, j0, n, R, out):
     # (flat), columns past n zero. opX = X if k_major (X is [K, *]) else X.T (X is [*, K]).
     # The same copy packs both operands: B's panels (R = NR) from opB = B or B.T, and A's
     # panels (R = MR) from opA.T = A.T or A — the micro-kernel reads both as [p, r].
+    # A's block on AVX2's tile (R = 6) ends in panels of 4 rows from tail_start on.
+    t0 = tail_start(n, R)
+    _pack_panels(X, k_major, p0, kc, j0, t0, R, out)
+    if t0 < n:
+        _pack_panels(X, k_major, p0, kc, j0 + t0, n - t0, TAIL_MR, out[t0 * kc:])
+
+
+@njit(cache=True)
+def _pack_panels(X, k_major, p0, kc, j0, n, R, out):
+    # _pack's copy, every panel R wide
     if k_major:  # rows of X[p0:p0+kc, ...] are rows of the panels
         n_full = n // R
         src = X[p0:p0 + kc, j0:j0 + n]
@@ -287,17 +341,31 @@ def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
 @njit(inline="always")
 def _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
     # _macrokernel's loops, for one kernel code
+    t0 = tail_start(m, MR)
     for jr in range(0, n, NR):
         nr = min(NR, n - jr)
         b = b_off + (jr // NR) * kc * NR
-        for ir in range(0, m, MR):
-            mr = min(MR, m - ir)
+        for ir in range(0, t0, MR):
+            mr = min(MR, t0 - ir)
             a = a_off + (ir // MR) * kc * MR
             c = c0 + ir * ldc + jr
             if mr == MR and nr == NR:
                 microkernel(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR)
             else:  # a ragged tile: masked stores
                 microkernel_edge(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR, mr, nr)
+        _tail_tiles(Ap, a_off, Bp, b, kc, t0, m, nr, Cf, c0 + jr, ldc, add)
+
+
+@njit(inline="always")
+def _tail_tiles(Ap, a_off, Bp, b, kc, t0, m, nr, Cf, c0, ldc, add):
+    # rows t0..m of one column of tiles (nr wide) in AVX2's 4-row tail tile (tail_start)
+    NR = 2 * 32 // Ap.itemsize  # the tail tile's width: two vectors of 256 bits
+    for ir in range(t0, m, TAIL_MR):
+        mr = min(TAIL_MR, m - ir)
+        if mr == TAIL_MR and nr == NR:
+            microkernel_tail(kc, Ap, a_off + ir * kc, Bp, b, Cf, c0 + ir * ldc, ldc, add)
+        else:
+            edge_tail(kc, Ap, a_off + ir * kc, Bp, b, Cf, c0 + ir * ldc, ldc, add, mr, nr)
 
 
 @njit(cache=True)
@@ -313,17 +381,27 @@ def _pack_panel(Af, a0, rs, cs, kc, rows, MR, Ap, o):
 def _pack_rows(Af, a0, rs, kc, m, MR, Ap):
     # The [m, kc] block of A whose rows lie along the reduction (element (i, p) at
     # Af[a0 + i*rs + p]: the NT and NN forms' A) -> Ap: ceil(m/MR) panels [kc, MR], zeros
-    # below the ragged last one. Eight steps of a panel at a time in vector registers
-    # (pack_8_steps), the panels in order: each 8-step block's spill past its MR values
-    # lands where a later block, or the ragged panel packed last, writes next. Only the
-    # block that ends the full panels, with no ragged panel after it, would spill past the
-    # buffer's share; it is copied a value at a time.
+    # below the ragged last one (on AVX2's tile, panels of 4 from tail_start on).
+    t0 = tail_start(m, MR)
+    _pack_row_panels(Af, a0, rs, kc, t0, MR, Ap, t0 < m)
+    if t0 < m:
+        _pack_row_panels(Af, a0 + t0 * rs, rs, kc, m - t0, TAIL_MR, Ap[t0 * kc:], False)
+
+
+@njit(cache=True)
+def _pack_row_panels(Af, a0, rs, kc, m, MR, Ap, more):
+    # _pack_rows's copy, every panel MR tall. Eight steps of a panel at a time in vector
+    # registers (pack_8_steps), the panels in order: each 8-step block's spill past its MR
+    # values lands where a later block, or the ragged panel packed last, writes next. Only
+    # the block that ends the full panels, with no ragged panel after it and nothing more
+    # packed after this call (more), would spill past the buffer's share; it is copied a
+    # value at a time.
     full = m // MR
     k8 = kc // 8 * 8
     for r in range(full):
         o = r * kc * MR
         src = a0 + r * MR * rs
-        q_end = k8 if (r < full - 1 or full * MR < m or k8 < kc) else max(k8 - 8, 0)
+        q_end = k8 if (more or r < full - 1 or full * MR < m or k8 < kc) else max(k8 - 8, 0)
         for q in range(0, q_end, 8):
             pack_8_steps(Af, src + q, rs, MR, Ap, o + q * MR, MR)
         for p in range(q_end, kc):  # the last steps, in order, after the blocks' spills
@@ -360,14 +438,17 @@ def _macrokernel_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, a
 @njit(inline="always")
 def _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
     # _macrokernel_packing's loops, for one kernel code
-    full = m // MR * MR
-    if full < m:  # the ragged last panel, copied first
-        _pack_panel(Af, a0 + full * rs, rs, cs, kc, m - full, MR, Ap, (full // MR) * kc * MR)
+    t0 = tail_start(m, MR)
+    full = t0 // MR * MR
+    if full < t0:  # the ragged last panel, copied first
+        _pack_panel(Af, a0 + full * rs, rs, cs, kc, t0 - full, MR, Ap, (full // MR) * kc * MR)
+    for ir in range(t0, m, TAIL_MR):  # AVX2's tail panels, copied first
+        _pack_panel(Af, a0 + ir * rs, rs, cs, kc, min(TAIL_MR, m - ir), TAIL_MR, Ap, ir * kc)
     for jr in range(0, n, NR):
         nr = min(NR, n - jr)
         b = b_off + (jr // NR) * kc * NR
-        for ir in range(0, m, MR):
-            mr = min(MR, m - ir)
+        for ir in range(0, t0, MR):
+            mr = min(MR, t0 - ir)
             a = (ir // MR) * kc * MR
             c = c0 + ir * ldc + jr
             whole = mr == MR and nr == NR
@@ -382,6 +463,7 @@ def _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, is
                 microkernel(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR)
             else:  # a ragged tile: masked stores
                 microkernel_edge(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR, mr, nr)
+        _tail_tiles(Ap, 0, Bp, b, kc, t0, m, nr, Cf, c0 + jr, ldc, add)
 
 
 @njit(cache=True)
@@ -449,16 +531,17 @@ def packing_buffers(m, n, K, MR, NR, KC, dtype):
 @njit(cache=True)
 def _pack_one(t, A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp):
     # Task t of _pack_all: one (KC block, panel) of A or of B. Reduction block p0 of A
-    # starts at p0 * Mp (Mp = M rounded up to MR), its panel r at p0 * Mp + r * kc * MR;
-    # the same for B with N and NR.
-    Mp = (M + MR - 1) // MR
+    # starts at p0 * (M rounded up to MR), its panel starting at row i at that + i * kc;
+    # the same for B with N and NR. (A's panels as _pack lays them out: _a_panel.)
+    Mp = _a_panels(M, MR)
     Np = (N + NR - 1) // NR
     p0 = (t // (Mp + Np)) * KC
     kc = min(KC, K - p0)
     r = t % (Mp + Np)
     if r < Mp:
-        o = p0 * Mp * MR + r * kc * MR
-        _pack(A, a_trans, p0, kc, r * MR, min(MR, M - r * MR), MR, Ap[o:o + kc * MR])
+        i0, rows, R = _a_panel(r, M, MR)
+        o = p0 * ((M + MR - 1) // MR * MR) + i0 * kc
+        _pack_panels(A, a_trans, p0, kc, i0, rows, R, Ap[o:o + kc * R])
     else:
         r -= Mp
         o = p0 * Np * NR + r * kc * NR
@@ -469,7 +552,7 @@ def _pack_one(t, A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp):
 def _pack_all(A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp):
     # Both operands, whole, into panels, in parallel: one task a (KC block, panel). Each
     # element is copied once, however many blocks of C will read it.
-    n_tasks = ((K + KC - 1) // KC) * ((M + MR - 1) // MR + (N + NR - 1) // NR)
+    n_tasks = ((K + KC - 1) // KC) * (_a_panels(M, MR) + (N + NR - 1) // NR)
     for t in prange(n_tasks):  # t as an int64: one compile of _pack_one with _gemm_serial's
         _pack_one(np.int64(t), A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp)
 

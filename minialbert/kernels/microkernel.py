@@ -61,6 +61,9 @@ KERNELS = {
     5: ("avx512", 64, 8, 2),  # short: 8 x 32, for M a multiple of 8 but not of 12 (128)
 }
 ISA_CODES = {"loops": 0, "sse": 1, "avx2": 2, "avx512": 3}  # ISA -> its main (widest) kernel
+# AVX2's tail tile, 4 x 16 (8 accumulators): the last rows of a block that 6-row panels
+# would leave ragged (matmul.tail_start), not a tile pick_kernel chooses
+TAIL_KERNEL = ("avx2", 32, 4, 2)
 
 
 def _host_features():
@@ -364,6 +367,8 @@ edge_avx2 = _make_microkernel(*KERNELS[2][1:], edge=True)
 edge_avx512 = _make_microkernel(*KERNELS[3][1:], edge=True)
 edge_avx512_narrow = _make_microkernel(*KERNELS[4][1:], edge=True)
 edge_avx512_short = _make_microkernel(*KERNELS[5][1:], edge=True)
+microkernel_tail = _make_microkernel(*TAIL_KERNEL[1:])
+edge_tail = _make_microkernel(*TAIL_KERNEL[1:], edge=True)
 packing_edge_sse = _make_microkernel(*KERNELS[1][1:], packs=True, edge=True)
 packing_edge_avx2 = _make_microkernel(*KERNELS[2][1:], packs=True, edge=True)
 packing_edge_avx512 = _make_microkernel(*KERNELS[3][1:], packs=True, edge=True)
