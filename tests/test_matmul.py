@@ -594,6 +594,46 @@ def test_row_pack_matches_the_transposing_pack_and_stays_in_its_block(data):
     assert np.all(out[:lead] == -7.0) and np.all(out[lead + size:] == -7.0)
 
 
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_avx2_tail_panels_give_the_six_row_tiles_bits(dt, rng):
+    """AVX2's 6-row tile leaves a block of m = 6q + r rows (r = 1..4) a ragged last panel,
+    computed whole; those rows go in panels of 4 instead (tail_start: 128 rows as 20 x 6
+    + 2 x 4), run by the 4-row tail tile. Every row gets the bits the 6-row tile gives it:
+    each row against the same row computed in a block of 5 rows (no tail: one 6-row panel
+    masked to 5), in the three forms, one KC block and three, written and accumulated,
+    and with packed weights."""
+    from minialbert.kernels import matmul as mm
+    ms = (1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 32, 128)
+    assert [mm.tail_start(m, 6) for m in ms] == [0, 0, 0, 0, 5, 6, 0, 0, 6, 11, 12, 6, 24,
+                                                   120]
+    assert all(mm.tail_start(m, MR) == m for m in ms for MR in (4, 8, 12))  # other tiles
+    KC = mm.blocking(dt, 64, 64, kernel=2)["KC"]
+    N = 37
+    for M in (1, 2, 3, 4, 7, 8, 10, 13, 32, 128):
+        for K in (5, 2 * KC + 3):
+            for form in ("nt", "nn", "tn", "packed"):
+                a_trans, b_trans = form == "tn", form in ("nt", "packed")
+                A = rng.standard_normal((K, M) if a_trans else (M, K)).astype(dt)
+                B = rng.standard_normal((N, K) if b_trans else (K, N)).astype(dt)
+                Bop = mm.PackedWeight(B) if form == "packed" else B
+                start = rng.standard_normal((M, N)).astype(dt)
+                for accumulate in (False, True):
+                    out = start.copy()
+                    mm.gemm(A, a_trans, Bop, b_trans, out, accumulate, kernel=2)
+                    for i in range(M):  # row i as the first of a block of 5 rows
+                        A5 = np.zeros((K, 5) if a_trans else (5, K), dt)
+                        rows = min(5, M - i)
+                        if a_trans:
+                            A5[:, :rows] = A[:, i:i + rows]
+                        else:
+                            A5[:rows] = A[i:i + rows]
+                        out5 = np.zeros((5, N), dt)
+                        out5[0] = start[i]
+                        mm.gemm(A5, a_trans, Bop, b_trans, out5, accumulate, kernel=2)
+                        assert np.array_equal(out[i], out5[0]), (dt, M, K, form, accumulate,
+                                                                 i)
+
+
 def test_packed_gemm_bitwise_across_threads_and_runs(rng):
     """Float32, shapes that split into many blocks: 1 thread, all threads, and a repeat
     give the very same bits (each tile's sum runs in one fixed order)."""
