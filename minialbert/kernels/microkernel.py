@@ -26,6 +26,8 @@ accumulators + NV loaded vectors + 1 broadcast within the register file, nothing
                                  12 x 32 (NV 2) 24 + 2 + 1 = 27  (narrow: N = 64, 128, ...)
                                   8 x 32 (NV 2) 16 + 2 + 1 = 19  (short: M = 128, 4096, ...)
     AVX2     16 x 256b   8       6 x 16 (NV 2)  12 + 2 + 1 = 15
+                                  4 x 16 (NV 2)   8 + 2 + 1 = 11  (the tail: a block's last
+                                                 rows, where 6-row panels leave them ragged)
     SSE      16 x 128b   4       4 x  8 (NV 2)   8 + 2 + 1 = 11
 
 (float64 halves W, so NR halves: 8 x 24 on AVX-512.) The tile is picked at run time from the
