@@ -509,6 +509,7 @@ def test_hidden_states_only_on_request(rng, monkeypatch):
     output's bits; and a frozen pass that is not asked keeps no layer's output past the
     next layer (tracemalloc: its peak is below the asked pass's by most of the L - 1
     outputs that one keeps)."""
+    import gc
     import tracemalloc
 
     from minialbert.model import AlbertModel
@@ -541,13 +542,20 @@ def test_hidden_states_only_on_request(rng, monkeypatch):
     m32 = AlbertModel(cfg, seed=2).freeze()
     m32.forward(ids)  # packs the weights (kept: not the passes' memory)
 
-    def peak(**kw):
-        tracemalloc.start()
-        try:
-            m32.forward(ids, **kw)
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+    def peak(**kw):  # the highest of three passes' peaks, for both: a single pass's peak
+        # came out lower now and then (arrays that did not overlap in time; a Zen 4 EPYC:
+        # the asked pass's 103-107 KB instead of 111 KB, once in four passes or so), and
+        # the test failed in about one run in five at 0.64 of four outputs for 0.77
+        peaks = []
+        for _ in range(3):
+            gc.collect()
+            tracemalloc.start()
+            try:
+                m32.forward(ids, **kw)
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
+        return max(peaks)
     one_output = B * T * H * 4
     kept, not_kept = peak(output_hidden_states=True), peak()
     assert kept - not_kept > 0.75 * (cfg.num_hidden_layers - 1) * one_output, (kept, not_kept)
