@@ -340,7 +340,7 @@ def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
 
 @njit(inline="always")
 def _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
-    # _macrokernel's loops, for one kernel code
+    # _macrokernel's loops, for one kernel code (and, on AVX2's, its tail: tail_start)
     t0 = tail_start(m, MR)
     for jr in range(0, n, NR):
         nr = min(NR, n - jr)
@@ -359,7 +359,7 @@ def _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
 @njit(inline="always")
 def _tail_tiles(Ap, a_off, Bp, b, kc, t0, m, nr, Cf, c0, ldc, add):
     # rows t0..m of one column of tiles (nr wide) in AVX2's 4-row tail tile (tail_start)
-    NR = 2 * 32 // Ap.itemsize  # the tail tile's width: two vectors of 256 bits
+    NR = TAIL_KERNEL[3] * TAIL_KERNEL[1] // Ap.itemsize  # its width: NV vectors of 32 bytes
     for ir in range(t0, m, TAIL_MR):
         mr = min(TAIL_MR, m - ir)
         if mr == TAIL_MR and nr == NR:
