@@ -33,7 +33,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._base import FASTMATH, cast_like, exp_shifted
+from ._base import FASTMATH, cast_like, exp_shifted, scratch32
 from .dropout import _hash_uniform
 from .reduce import vdot, vmax, vsum
 from .dropout import dropout_mask
@@ -215,12 +215,40 @@ def _scores_softmax(q_f, q0, q_ld, Lq, Kh, P_f, bias, scale, isa, MR, NR, KC, Ap
     L, D = Kh.shape
     _gemm_block(q_f, q0, q_ld, I1, Lq, Kh, YES, I0, L, D, P_f, I0, L, NO, isa, MR, NR, KC,
                 Ap, Bp)  # S = Q K^T, then the softmax in place
-    P = P_f[:Lq * L].reshape(Lq, L)
-    for i in range(Lq):
-        row = P[i]
-        inv = _softmax_row(row, bias, scale)
-        for j in range(L):
-            row[j] *= inv
+    _softmax_rows(P_f[:Lq * L].reshape(Lq, L), bias, scale)
+
+
+SOFTMAX_GROUP = 8  # rows whose softmaxes _softmax_rows runs side by side
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _softmax_rows(P, bias, scale):
+    # Each row of P [Lq, L] -> softmax(row*scale + bias), in place: _softmax_row's steps,
+    # then the division by the sum, on each value the same operations (the same bits).
+    # Rows in groups of SOFTMAX_GROUP, each step for every row of the group before the
+    # next step: one row's steps form a chain (its max waits for its scores, its exps for
+    # the max, its division for the sum of all its exps) and a row of 128 values is too
+    # short for the core to overlap one chain with the next, while the group's rows are
+    # independent of each other. Measured on a 2-core Xeon (family 6 model 167, AVX-512),
+    # one thread, one head's [128, 128] block: 22-26 us a row at a time, 14-15 in groups
+    # of 8 (4 to 32 alike). A group of 8 rows of 128 keys is 4 KiB: it stays in L1.
+    Lq, L = P.shape
+    ms = scratch32(P)  # the group's maxima (on the stack)
+    for g0 in range(0, Lq, SOFTMAX_GROUP):
+        g1 = min(g0 + SOFTMAX_GROUP, Lq)
+        for i in range(g0, g1):
+            row = P[i]
+            for j in range(L):
+                row[j] = row[j] * scale + bias[j]
+            ms[i - g0] = vmax(row)
+        for i in range(g0, g1):
+            row = P[i]
+            exp_shifted(row, ms[i - g0], row)
+        for i in range(g0, g1):
+            row = P[i]
+            inv = cast_like(row, 1.0) / vsum(row)
+            for j in range(L):
+                row[j] *= inv
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
