@@ -117,6 +117,53 @@ write_table("05_speed.md", ["forward (" + where + ")", "ms"],
              ("NumPy (BLAS batched matmul)", f"{t_np * 1e3:.1f}")])
 
 # %% [markdown]
+# ## The softmax: one row at a time, or eight
+# A row's softmax is a chain: its max waits for its scores, its exps for the max, its
+# division for the sum of the exps. `_softmax_rows`, which the kernel runs, takes the
+# rows eight at a time and runs each step for all eight before the next, so that eight
+# independent chains overlap in the core; `_softmax_row` is one row's steps. Every value
+# goes through the same operations either way: the same bits. Here both run on the
+# scores of a layer (every head of every sequence, a key masked here and there), on one
+# thread.
+
+# %%
+from numba import njit  # noqa: E402
+
+from minialbert.kernels._base import FASTMATH  # noqa: E402
+from minialbert.kernels.attention import _softmax_row, _softmax_rows  # noqa: E402
+
+
+@njit(fastmath=FASTMATH)
+def softmax_row_at_a_time(P, key_bias, scale):
+    for i in range(P.shape[0]):
+        inv = _softmax_row(P[i], key_bias, scale)
+        for j in range(P.shape[1]):
+            P[i, j] *= inv
+
+
+@njit(fastmath=FASTMATH)
+def softmax_in_groups(P, key_bias, scale):
+    _softmax_rows(P, key_bias, scale)
+
+
+scores = rng.standard_normal((B * N * T, T)).astype(np.float32)
+key_bias = mask_bias((rng.random((1, T)) > 0.1).astype(np.int64), np.float32)[0]
+scale = np.float32(1 / np.sqrt(H // N))
+one, grouped = scores.copy(), scores.copy()
+softmax_row_at_a_time(one, key_bias, scale)
+softmax_in_groups(grouped, key_bias, scale)
+assert np.array_equal(one, grouped)  # the same bits
+work_one, work_grouped = scores.copy(), scores.copy()  # timed in place, again and again
+t_one, t_grouped = best_times([lambda: softmax_row_at_a_time(work_one, key_bias, scale),
+                               lambda: softmax_in_groups(work_grouped, key_bias, scale)])
+rows = f"{B * N * T:,} rows of {T} keys; CPU {cpu_name()}, 1 thread"
+print(rows, f"\none row at a time {t_one * 1e3:.3f} ms, in groups of eight "
+      f"{t_grouped * 1e3:.3f} ms")
+write_table("05_softmax_groups.md", ["softmax (" + rows + ")", "ms"],
+            [("one row at a time (_softmax_row)", f"{t_one * 1e3:.2f}"),
+             ("eight rows a step (_softmax_rows)", f"{t_grouped * 1e3:.2f}")])
+
+# %% [markdown]
 # ## A trained head on a real sentence
 # The maps above come from random weights. Here a small ALBERT is pretrained on the
 # embedded Python docs (the `small` preset, a few hundred steps: about two minutes on two
