@@ -230,8 +230,8 @@ def _softmax_rows(P, bias, scale):
     # the max, its division for the sum of all its exps) and a row of 128 values is too
     # short for the core to overlap one chain with the next, while the group's rows are
     # independent of each other. Measured on a 2-core Xeon (family 6 model 167, AVX-512),
-    # one thread, one head's [128, 128] block: 22-26 us a row at a time, 14-15 in groups
-    # of 8 (4 to 32 alike). A group of 8 rows of 128 keys is 4 KiB: it stays in L1.
+    # one thread, one head's [128, 128] block: 22-27 us a row at a time, 13.6-14.6 in
+    # groups of 8 (4 to 32 alike; book chapter 05). 8 rows of 128 keys: 4 KiB, in L1.
     Lq, L = P.shape
     ms = scratch32(P)  # the group's maxima (on the stack)
     for g0 in range(0, Lq, SOFTMAX_GROUP):
