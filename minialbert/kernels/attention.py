@@ -98,11 +98,18 @@ def attention_backward_naive(dctx, q, k, v, probs, n_heads, p_drop, key):
 def _softmax_row(row, bias, scale):
     # row: [T] scores -> exp(row*scale + bias - max) in place; returns 1/sum (the caller
     # normalises). bias: [T], 0 or finfo.min per key (a fully masked row becomes uniform).
-    for j in range(row.shape[0]):
-        row[j] = row[j] * scale + bias[j]
-    m = vmax(row)  # reduce.py: in the row's type (a float64 m would send the exp to libm)
+    m = _scaled_max(row, bias, scale)
     exp_shifted(row, m, row)
     return cast_like(row, 1.0) / vsum(row)  # reduce.py: a vector sum in a fixed order
+
+
+@njit(fastmath=FASTMATH, inline="always")
+def _scaled_max(row, bias, scale):
+    # row = row*scale + bias in place; returns its largest value (reduce.py's vmax: in the
+    # row's type, where a float64 maximum would send the exp to libm)
+    for j in range(row.shape[0]):
+        row[j] = row[j] * scale + bias[j]
+    return vmax(row)
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -237,10 +244,7 @@ def _softmax_rows(P, bias, scale):
     for g0 in range(0, Lq, SOFTMAX_GROUP):
         g1 = min(g0 + SOFTMAX_GROUP, Lq)
         for i in range(g0, g1):
-            row = P[i]
-            for j in range(L):
-                row[j] = row[j] * scale + bias[j]
-            ms[i - g0] = vmax(row)
+            ms[i - g0] = _scaled_max(P[i], bias, scale)
         for i in range(g0, g1):
             row = P[i]
             exp_shifted(row, ms[i - g0], row)
