@@ -104,6 +104,7 @@ GEMMS = [  # (label, M, N, K): tiny's batch (B32 x T128), base's (B8 x T128), on
     ("tiny FFN out", 4096, 256, 1024), ("base q|k|v", 1024, 2304, 768),
     ("base FFN out", 1024, 768, 3072), ("base q|k|v, one sentence", 128, 2304, 768),
     ("square 256", 256, 256, 256), ("square 1024", 1024, 1024, 1024),
+    ("base decoder, every position", 1024, 30000, 128),
 ]
 ATTENTION = [  # (label, B, T, H, heads, shortest and longest sequence)
     ("tiny", 32, 128, 256, 4, 128, 128), ("tiny, one sentence", 1, 128, 256, 4, 128, 128),

@@ -7,7 +7,8 @@ from numba import njit, prange
 from ._base import FASTMATH, FASTMATH_REASSOC, ROW_CHUNK, cast_like, check_float, get_threads
 from .act import gelu_new_at, gelu_new_backward, gelu_new_forward, gelu_new_grad_at
 from .norm import layernorm_forward, layernorm_rows
-from .microkernel import (NATIVE, TAIL_KERNEL, edge_tail, host_isa, kernel_tile, microkernel,
+from .microkernel import (NATIVE, NATIVE_NARROW, NATIVE_SHORT, TAIL_KERNEL, edge_tail,
+                          host_isa, kernel_tile, microkernel,
                           microkernel_edge, microkernel_packing, microkernel_packing_edge,
                           microkernel_tail, pack_8_steps, pick_kernel, prefetch_l2,
                           transpose_8x8)
@@ -331,9 +332,18 @@ def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
     # one thread, 4092 x 256 x 256 and x 1024: 6.68 / 26.4 ms against 6.16 / 24.1 with the
     # code a constant (the best of 11 rounds, alternating). (A copy for every code took
     # the GEMM chain's compile from 59 to 84 s; the copy for this CPU's alone, to about
-    # 65.)
+    # 65.) On AVX-512 its two other tiles get copies too (NATIVE_NARROW, NATIVE_SHORT):
+    # 8 x 32 runs every product of 128 rows (a sentence; each sequence of a batch taken by
+    # sequence). Measured on a 2-core Xeon (family 6 model 167), old against new in
+    # alternate rounds (benchmarks/ab_kernels.py 0af8fe3 --only pass, 15 and 21 rounds):
+    # tiny's frozen pass 1.00-1.05x on 8 and 32 sequences, base's sentence 1.01-1.03x; the
+    # kernels' cold compile 2 min 32 s -> 2 min 40 s.
     if isa == NATIVE:
         _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE, MR, NR)
+    elif NATIVE_NARROW > 0 and isa == NATIVE_NARROW:
+        _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE_NARROW, MR, NR)
+    elif NATIVE_SHORT > 0 and isa == NATIVE_SHORT:
+        _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE_SHORT, MR, NR)
     else:
         _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR)
 
@@ -431,6 +441,12 @@ def _macrokernel_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, a
         _macrokernel(Ap, 0, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR)
     elif isa == NATIVE:
         _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE, MR, NR)
+    elif NATIVE_NARROW > 0 and isa == NATIVE_NARROW:
+        _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE_NARROW,
+                       MR, NR)
+    elif NATIVE_SHORT > 0 and isa == NATIVE_SHORT:
+        _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE_SHORT,
+                       MR, NR)
     else:
         _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR)
 

@@ -99,6 +99,8 @@ def _native_code():
 # Numba's cache is kept per CPU, so a cached kernel always has this CPU's value. (Under
 # MINIALBERT_GEMM_ISA the kernels still give the same bits, through the other copy.)
 NATIVE = _native_code()
+# AVX-512's other two tiles (pick_kernel), with loops of their own too; on other CPUs, -1
+NATIVE_NARROW, NATIVE_SHORT = (4, 5) if NATIVE == ISA_CODES["avx512"] else (-1, -1)
 
 
 def kernel_tile(dtype, code):
