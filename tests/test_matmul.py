@@ -455,16 +455,22 @@ def test_epilogue_arguments_are_checked(rng):
 def test_tile_is_picked_from_the_shape():
     """AVX-512 has three tiles: 8 x 48 unless 12 x 32 or 8 x 32 covers the product with
     less padding (N = 128, the embedding size; N = 64, a head; M = 128, one sentence or a
-    head's queries); on a tie the first of them. The choice depends on the shape only,
-    never on the machine's thread count. (Pure logic: runs on any CPU.)"""
+    head's queries); on a tie the first of them. Rows count as a block's panels cover
+    them: 12 x 32's blocks end in 8-row panels (tail_start), so 12 x 32 covers 128 rows
+    (10 x 12 + 8) and 2500 (207 x 12 + 2 x 8) exactly, and wins the tie with 8 x 32. The
+    choice depends on the shape only, never on the machine's thread count. (Pure logic:
+    runs on any CPU.)"""
     from minialbert.kernels.microkernel import pick_kernel
     assert pick_kernel(np.float32, "avx512", 1024, 768) == (3, 8, 48)
     assert pick_kernel(np.float32, "avx512", 2508, 128) == (4, 12, 32)  # 2508 = 12 x 209
-    assert pick_kernel(np.float32, "avx512", 2500, 128) == (5, 8, 32)  # 2504 rows, not 2508
-    assert pick_kernel(np.float32, "avx512", 128, 64) == (5, 8, 32)
+    assert pick_kernel(np.float32, "avx512", 2500, 128) == (4, 12, 32)  # 207 x 12 + 2 x 8
+    # 2504 rows either way (208 x 12 + 8 and 313 x 8): a tie. (Where 8 x 32 covers the
+    # rows exactly, so does 12 x 32 with its tail: 8 x 32 now runs as that tail.)
+    assert pick_kernel(np.float32, "avx512", 2502, 128) == (4, 12, 32)
+    assert pick_kernel(np.float32, "avx512", 128, 64) == (4, 12, 32)
     assert pick_kernel(np.float32, "avx512", 128, 768) == (3, 8, 48)  # a tie: the first
     assert pick_kernel(np.float64, "avx512", 1024, 768) == (3, 8, 24)
-    assert pick_kernel(np.float64, "avx512", 128, 64) == (5, 8, 16)
+    assert pick_kernel(np.float64, "avx512", 128, 64) == (4, 12, 16)
     assert pick_kernel(np.float32, "avx2", 2500, 128) == (2, 6, 16)
 
 
@@ -558,10 +564,18 @@ def test_transposing_pack_matches_numpy(data):
     panels = -(-n // R)
     out = np.full(panels * kc * R, np.nan, dt)
     mm._pack(X, False, p0, kc, j0, n, R, out)
-    block = np.zeros((kc, panels * R), dt)
-    block[:, :n] = X[j0:j0 + n, p0:p0 + kc].T
-    ref = np.concatenate([block[:, q * R:(q + 1) * R].reshape(-1) for q in range(panels)])
-    assert np.array_equal(out, ref), (dt, R, n, kc, j0, p0, pad)
+    # R = 12 (AVX-512's 12 x 32 tile packing A) ends in panels of 8 from tail_start on
+    t0, T = mm.tail_start(n, R), mm.tail_mr(R)
+    heights = [R] * -(-t0 // R) + [T] * -(-(n - t0) // T)
+    cols = X[j0:j0 + n, p0:p0 + kc].T
+    parts, c = [], 0
+    for h in heights:
+        block = np.zeros((kc, h), dt)
+        block[:, :min(h, n - c)] = cols[:, c:c + h]
+        parts.append(block.reshape(-1))
+        c += h
+    ref = np.concatenate(parts)
+    assert np.array_equal(out[:ref.size], ref), (dt, R, n, kc, j0, p0, pad)
 
 
 @given(data=st.data())
@@ -594,22 +608,42 @@ def test_row_pack_matches_the_transposing_pack_and_stays_in_its_block(data):
     assert np.all(out[:lead] == -7.0) and np.all(out[lead + size:] == -7.0)
 
 
-@pytest.mark.parametrize("dt", [np.float32, np.float64])
-def test_avx2_tail_panels_give_the_six_row_tiles_bits(dt, rng):
-    """AVX2's 6-row tile leaves a block of m = 6q + r rows (r = 1..4) a ragged last panel,
-    computed whole; those rows go in panels of 4 instead (tail_start: 128 rows as 20 x 6
-    + 2 x 4), run by the 4-row tail tile. Every row gets the bits the 6-row tile gives it:
-    each row against the same row computed in a block of 5 rows (no tail: one 6-row panel
-    masked to 5), in the three forms, one KC block and three, written and accumulated,
-    and with packed weights."""
+def test_tail_panels_start_where_the_tile_would_be_ragged():
+    """tail_start: AVX2's 6-row tile ends a block of m = 6q + r rows (r = 1..4) in panels
+    of 4, AVX-512's 12-row tile one of m = 12q + r (r = 1..8) in panels of 8; every other
+    tile has none. (Pure logic: runs on any CPU.)"""
     from minialbert.kernels import matmul as mm
     ms = (1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 32, 128)
     assert [mm.tail_start(m, 6) for m in ms] == [0, 0, 0, 0, 5, 6, 0, 0, 6, 11, 12, 6, 24,
                                                    120]
-    assert all(mm.tail_start(m, MR) == m for m in ms for MR in (4, 8, 12))  # other tiles
-    KC = mm.blocking(dt, 64, 64, kernel=2)["KC"]
+    ms12 = (1, 4, 8, 9, 12, 13, 16, 17, 20, 21, 24, 28, 32, 64, 128)
+    assert [mm.tail_start(m, 12) for m in ms12] == [0, 0, 0, 9, 12, 0, 0, 12, 12, 21, 24,
+                                                    12, 24, 48, 120]
+    assert [mm.tail_rows(m, 12) for m in ms12] == [8, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24,
+                                                   28, 32, 64, 128]
+    assert all(mm.tail_start(m, MR) == m for m in ms for MR in (4, 8, 16))  # other tiles
+    # a block's rows a multiple of MR - tail_mr(MR) on such a tile: two blocks of 64
+    for isa in ("avx512", "avx2"):
+        assert mm.blocking(np.float32, 128, 1024, isa, threads=2, b_packed=True)["MC"] == 64
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("code", [c for c in (2, 4) if c in _kernels()])
+def test_tail_panels_give_the_main_tiles_bits(dt, code, rng):
+    """AVX2's 6-row tile (code 2) leaves a block of m = 6q + r rows (r = 1..4) a ragged
+    last panel, computed whole; those rows go in panels of 4 instead (tail_start: 128 rows
+    as 20 x 6 + 2 x 4), run by the 4-row tail tile. AVX-512's 12 x 32 (code 4) likewise
+    ends in panels of 8, run by its 8 x 32 tile (128 rows as 10 x 12 + 8). Every row gets
+    the bits the main tile gives it: each row against the same row computed in a block of
+    5 rows on AVX2 (no tail: one 6-row panel masked to 5), of 11 on AVX-512 (one 12-row
+    panel masked to 11), in the three forms, one KC block and three, written and
+    accumulated, and with packed weights."""
+    from minialbert.kernels import matmul as mm
+    ref_rows = 5 if code == 2 else 11
+    assert mm.tail_start(ref_rows, 6 if code == 2 else 12) == ref_rows  # no tail
+    KC = mm.blocking(dt, 64, 64, kernel=code)["KC"]
     N = 37
-    for M in (1, 2, 3, 4, 7, 8, 10, 13, 32, 128):
+    for M in (1, 2, 3, 4, 7, 8, 10, 13, 20, 32, 128):
         for K in (5, 2 * KC + 3):
             for form in ("nt", "nn", "tn", "packed"):
                 a_trans, b_trans = form == "tn", form in ("nt", "packed")
@@ -619,17 +653,17 @@ def test_avx2_tail_panels_give_the_six_row_tiles_bits(dt, rng):
                 start = rng.standard_normal((M, N)).astype(dt)
                 for accumulate in (False, True):
                     out = start.copy()
-                    mm.gemm(A, a_trans, Bop, b_trans, out, accumulate, kernel=2)
-                    for i in range(M):  # row i as the first of a block of 5 rows
-                        A5 = np.zeros((K, 5) if a_trans else (5, K), dt)
-                        rows = min(5, M - i)
+                    mm.gemm(A, a_trans, Bop, b_trans, out, accumulate, kernel=code)
+                    for i in range(M):  # row i as the first of a block of ref_rows rows
+                        A5 = np.zeros((K, ref_rows) if a_trans else (ref_rows, K), dt)
+                        rows = min(ref_rows, M - i)
                         if a_trans:
                             A5[:, :rows] = A[:, i:i + rows]
                         else:
                             A5[:rows] = A[i:i + rows]
-                        out5 = np.zeros((5, N), dt)
+                        out5 = np.zeros((ref_rows, N), dt)
                         out5[0] = start[i]
-                        mm.gemm(A5, a_trans, Bop, b_trans, out5, accumulate, kernel=2)
+                        mm.gemm(A5, a_trans, Bop, b_trans, out5, accumulate, kernel=code)
                         assert np.array_equal(out[i], out5[0]), (dt, M, K, form, accumulate,
                                                                  i)
 

@@ -7,10 +7,11 @@ from numba import njit, prange
 from ._base import FASTMATH, FASTMATH_REASSOC, ROW_CHUNK, cast_like, check_float, get_threads
 from .act import gelu_new_at, gelu_new_backward, gelu_new_forward, gelu_new_grad_at
 from .norm import layernorm_forward, layernorm_rows
-from .microkernel import (NATIVE, NATIVE_NARROW, NATIVE_SHORT, TAIL_KERNEL, edge_tail,
+from .microkernel import (NATIVE, NATIVE_NARROW, NATIVE_SHORT, SHORT, TAIL_MR, edge_tail,
                           host_isa, kernel_tile, microkernel,
                           microkernel_edge, microkernel_packing, microkernel_packing_edge,
                           microkernel_tail, pack_8_steps, pick_kernel, prefetch_l2,
+                          tail_mr, tail_rows, tail_start,
                           transpose_8x8)
 
 _USE_BLAS = False
@@ -186,47 +187,22 @@ def matmul_nt_4x4(A, B):  # [M,K] x [N,K] -> [M,N]: step 2 of chapter 01
 # step 3: packed panels and a register micro-kernel
 
 
-# AVX2's 6 x 16 tile leaves a block of 128 rows (one sentence, one head's queries) 21
-# panels of 6 and a 22nd of 2 rows, computed whole and stored masked: 132 rows of work for
-# 128 (one thread, K 256 x N 1024 on packed weights, AVX2 emulated on a Zen 4 EPYC: 120,
-# 126, 128, 132 rows 628, 666, 690, 673 us). So the last rows of such a block go in panels
-# of 4, run by a 4 x 16 tile (TAIL_KERNEL: 0.90-0.95 of the 6 x 16 tile's rate on
-# L1-resident panels, there): 128 rows as 20 panels of 6 and two of 4.
-TAIL_MR = TAIL_KERNEL[2]
-
-
-@njit(inline="always")
-def tail_start(m, MR):
-    # The first row of a block's tail of 4-row panels; m: none. Only on AVX2's tile (MR 6;
-    # no other tile is 6 rows). m = 6q + r: r = 1 or 2, the last 6 + r rows as two panels
-    # of 4 (the second masked to 3 rows for r = 1); r = 3 or 4, the last r rows as one;
-    # r = 0 or 5, none (the last panel of 6 masked to 5, as before). Panel i's rows start
-    # at row i0, and it lies at i0 * kc in the packed block, either height.
-    if MR != 6:
-        return m
-    r = m % 6
-    if r == 0 or r == 5:
-        return m
-    if r <= 2 and m > 6:
-        return m - r - 6
-    return m - r
-
-
 @njit(inline="always")
 def _a_panel(k, m, MR):
-    # A's panel k of a block of m rows: (its first row, its rows, its height MR or TAIL_MR)
+    # A's panel k of a block of m rows: (its first row, its rows, its height MR or tail_mr)
     t0 = tail_start(m, MR)
     main = (t0 + MR - 1) // MR
     if k < main:
         return k * MR, min(MR, m - k * MR), MR
-    i0 = t0 + (k - main) * TAIL_MR
-    return i0, min(TAIL_MR, m - i0), TAIL_MR
+    T = tail_mr(MR)
+    i0 = t0 + (k - main) * T
+    return i0, min(T, m - i0), T
 
 
 @njit(inline="always")
 def _a_panels(m, MR):  # how many panels a block of m rows packs into
     t0 = tail_start(m, MR)
-    return (t0 + MR - 1) // MR + (m - t0 + TAIL_MR - 1) // TAIL_MR
+    return (t0 + MR - 1) // MR + (m - t0 + tail_mr(MR) - 1) // tail_mr(MR)
 
 
 # Packing copies a block of A or B into panels. Every loop below indexes a slice with loop
@@ -256,11 +232,12 @@ def _pack(X, k_major, p0, kc, j0, n, R, out):
     # (flat), columns past n zero. opX = X if k_major (X is [K, *]) else X.T (X is [*, K]).
     # The same copy packs both operands: B's panels (R = NR) from opB = B or B.T, and A's
     # panels (R = MR) from opA.T = A.T or A — the micro-kernel reads both as [p, r].
-    # A's block on AVX2's tile (R = 6) ends in panels of 4 rows from tail_start on.
+    # A's block on AVX2's tile (R = 6) ends in panels of 4 rows from tail_start on, on
+    # AVX-512's 12 x 32 (R = 12) in panels of 8.
     t0 = tail_start(n, R)
     _pack_panels(X, k_major, p0, kc, j0, t0, R, out)
     if t0 < n:
-        _pack_panels(X, k_major, p0, kc, j0 + t0, n - t0, TAIL_MR, out[t0 * kc:])
+        _pack_panels(X, k_major, p0, kc, j0 + t0, n - t0, tail_mr(R), out[t0 * kc:])
 
 
 @njit(cache=True)
@@ -363,19 +340,26 @@ def _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
                 microkernel(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR)
             else:  # a ragged tile: masked stores
                 microkernel_edge(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR, mr, nr)
-        _tail_tiles(Ap, a_off, Bp, b, kc, t0, m, nr, Cf, c0 + jr, ldc, add)
+        _tail_tiles(Ap, a_off, Bp, b, kc, t0, m, nr, Cf, c0 + jr, ldc, add, MR, NR)
 
 
 @njit(inline="always")
-def _tail_tiles(Ap, a_off, Bp, b, kc, t0, m, nr, Cf, c0, ldc, add):
-    # rows t0..m of one column of tiles (nr wide) in AVX2's 4-row tail tile (tail_start)
-    NR = TAIL_KERNEL[3] * TAIL_KERNEL[1] // Ap.itemsize  # its width: NV vectors of 32 bytes
-    for ir in range(t0, m, TAIL_MR):
-        mr = min(TAIL_MR, m - ir)
-        if mr == TAIL_MR and nr == NR:
-            microkernel_tail(kc, Ap, a_off + ir * kc, Bp, b, Cf, c0 + ir * ldc, ldc, add)
+def _tail_tiles(Ap, a_off, Bp, b, kc, t0, m, nr, Cf, c0, ldc, add, MR, NR):
+    # rows t0..m of one column of tiles (nr wide) in the tail tile (tail_start): AVX2's
+    # 4 x 16 after its 6 x 16, AVX-512's 8 x 32 (code 5) after its 12 x 32 (NR the same)
+    T = tail_mr(MR)
+    for ir in range(t0, m, T):
+        mr = min(T, m - ir)
+        a, c = a_off + ir * kc, c0 + ir * ldc
+        if MR == 12:
+            if mr == T and nr == NR:
+                microkernel(SHORT, kc, Ap, a, Bp, b, Cf, c, ldc, add, T, NR)
+            else:
+                microkernel_edge(SHORT, kc, Ap, a, Bp, b, Cf, c, ldc, add, T, NR, mr, nr)
+        elif mr == T and nr == NR:
+            microkernel_tail(kc, Ap, a, Bp, b, Cf, c, ldc, add)
         else:
-            edge_tail(kc, Ap, a_off + ir * kc, Bp, b, Cf, c0 + ir * ldc, ldc, add, mr, nr)
+            edge_tail(kc, Ap, a, Bp, b, Cf, c, ldc, add, mr, nr)
 
 
 @njit(cache=True)
@@ -395,7 +379,7 @@ def _pack_rows(Af, a0, rs, kc, m, MR, Ap):
     t0 = tail_start(m, MR)
     _pack_row_panels(Af, a0, rs, kc, t0, MR, Ap, t0 < m)
     if t0 < m:
-        _pack_row_panels(Af, a0 + t0 * rs, rs, kc, m - t0, TAIL_MR, Ap[t0 * kc:], False)
+        _pack_row_panels(Af, a0 + t0 * rs, rs, kc, m - t0, tail_mr(MR), Ap[t0 * kc:], False)
 
 
 @njit(cache=True)
@@ -453,33 +437,51 @@ def _macrokernel_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, a
 
 @njit(inline="always")
 def _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
-    # _macrokernel_packing's loops, for one kernel code
+    # _macrokernel_packing's loops, for one kernel code. A block's tail (tail_start) on
+    # AVX-512's 12 x 32 is packed on the way too, by its 8 x 32 tile's packing twin; AVX2's
+    # 4 x 16 tail tile has none, and its panels are copied first (as is a ragged panel).
     t0 = tail_start(m, MR)
+    T = tail_mr(MR)
     full = t0 // MR * MR
     if full < t0:  # the ragged last panel, copied first
         _pack_panel(Af, a0 + full * rs, rs, cs, kc, t0 - full, MR, Ap, (full // MR) * kc * MR)
-    for ir in range(t0, m, TAIL_MR):  # AVX2's tail panels, copied first
-        _pack_panel(Af, a0 + ir * rs, rs, cs, kc, min(TAIL_MR, m - ir), TAIL_MR, Ap, ir * kc)
+    tail_packs = MR == 12
+    for ir in range(t0, m, T):
+        if not tail_packs or m - ir < T:
+            _pack_panel(Af, a0 + ir * rs, rs, cs, kc, min(T, m - ir), T, Ap, ir * kc)
     for jr in range(0, n, NR):
         nr = min(NR, n - jr)
         b = b_off + (jr // NR) * kc * NR
-        for ir in range(0, t0, MR):
-            mr = min(MR, t0 - ir)
-            a = (ir // MR) * kc * MR
-            c = c0 + ir * ldc + jr
-            whole = mr == MR and nr == NR
-            if jr == 0 and mr == MR:
-                if whole:
-                    microkernel_packing(isa, kc, Af, a0 + ir * rs, rs, cs, Ap, a, Bp, b, Cf, c,
-                                        ldc, add, MR, NR)
-                else:  # a ragged tile: masked stores
-                    microkernel_packing_edge(isa, kc, Af, a0 + ir * rs, rs, cs, Ap, a, Bp, b,
-                                             Cf, c, ldc, add, MR, NR, mr, nr)
-            elif whole:
-                microkernel(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR)
+        _column_packing(Af, a0, rs, cs, Ap, Bp, b, kc, 0, t0, MR, isa, jr == 0, nr, Cf,
+                        c0 + jr, ldc, add, NR)
+        if tail_packs:
+            _column_packing(Af, a0, rs, cs, Ap, Bp, b, kc, t0, m, T, SHORT, jr == 0, nr, Cf,
+                            c0 + jr, ldc, add, NR)
+        else:
+            _tail_tiles(Ap, 0, Bp, b, kc, t0, m, nr, Cf, c0 + jr, ldc, add, MR, NR)
+
+
+@njit(inline="always")
+def _column_packing(Af, a0, rs, cs, Ap, Bp, b, kc, r0, r1, R, code, first, nr, Cf, c0, ldc,
+                    add, NR):
+    # One column of tiles (nr wide) of _tiles_packing: rows r0..r1 in panels of R rows,
+    # run by kernel ``code``; in the first column each panel of R rows is packed on the
+    # way (a ragged one was copied before). Panel ir lies at ir * kc in the packed block.
+    for ir in range(r0, r1, R):
+        mr = min(R, r1 - ir)
+        a, c = ir * kc, c0 + ir * ldc
+        whole = mr == R and nr == NR
+        if first and mr == R:
+            if whole:
+                microkernel_packing(code, kc, Af, a0 + ir * rs, rs, cs, Ap, a, Bp, b, Cf, c,
+                                    ldc, add, R, NR)
             else:  # a ragged tile: masked stores
-                microkernel_edge(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR, mr, nr)
-        _tail_tiles(Ap, 0, Bp, b, kc, t0, m, nr, Cf, c0 + jr, ldc, add)
+                microkernel_packing_edge(code, kc, Af, a0 + ir * rs, rs, cs, Ap, a, Bp, b, Cf,
+                                         c, ldc, add, R, NR, mr, nr)
+        elif whole:
+            microkernel(code, kc, Ap, a, Bp, b, Cf, c, ldc, add, R, NR)
+        else:  # a ragged tile: masked stores
+            microkernel_edge(code, kc, Ap, a, Bp, b, Cf, c, ldc, add, R, NR, mr, nr)
 
 
 @njit(cache=True)
@@ -808,7 +810,12 @@ def _blocking(dtype, M, N, isa, threads, KC, kernel, b_packed, b_trans, K=None):
             n_mb += 1
         else:
             n_nb += 1
-    MC = MR * -(-(-(-M // n_mb)) // MR)  # rows per block, rounded up to whole tiles
+    # rows per block, rounded up to whole tiles; on a tile with a tail (tail_start), to a
+    # multiple of MR - tail_mr(MR) (AVX2's 2, AVX-512's 12 x 32: 4), which its panels
+    # cover exactly: 128 rows on 12 x 32 as two blocks of 64, 4 x 12 + 2 x 8 each
+    T = getattr(tail_mr, "py_func", tail_mr)(MR)  # (NUMBA_DISABLE_JIT: as is)
+    g = MR - T if T < MR else MR
+    MC = g * -(-(-(-M // n_mb)) // g)
     NC = NR * -(-(-(-N // n_nb)) // NR)
     # each task packs its own B when no other task shares its columns, or when a few do
     # and its packed KC block stays in cache (the decoder's 128 x 30000, 15 MB, does not:

@@ -120,6 +120,58 @@ def kernels_up_to(isa):
     return [c for c, k in KERNELS.items() if order.index(k[0]) <= order.index(isa)]
 
 
+# AVX2's 6 x 16 tile leaves a block of 128 rows (one sentence, one head's queries) 21
+# panels of 6 and a 22nd of 2 rows, computed whole and stored masked: 132 rows of work for
+# 128 (one thread, K 256 x N 1024 on packed weights, AVX2 emulated on a Zen 4 EPYC: 120,
+# 126, 128, 132 rows 628, 666, 690, 673 us). So the last rows of such a block go in panels
+# of 4, run by a 4 x 16 tile (TAIL_KERNEL: 0.90-0.95 of the 6 x 16 tile's rate on
+# L1-resident panels, there): 128 rows as 20 panels of 6 and two of 4.
+# AVX-512's 12 x 32 tile likewise ends a block in panels of 8, run by its 8 x 32 tile
+# (code 5, the same panels of B): 128 rows as 10 panels of 12 and one of 8. (On a 2-core
+# Xeon, family 6 model 167, one thread, packed weights, K x N 256 x 1024, 256 x 768,
+# 1024 x 256, 256 x 256: 12 x 32 on 120 rows ran at 166-176 GFLOP/s where 8 x 32 ran 128
+# rows at 148-169, the median of 21 alternating rounds each.)
+TAIL_MR = TAIL_KERNEL[2]
+SHORT = 5  # AVX-512's 8 x 32 tile (KERNELS), the tail of its 12 x 32
+
+
+@njit(inline="always")
+def tail_mr(MR):
+    # the height of a tail panel after panels of MR rows: AVX2's 4 after 6, AVX-512's 8
+    # after 12; MR itself for every other tile (which has no tail)
+    return TAIL_MR if MR == 6 else 8 if MR == 12 else MR
+
+
+@njit(inline="always")
+def tail_start(m, MR):
+    # The first row of a block's tail of T-row panels (T = tail_mr(MR), 2/3 of MR); m:
+    # none. Only on tiles of 6 rows (AVX2's) and 12 (AVX-512's 12 x 32). m = MR q + r:
+    # r <= 2T - MR (1 or 2 for MR 6; 1 to 4 for 12), the last MR + r rows as two panels of
+    # T (the second masked to fewer rows when MR + r < 2T); T - (MR - T) < r <= T, the
+    # last r rows as one; r = 0 or r > T, none (the last panel of MR masked to r rows, as
+    # before). Panel i's rows start at row i0, and it lies at i0 * kc in the packed block,
+    # either height.
+    if MR != 6 and MR != 12:
+        return m
+    T = TAIL_MR if MR == 6 else 8  # tail_mr(MR), written out: Python runs this as is
+    r = m % MR
+    if r == 0 or r > T:
+        return m
+    if r <= 2 * T - MR and m > MR:
+        return m - r - MR
+    return m - r
+
+
+def tail_rows(m, MR):
+    # the rows a block of m rows is computed as: its panels' heights summed (ragged panels
+    # whole), what a tile choice costs (pick_kernel's count). Plain Python (py_func: no
+    # compile on the way to a product's plan).
+    t0 = getattr(tail_start, "py_func", tail_start)(m, MR)  # (NUMBA_DISABLE_JIT: as is)
+    T = getattr(tail_mr, "py_func", tail_mr)(MR)
+    return (t0 + MR - 1) // MR * MR + (m - t0 + T - 1) // T * T
+
+
+
 def pick_kernel(dtype, isa, M, N):
     """(code, MR, NR): of this ISA's kernels, the one whose tiles cover an M x N product
     with the least padding (tiles x tile size / M N); the first in KERNELS on a tie
@@ -131,13 +183,16 @@ def pick_kernel(dtype, isa, M, N):
     a 2-core EPYC, Zen 4, 8 x 32 ran those products 1.03-1.11x faster than 12 x 32 and
     was no slower on tiny's batch (4096 rows; the same bits, matmul.gemm(..., kernel=));
     a frozen pass of tiny on one sentence of 128 tokens 1.09x (benchmarks/ab_kernels.py
-    55d6648 --only pass)."""
+    55d6648 --only pass). Now a block of 12 x 32 tiles ends in 8-row panels where 12-row
+    ones would be ragged (tail_start): 128 rows as 10 x 12 + 8, and as two blocks of 64
+    (matmul.blocking), so rows count as their panels cover them (tail_rows) and 12 x 32,
+    the faster tile, wins the tie."""
     best = None
     for code, k in KERNELS.items():
         if k[0] != isa:
             continue
         MR, NR = kernel_tile(dtype, code)
-        padded = (-(-M // MR) * MR) * (-(-N // NR) * NR) / max(M * N, 1)
+        padded = tail_rows(M, MR) * (-(-N // NR) * NR) / max(M * N, 1)
         if best is None or padded < best[0] - 1e-9:
             best = (padded, code, MR, NR)
     return best[1:]
