@@ -263,27 +263,33 @@ if p is not None:
     savefig(fig, "01_roofline.png")
 
 # %% [markdown]
-# ## AVX2's tail tile
+# ## The tail tiles
 # AVX2's 6 × 16 tile cuts 128 rows (a sentence of 128 tokens, a head's 128 queries) into
 # 21 panels of 6 and a 22nd of 2, which costs a whole panel. So the last rows of such a
 # block go in panels of 4, run by a 4 × 16 tile (`mm.tail_start`: the first row of that
-# tail). Below, the AVX2 tile on 120, 128 and 132 rows (K 256, N 1024), where this CPU can
-# run it: 128 rows should cost about 128/120 of 120 rows' time, not 132's.
+# tail). AVX-512's 12 × 32 does the same with panels of 8, run by its 8 × 32 tile (128 rows
+# as 10 × 12 + 8). Below, each tile this CPU can run on 120, 128 and 132 rows (K 256,
+# N 1024): 128 rows should cost about 128/120 of 120 rows' time, not 132's.
 
 # %%
 assert [mm.tail_start(m, 6) for m in (8, 32, 126, 128, 131)] == [0, 24, 126, 120, 131]
-if ISA_CODES[mm.ISA] >= ISA_CODES["avx2"]:
-    W = rng.standard_normal((1024, 256)).astype(np.float32)
+assert [mm.tail_start(m, 12) for m in (8, 32, 120, 128, 131)] == [0, 24, 120, 120, 131]
+W = rng.standard_normal((1024, 256)).astype(np.float32)
+xs = {m: rng.standard_normal((m, 256)).astype(np.float32) for m in (120, 128, 132)}
+for tile_isa, MR in (("avx2", 6), ("avx512", 12)):
+    if ISA_CODES[mm.ISA] < ISA_CODES[tile_isa]:
+        continue  # this CPU cannot run the tile
+    code = 2 if tile_isa == "avx2" else 4  # microkernel.KERNELS: 6 x 16, 12 x 32
 
-    def avx2_tile(a):
+    def tile_product(a, code=code):
         out = np.empty((a.shape[0], W.shape[0]), np.float32)
-        return mm.gemm(a, False, W, True, out, False, kernel=ISA_CODES["avx2"])
+        return mm.gemm(a, False, W, True, out, False, kernel=code)
 
-    xs = {m: rng.standard_normal((m, 256)).astype(np.float32) for m in (120, 128, 132)}
     for m, x in xs.items():
-        assert np.allclose(avx2_tile(x), x @ W.T, rtol=1e-4, atol=1e-4), m
-    tail_times = best_times([lambda x=x: avx2_tile(x) for x in xs.values()],
+        assert np.allclose(tile_product(x), x @ W.T, rtol=1e-4, atol=1e-4), m
+    tail_times = best_times([lambda x=x: tile_product(x) for x in xs.values()],
                             min_total=0.05 if QUICK else 0.3)
     for (m, _), t in zip(xs.items(), tail_times):
-        print(f"AVX2 tile, {m} x 256 x 1024: {t * 1e6:7.1f} us ({t * 1e6 / m:.2f} us a row; "
-              f"tail from row {mm.tail_start(m, 6)})")
+        print(f"{tile_isa} tile {mm.kernel_tile(np.float32, code)}, {m} x 256 x 1024: "
+              f"{t * 1e6:7.1f} us ({t * 1e6 / m:.2f} us a row; tail from row "
+              f"{mm.tail_start(m, MR)})")
