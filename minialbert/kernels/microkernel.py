@@ -24,7 +24,8 @@ accumulators + NV loaded vectors + 1 broadcast within the register file, nothing
     ISA      registers  W (f32)  tile MR x NR   registers used
     AVX-512  32 x 512b  16       8 x 48 (NV 3)  24 + 3 + 1 = 28
                                  12 x 32 (NV 2) 24 + 2 + 1 = 27  (narrow: N = 64, 128, ...)
-                                  8 x 32 (NV 2) 16 + 2 + 1 = 19  (short: M = 128, 4096, ...)
+                                  8 x 32 (NV 2) 16 + 2 + 1 = 19  (short: 12 x 32's tail, the
+                                                 last rows of its blocks: tail_start)
     AVX2     16 x 256b   8       6 x 16 (NV 2)  12 + 2 + 1 = 15
                                   4 x 16 (NV 2)   8 + 2 + 1 = 11  (the tail: a block's last
                                                  rows, where 6-row panels leave them ragged)
