@@ -20,6 +20,7 @@ from .config import AlbertConfig
 from .kernels import (dropout_backward, dropout_forward, embedding_backward, embedding_forward,
                       get_threads, mask_bias)
 from .kernels import matmul as _matmul
+from .kernels._base import aligned_empty_py
 from .kernels.act import tanh_backward, tanh_forward
 from .kernels import attention as _attention
 from .kernels.encoder import encoder_by_sequence, encoder_layered
@@ -275,8 +276,13 @@ def _stacked_weights(weights, unique, blk):
     # output, the FFN and its output, the packed panels [U, *] and bias [U, *] (and each
     # LayerNorm's gamma and beta), one row per distinct layer application (U = 1 when every
     # layer shares them: a view, no copy)
-    def stack(arrays):
-        return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+    def stack(arrays):  # (packed panels keep their cache-line start: aligned_empty_py)
+        if len(arrays) == 1:
+            return arrays[0][None]
+        out = aligned_empty_py(len(arrays) * arrays[0].size, arrays[0].dtype)
+        out = out.reshape((len(arrays),) + arrays[0].shape)
+        out[...] = arrays
+        return out
 
     P = weights.params
     attn, ffn = [n[0] for n in unique], [n[1] for n in unique]

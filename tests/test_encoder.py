@@ -100,6 +100,27 @@ def test_by_sequence_reads_each_layers_own_weights(sharing, rng, monkeypatch):
     assert len(compiled) == (1 if len(model_module._applications(cfg)[0]) == 1 else 0)
 
 
+def test_stacked_panels_start_on_a_cache_line(rng, monkeypatch):
+    """Layers that do not share their weights get them stacked, one row per application:
+    a copy, which keeps the packed panels' cache-line start (aligned_empty) for every row,
+    as the PackedWeights have it."""
+    cfg = cfg_of(sharing="none")
+    seen, original = [], model_module.encoder_by_sequence
+
+    def spy(*a):
+        seen.append([a[i] for i in (9, 11, 15, 17)])  # Wqkv, Wo, W1, W2: [U, panels]
+        return original(*a)
+    monkeypatch.setattr(model_module, "encoder_by_sequence", spy)
+    B, T = 3, 11
+    seqs = Sequences(B, T, bias=np.zeros((B, T), np.float32))
+    h = rng.standard_normal((B * T, cfg.hidden_size)).astype(np.float32)
+    both_ways(cfg, h, seqs, random_params(cfg, np.float32, 1))
+    assert len(seen) == 1
+    for W in seen[0]:
+        assert W.shape[0] == cfg.num_hidden_layers > 1
+        assert all(W[u].ctypes.data % 64 == 0 for u in range(W.shape[0]))
+
+
 def test_a_frozen_batch_runs_by_sequence_where_it_applies(rng, monkeypatch):
     """A frozen model's batch goes through the encoder by sequence (one call), a single
     sequence through the layered pass compiled (one call, its products shared by the

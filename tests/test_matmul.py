@@ -312,6 +312,34 @@ def test_packing_in_the_first_column_gives_the_bits_of_packing_first(isa, data):
     assert np.array_equal(single, ref), (isa, form, M, K, N, accumulate)
 
 
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_packed_panels_start_on_a_cache_line(dt, rng):
+    """B's packed panels are read a vector at a time: every buffer that holds them starts
+    a cache line (kernels._base.aligned_empty, in a kernel and from Python) — a
+    PackedWeight's panels, the workspace gemm packs into, _gemm_block's scratch (one head
+    of attention). NumPy's own arrays start 16 bytes into a line, Numba's 32."""
+    from minialbert.kernels import PackedWeight
+    from minialbert.kernels._base import ALIGN, aligned_empty, aligned_empty_py
+    from minialbert.kernels.matmul import _workspace, packing_buffers
+    assert ALIGN == 64
+    for n in (1, 5, 17, 1000, 123457):
+        for make in (aligned_empty, aligned_empty_py):
+            a = make(n, np.dtype(dt))
+            assert a.shape == (n,) and a.dtype == dt and a.ctypes.data % ALIGN == 0, (n, make)
+    for M, N, K in [(5, 7, 3), (37, 130, 129), (300, 97, 1000)]:
+        x, W = rng.standard_normal((M, K)).astype(dt), rng.standard_normal((N, K)).astype(dt)
+        Wp = PackedWeight(W)
+        matmul_nt(x, Wp)
+        matmul_nn(rng.standard_normal((M, N)).astype(dt), Wp)
+        matmul_tn(x, rng.standard_normal((M, N)).astype(dt))  # packs B into the workspace
+        assert len(Wp._panels) == 2
+        assert all(p.ctypes.data % ALIGN == 0 for p in Wp._panels.values()), (M, N, K)
+        assert all(b.ctypes.data % ALIGN == 0 for b in _workspace.buffers.values())
+        for MR, NR in [(6, 16), (8, 48)]:
+            Bp = packing_buffers(M, N, K, MR, NR, 384, np.dtype(dt))[1]
+            assert Bp.ctypes.data % ALIGN == 0 and Bp.size == -(-N // NR) * NR * min(K, 384)
+
+
 @given(data=st.data())
 def test_packed_weight_gives_the_same_bits_as_packing_on_the_fly(data):
     """A PackedWeight (a weight packed once, reused by every application of the shared

@@ -37,7 +37,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ._base import FASTMATH, cast_like
+from ._base import FASTMATH, aligned_empty, cast_like
 from .attention import _attention_forward, _scores_softmax
 from .matmul import (EPI_GELU_IN_PLACE, EPI_NONE, I0, I1, NO, YES, _gemm_block, _gemm_fused,
                      _gemm_serial)
@@ -110,8 +110,8 @@ def encoder_by_sequence(x, groups, order, starts, lens, mask_bias, apps, n_heads
         P_f = np.empty(Lmax * Lmax, dtype=x.dtype)
         aAp = np.empty(((Lmax + a_MR - 1) // a_MR * a_MR) * min(KC, max(Lmax, D)),
                        dtype=x.dtype)
-        aBp = np.empty(((max(Lmax, D) + a_NR - 1) // a_NR * a_NR) * min(KC, max(Lmax, D)),
-                       dtype=x.dtype)
+        aBp = aligned_empty(((max(Lmax, D) + a_NR - 1) // a_NR * a_NR) * min(KC, max(Lmax, D)),
+                            x.dtype)  # B's panels on a cache line
         for k in range(groups[t], groups[t + 1]):
             b = order[k]
             s0, L = starts[b], lens[b]

@@ -4,7 +4,8 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from ._base import FASTMATH, FASTMATH_REASSOC, ROW_CHUNK, cast_like, check_float, get_threads
+from ._base import (FASTMATH, FASTMATH_REASSOC, ROW_CHUNK, aligned_empty, aligned_empty_py,
+                    cast_like, check_float, get_threads)
 from .act import gelu_new_at, gelu_new_backward, gelu_new_forward, gelu_new_grad_at
 from .norm import layernorm_forward, layernorm_rows
 from .microkernel import (NATIVE, NATIVE_NARROW, NATIVE_SHORT, SHORT, TAIL_MR, edge_tail,
@@ -540,10 +541,11 @@ def _gemm_block(Af, a0, rs, cs, m, B, b_trans, j0, n, K, Cf, c0, ldc, accumulate
 
 @njit(cache=True)
 def packing_buffers(m, n, K, MR, NR, KC, dtype):
-    # scratch for _gemm_block on an [m, K] x [K, n] product: packed A, packed B
+    # scratch for _gemm_block on an [m, K] x [K, n] product: packed A, packed B (B's panels
+    # starting a cache line: aligned_empty)
     kc = max(1, min(KC, K))
     return (np.empty(((m + MR - 1) // MR) * MR * kc, dtype=dtype),
-            np.empty(((n + NR - 1) // NR) * NR * kc, dtype=dtype))
+            aligned_empty(((n + NR - 1) // NR) * NR * kc, dtype))
 
 
 @njit(cache=True)
@@ -951,7 +953,7 @@ class PackedWeight:
         if Bp is None:
             N, K = self.shape if b_trans else self.shape[::-1]
             NR, KC = blk["NR"], blk["KC"]
-            Bp = np.empty(-(-N // NR) * NR * K, dtype=self.dtype)
+            Bp = aligned_empty_py(-(-N // NR) * NR * K, self.dtype)  # on a cache line
             no_a = np.empty((0, K), dtype=self.dtype)  # M = 0: pack B only
             _pack_all(no_a, False, 0, self.W, b_trans, N, K, blk["MR"], NR, KC,
                       np.empty(0, dtype=self.dtype), Bp)
@@ -965,7 +967,8 @@ class PackedWeight:
 class Workspace(threading.local):
     """Packing buffers kept between calls (one set per Python thread): a training step
     makes hundreds of products, and a fresh buffer each time would cost its page faults
-    every time. A buffer grows to the largest product seen and stays."""
+    every time. A buffer grows to the largest product seen and stays. Each starts a cache
+    line (aligned_empty: B's panels are read a vector at a time)."""
 
     def __init__(self):
         self.buffers = {}
@@ -974,7 +977,7 @@ class Workspace(threading.local):
         key = (name, np.dtype(dtype))
         buf = self.buffers.get(key)
         if buf is None or buf.size < size:
-            buf = self.buffers[key] = np.empty(max(size, 1), dtype=dtype)
+            buf = self.buffers[key] = aligned_empty_py(max(size, 1), np.dtype(dtype))
         return buf
 
     def nbytes(self):
