@@ -607,6 +607,37 @@ def test_transposing_pack_matches_numpy(data):
 
 
 @given(data=st.data())
+def test_whole_pack_of_b_lays_out_every_panel(data):
+    """_pack_all packs B whole, in parallel, several panels a task (_b_group: up to 8, so
+    that a task reads long strips of B's rows) — and _gemm_serial's loop the same tasks:
+    every KC block's panels [kc, NR] side by side, columns past N zero, for widths that
+    leave the last group or the last panel short, both layouts of B, both dtypes."""
+    from minialbert.kernels import matmul as mm
+    dt = data.draw(st.sampled_from([np.float32, np.float64]))
+    NR = data.draw(st.sampled_from([16, 32, 48]))
+    N = data.draw(st.sampled_from([1, NR * 15 + 1, NR * 16, NR * 17 - 5, NR * 64 + 3]))
+    K, KC = data.draw(st.sampled_from([(1, 384), (40, 16), (300, 128)]))
+    b_trans = data.draw(st.booleans())  # B [N, K] (the NT form) or [K, N] (NN and TN)
+    r = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    B = r.standard_normal((N, K) if b_trans else (K, N)).astype(dt)
+    opB = B.T if b_trans else B  # [K, N]
+    Np = -(-N // NR)
+    ref = []
+    for p0 in range(0, K, KC):
+        block = np.zeros((min(KC, K - p0), Np * NR), dt)
+        block[:, :N] = opB[p0:p0 + KC]
+        ref += [block[:, j * NR:(j + 1) * NR].reshape(-1) for j in range(Np)]
+    ref = np.concatenate(ref)
+    out = np.full(Np * NR * K, np.nan, dt)
+    mm._pack_all(B[:0], False, 0, B, b_trans, N, K, 8, NR, KC, out[:0], out)
+    assert np.array_equal(out, ref), (dt, NR, N, K, KC, b_trans)
+    out[:] = np.nan
+    for t in range(mm._pack_tasks.py_func(0, N, K, 8, NR, KC)):  # as _gemm_serial runs it
+        mm._pack_one(t, B[:0], False, 0, B, b_trans, N, K, 8, NR, KC, out[:0], out)
+    assert np.array_equal(out, ref), (dt, NR, N, K, KC, b_trans)
+
+
+@given(data=st.data())
 def test_row_pack_matches_the_transposing_pack_and_stays_in_its_block(data):
     """AVX2's pack of A's rows (_pack_rows: eight steps of a panel at a time through
     registers, each 8-wide store spilling past its MR values onto what is written next)
