@@ -54,6 +54,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from ._base import aligned_empty_py
+
 # kernel code -> (ISA, vector bytes, MR, NV)
 KERNELS = {
     0: ("loops", 64, 4, 1),  # the readable twin: plain loops, tile 4 x 16 (f32)
@@ -703,7 +705,10 @@ def _peak_once(dtype, isa, threads, seconds):
     MR, NR = tile(dtype, isa)
     kc = 128
     Ap = np.ones((threads, kc * MR), dtype)
-    Bp = np.ones((threads, kc * NR), dtype)
+    # B's panels on a cache line, as the GEMM's are (aligned_empty; a row is kc * NR values,
+    # a whole number of lines): 16 bytes past one, every AVX-512 load of B touches two lines
+    Bp = aligned_empty_py(threads * kc * NR, np.dtype(dtype)).reshape(threads, kc * NR)
+    Bp[:] = 1
     # each thread's tile of C on cache lines of its own (a row of MR*NR values plus 256
     # bytes): two threads writing the two halves of one line would pass it between the
     # cores after every call
