@@ -293,3 +293,50 @@ for tile_isa, MR in (("avx2", 6), ("avx512", 12)):
         print(f"{tile_isa} tile {mm.kernel_tile(np.float32, code)}, {m} x 256 x 1024: "
               f"{t * 1e6:7.1f} us ({t * 1e6 / m:.2f} us a row; tail from row "
               f"{mm.tail_start(m, MR)})")
+
+# %% [markdown]
+# ## Where the panels start
+# Each step of the micro-kernel loads NR/W whole vectors of B's panel (W floats a vector),
+# and a row of the panel is a whole number of cache lines (NR floats: 16, 32 or 48). If the
+# panel starts on a line, no load straddles two lines. NumPy's arrays start 16 bytes into a
+# line (malloc's alignment), Numba's 32: an AVX-512 load there always touches two lines,
+# an AVX2 load every other time. So every buffer of panels is allocated by
+# `aligned_empty` (`kernels/_base.py`), on a line. Below, one product on a `PackedWeight`
+# whose panels are copied to start 0, 16 and 32 bytes past a line: the same bits, not the
+# same time.
+
+# %%
+from minialbert.kernels import PackedWeight  # noqa: E402
+from minialbert.kernels._base import ALIGN, aligned_empty_py  # noqa: E402
+
+
+def panels_at(Bp, offset):  # a copy of the panels Bp, starting `offset` bytes past a line
+    skip = offset // Bp.itemsize
+    moved = aligned_empty_py(Bp.size + ALIGN // Bp.itemsize, Bp.dtype)[skip:skip + Bp.size]
+    moved[...] = Bp
+    return moved
+
+
+M, K, N = (256, 768, 768) if QUICK else (1024, 768, 3072)  # base's FFN on 1024 tokens
+x = rng.standard_normal((M, K)).astype(np.float32)
+Wp = PackedWeight(rng.standard_normal((N, K)).astype(np.float32))
+ref = matmul_nt(x, Wp)
+(key, Bp), = Wp._panels.items()  # the one set of panels this product packed
+assert Bp.ctypes.data % ALIGN == 0  # the library's own: on a line
+moved = {off: panels_at(Bp, off) for off in (0, 16, 32)}
+
+
+def with_panels(off):
+    Wp._panels[key] = moved[off]  # the product now reads its panels from there
+    return matmul_nt(x, Wp)
+
+
+for off in moved:
+    assert moved[off].ctypes.data % ALIGN == off and np.array_equal(with_panels(off), ref)
+align_times = best_times([lambda o=o: with_panels(o) for o in moved],
+                         min_total=0.1 if QUICK else 0.5)
+fl = 2 * M * K * N
+write_table("01_alignment.md", [f"B's panels start ({M} x {K} x {N}, NT, {mm.ISA})", "ms",
+                                "GFLOP/s"],
+            [(f"{off} bytes past a cache line", f"{t * 1e3:.3f}", f"{fl / t / 1e9:.0f}")
+             for off, t in zip(moved, align_times)])
