@@ -288,7 +288,9 @@ def test_packing_in_the_first_column_gives_the_bits_of_packing_first(isa, data):
         kc = min(KC, K - p0)
         mm._pack(A, form == "tn", p0, kc, 0, M, MR, Ap)
         mm._pack(B, form != "nt", p0, kc, 0, N, NR, Bp)
-        mm._macrokernel(Ap, 0, Bp, 0, kc, M, N, ref_f, 0, N, accumulate or p0 > 0, isa, MR, NR)
+        b_end = np.int64(Bp.size if p0 == 0 else 0)  # with and without the next panel's prefetch
+        mm._macrokernel(Ap, 0, Bp, 0, kc, M, N, ref_f, 0, N, accumulate or p0 > 0, isa, MR, NR,
+                        b_end)
     assert np.array_equal(out, ref), (isa, form, M, K, N, accumulate)
     # both ways of packing B (whole before the products; by each task, a KC block of its
     # columns at a time), with C cut into several blocks across M and N, give them too
@@ -636,6 +638,23 @@ def test_whole_pack_of_b_lays_out_every_panel(data):
         mm._pack_one(t, B[:0], False, 0, B, b_trans, N, K, 8, NR, KC, out[:0], out)
     assert np.array_equal(out, ref), (dt, NR, N, K, KC, b_trans)
 
+
+@given(kc=st.integers(1, 600), NR=st.sampled_from([16, 32, 48]), rows=st.integers(1, 300),
+       MR=st.sampled_from([4, 6, 8, 12]), itemsize=st.sampled_from([4, 8]))
+def test_a_column_of_tiles_asks_for_every_line_of_the_next_panel_once(kc, NR, rows, MR,
+                                                                      itemsize):
+    """The next panel's prefetch (_prefetch_share): the tiles of one column, each asking
+    for its share of the next panel of B, together ask for each of its cache lines once —
+    for any kc, tile and number of rows (one tile, a ragged last tile, more tiles than
+    lines) — and for nothing past it."""
+    from minialbert.kernels import matmul as mm
+    size = kc * NR  # the panel's values
+    share = mm._panel_share.py_func(size, rows, MR, itemsize)
+    asked = []
+    for k in range(-(-rows // MR)):  # the column's tiles
+        lo, hi, step = mm.share_range.py_func(k, share, size, itemsize)
+        asked += [q * itemsize // 64 for q in range(lo, hi, step)]
+    assert sorted(asked) == list(range(-(-size * itemsize // 64))), (kc, NR, rows, MR)
 
 @given(data=st.data())
 def test_row_pack_matches_the_transposing_pack_and_stays_in_its_block(data):

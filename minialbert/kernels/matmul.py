@@ -11,7 +11,7 @@ from .norm import layernorm_forward, layernorm_rows
 from .microkernel import (NATIVE, NATIVE_NARROW, NATIVE_SHORT, SHORT, TAIL_MR, edge_tail,
                           host_isa, kernel_tile, microkernel,
                           microkernel_edge, microkernel_packing, microkernel_packing_edge,
-                          microkernel_tail, pack_8_steps, pick_kernel, prefetch_l2,
+                          microkernel_tail, pack_8_steps, pick_kernel, prefetch_l2, PREFETCH_B,
                           tail_mr, tail_rows, tail_start,
                           transpose_8x8)
 
@@ -297,12 +297,13 @@ def _pack_panels(X, k_major, p0, kc, j0, n, R, out):
 
 
 @njit(cache=True)
-def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
+def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, b_end):
     # Cf[c0 + i*ldc + j] (+)= sum_{p < kc} Ap-panels[p, i] Bp-panels[p, j], i < m, j < n.
     # Ap[a_off:] holds ceil(m/MR) panels [kc, MR] one after the other, Bp[b_off:] holds
     # ceil(n/NR) panels [kc, NR]. One NR-wide panel of B (reused from L1/L2) against every
     # MR-tall panel of A; a whole tile goes straight into C, a ragged one too, by masked
-    # stores (microkernel_edge).
+    # stores (microkernel_edge). While a column of tiles runs, the panel after its own
+    # comes into L2 (_prefetch_share), when that panel starts before Bp[b_end] (0: none).
     # The CPU's own kernel gets a copy of the loops (_tiles, inlined) in which its code is
     # a constant, which LLVM folds to that one kernel; any other code (a narrower tile the
     # tests compare, AVX-512's second tile) runs the loops that test the code at every
@@ -317,19 +318,20 @@ def _macrokernel(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
     # tiny's frozen pass 1.00-1.05x on 8 and 32 sequences, base's sentence 1.01-1.03x; the
     # kernels' cold compile 2 min 32 s -> 2 min 40 s.
     if isa == NATIVE:
-        _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE, MR, NR)
+        _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE, MR, NR, b_end)
     elif NATIVE_NARROW > 0 and isa == NATIVE_NARROW:
-        _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE_NARROW, MR, NR)
+        _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE_NARROW, MR, NR, b_end)
     elif NATIVE_SHORT > 0 and isa == NATIVE_SHORT:
-        _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE_SHORT, MR, NR)
+        _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE_SHORT, MR, NR, b_end)
     else:
-        _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR)
+        _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, b_end)
 
 
 @njit(inline="always")
-def _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
+def _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, b_end):
     # _macrokernel's loops, for one kernel code (and, on AVX2's, its tail: tail_start)
     t0 = tail_start(m, MR)
+    share = _panel_share(kc * NR, t0, MR, Bp.itemsize)
     for jr in range(0, n, NR):
         nr = min(NR, n - jr)
         b = b_off + (jr // NR) * kc * NR
@@ -337,11 +339,43 @@ def _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
             mr = min(MR, t0 - ir)
             a = a_off + (ir // MR) * kc * MR
             c = c0 + ir * ldc + jr
+            if b + kc * NR < b_end:
+                _prefetch_share(Bp, b + kc * NR, kc * NR, ir // MR, share)
             if mr == MR and nr == NR:
                 microkernel(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR)
             else:  # a ragged tile: masked stores
                 microkernel_edge(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR, mr, nr)
         _tail_tiles(Ap, a_off, Bp, b, kc, t0, m, nr, Cf, c0 + jr, ldc, add, MR, NR)
+
+
+@njit(inline="always")
+def _panel_share(size, rows, MR, itemsize):
+    # cache lines of a panel of B (``size`` values) each tile of a column of ``rows`` rows
+    # asks for, in tiles of MR rows, so that the column's tiles together ask for all of it
+    lines = (size * itemsize + 63) // 64
+    return -(-lines // max(1, -(-rows // MR)))
+
+
+@njit(inline="always")
+def share_range(k, share, size, itemsize):
+    # the values of a panel (``size`` of them) whose cache lines tile k asks for: a line
+    # is 64 bytes
+    step = 64 // itemsize
+    return k * share * step, min((k + 1) * share * step, size), step
+
+
+@njit(inline="always")
+def _prefetch_share(Bp, nxt, size, k, share):
+    # Tile k's share of the panel of B at Bp[nxt:nxt + size], asked into L2 (prefetch_l2):
+    # the next column of tiles reads it. For a B that comes from L3 or memory (base's
+    # weights, 2.4-9.4 MB a product, go through L3 at each of the 12 layer applications);
+    # left to the hardware prefetchers, each column's panel came in as its first tile read
+    # it. Measured on a 2-core Xeon (family 6 model 167), one product of 128 rows on a
+    # weight not in cache (a different one each call): 1.03-1.07x; base's frozen pass on
+    # a sentence 1.11x (microkernel.PREFETCH_B). No value changes.
+    lo, hi, step = share_range(k, share, size, Bp.itemsize)
+    for q in range(lo, hi, step):
+        prefetch_l2(Bp, nxt + q)
 
 
 @njit(inline="always")
@@ -408,7 +442,8 @@ def _pack_row_panels(Af, a0, rs, kc, m, MR, Ap, more):
 
 
 @njit(cache=True)
-def _macrokernel_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
+def _macrokernel_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR,
+                         b_end):
     # As _macrokernel, with the [m, kc] block of A not packed yet: element (i, p) at
     # Af[a0 + i*rs + p*cs] (A's own memory, any layout). The first column of tiles (jr = 0)
     # reads A where it lies and writes each panel into Ap as it goes (microkernel_packing);
@@ -423,21 +458,24 @@ def _macrokernel_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, a
     # As in _macrokernel, a copy of the loops (_tiles_packing) for the CPU's own kernel.
     if isa == 2 and cs == 1:
         _pack_rows(Af, a0, rs, kc, m, MR, Ap)
-        _macrokernel(Ap, 0, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR)
+        _macrokernel(Ap, 0, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, b_end)
     elif isa == NATIVE:
-        _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE, MR, NR)
+        _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE, MR, NR,
+                       b_end)
     elif NATIVE_NARROW > 0 and isa == NATIVE_NARROW:
         _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE_NARROW,
-                       MR, NR)
+                       MR, NR, b_end)
     elif NATIVE_SHORT > 0 and isa == NATIVE_SHORT:
         _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, NATIVE_SHORT,
-                       MR, NR)
+                       MR, NR, b_end)
     else:
-        _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR)
+        _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR,
+                       b_end)
 
 
 @njit(inline="always")
-def _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR):
+def _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR,
+                   b_end):
     # _macrokernel_packing's loops, for one kernel code. A block's tail (tail_start) on
     # AVX-512's 12 x 32 is packed on the way too, by its 8 x 32 tile's packing twin; AVX2's
     # 4 x 16 tail tile has none, and its panels are copied first (as is a ragged panel).
@@ -454,24 +492,28 @@ def _tiles_packing(Af, a0, rs, cs, Ap, Bp, b_off, kc, m, n, Cf, c0, ldc, add, is
         nr = min(NR, n - jr)
         b = b_off + (jr // NR) * kc * NR
         _column_packing(Af, a0, rs, cs, Ap, Bp, b, kc, 0, t0, MR, isa, jr == 0, nr, Cf,
-                        c0 + jr, ldc, add, NR)
+                        c0 + jr, ldc, add, NR, b_end)
         if tail_packs:
             _column_packing(Af, a0, rs, cs, Ap, Bp, b, kc, t0, m, T, SHORT, jr == 0, nr, Cf,
-                            c0 + jr, ldc, add, NR)
+                            c0 + jr, ldc, add, NR, I0)
         else:
             _tail_tiles(Ap, 0, Bp, b, kc, t0, m, nr, Cf, c0 + jr, ldc, add, MR, NR)
 
 
 @njit(inline="always")
 def _column_packing(Af, a0, rs, cs, Ap, Bp, b, kc, r0, r1, R, code, first, nr, Cf, c0, ldc,
-                    add, NR):
+                    add, NR, b_end):
     # One column of tiles (nr wide) of _tiles_packing: rows r0..r1 in panels of R rows,
     # run by kernel ``code``; in the first column each panel of R rows is packed on the
     # way (a ragged one was copied before). Panel ir lies at ir * kc in the packed block.
+    # The next panel of B, when it starts before Bp[b_end], is asked into L2 on the way.
+    share = _panel_share(kc * NR, r1 - r0, R, Bp.itemsize)
     for ir in range(r0, r1, R):
         mr = min(R, r1 - ir)
         a, c = ir * kc, c0 + ir * ldc
         whole = mr == R and nr == NR
+        if b + kc * NR < b_end:
+            _prefetch_share(Bp, b + kc * NR, kc * NR, (ir - r0) // R, share)
         if first and mr == R:
             if whole:
                 microkernel_packing(code, kc, Af, a0 + ir * rs, rs, cs, Ap, a, Bp, b, Cf, c,
@@ -536,7 +578,7 @@ def _gemm_block(Af, a0, rs, cs, m, B, b_trans, j0, n, K, Cf, c0, ldc, accumulate
             else:  # B is [K, N]
                 _prefetch_rows(B, p0 + KC, nk, j0, n)
         _macrokernel_packing(Af, a0 + p0 * cs, rs, cs, Ap, Bp, I0, kc, m, n, Cf, c0, ldc,
-                             accumulate or p0 > 0, isa, MR, NR)
+                             accumulate or p0 > 0, isa, MR, NR, I0)
 
 
 @njit(cache=True)
@@ -686,6 +728,7 @@ def _gemm_task_sums(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, M
     n = min(NC, N - j0)
     Al = Ap[t * per_task:(t + 1) * per_task]  # this task's packed block of A
     epi = bias.shape[0] > 0 or act != EPI_NONE or Rf.shape[0] > 0
+    stream = PREFETCH_B and K * N * Bp.itemsize > _B_STREAM
     if b_in_task:
         per_task_b = fused_a_size(NC, K, NR, KC)
         _gemm_block(Af, i0 * rs, rs, cs, m, B, b_trans, j0, n, K, Cf, i0 * N + j0, N,
@@ -704,6 +747,9 @@ def _gemm_task_sums(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, M
         # it is in L2 (a whole block of C, MC x NC, would not be).
         last = epi and p0 + KC >= K
         step = EPI_PANELS * NR if last else max(n, 1)
+        # the end of this task's panels of this KC block: up to there, each column of
+        # tiles asks for the next one's panel (_prefetch_share), when B streams
+        b_end = p0 * Np + (j0 + n + NR - 1) // NR * NR * kc if stream else 0
         for q0 in range(0, n, step):
             qn = min(step, n - q0)
             c = i0 * N + j0 + q0
@@ -716,12 +762,12 @@ def _gemm_task_sums(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, M
                 # for the NN/NT forms.
                 if q0 == 0:
                     _pack(A, YES, p0, kc, i0, m, MR, Al)
-                _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR)
+                _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, b_end)
             elif q0 == 0:  # the first chunk packs the block of A on the way
                 _macrokernel_packing(Af, i0 * rs + p0 * cs, rs, cs, Al, Bp, b, kc, m, qn,
-                                     Cf, c, N, add, isa, MR, NR)
+                                     Cf, c, N, add, isa, MR, NR, b_end)
             else:
-                _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR)
+                _macrokernel(Al, 0, Bp, b, kc, m, qn, Cf, c, N, add, isa, MR, NR, b_end)
             if last:
                 _epilogue(Cf, c, N, m, qn, bias, j0 + q0, act, Xf, Rf)
 
@@ -879,6 +925,9 @@ def _blocking(dtype, M, N, isa, threads, KC, kernel, b_packed, b_trans, K=None):
 _KC, _MC = {"avx512": 384, "avx2": 256, "sse": 256, "loops": 128}, 288
 _NONE = {4: np.empty(0, np.float32), 8: np.empty(0, np.float64)}  # by itemsize
 _B_BLOCK = 2 << 20  # bytes of a task's packed KC block of B that its caches keep (L2/L3)
+_B_STREAM = 2 << 20  # a B of more bytes than this streams from L3 or memory (_prefetch_share:
+# base's weights, 2.4-9.4 MB a product, do; tiny's, at most 1 MiB, stay in cache, and
+# asking for them again cost its frozen pass on a sentence of 128 tokens 3 %)
 
 
 def gemm(A, a_trans, B, b_trans, out, accumulate, isa=None, kernel=None, bias=None,

@@ -104,6 +104,13 @@ def _native_code():
 NATIVE = _native_code()
 # AVX-512's other two tiles (pick_kernel), with loops of their own too; on other CPUs, -1
 NATIVE_NARROW, NATIVE_SHORT = (4, 5) if NATIVE == ISA_CODES["avx512"] else (-1, -1)
+# Whether the GEMM asks for the next panel of B ahead when B streams from L3 or memory
+# (matmul._prefetch_share). Measured on a 2-core Intel Xeon (family 6 model 167), base's
+# frozen pass on one sentence of 128 tokens 1.09x with it; on a 2-core AMD EPYC (Zen 4),
+# where the hardware prefetchers keep up, the same requests cost 5 % (RESULTS.md, the
+# twenty-seventh session): not on AMD's cores (LLVM names them znver*). A constant to
+# Numba, and Numba's cache is kept per CPU, as for NATIVE.
+PREFETCH_B = not llvm_binding.get_host_cpu_name().startswith("znver")
 
 
 def kernel_tile(dtype, code):
