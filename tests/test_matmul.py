@@ -610,7 +610,7 @@ def test_transposing_pack_matches_numpy(data):
 
 @given(data=st.data())
 def test_whole_pack_of_b_lays_out_every_panel(data):
-    """_pack_all packs B whole, in parallel, several panels a task (_b_group: up to 8, so
+    """_pack_b packs B whole, in parallel, several panels a task (_b_group: up to 8, so
     that a task reads long strips of B's rows) — and _gemm_serial's loop the same tasks:
     every KC block's panels [kc, NR] side by side, columns past N zero, for widths that
     leave the last group or the last panel short, both layouts of B, both dtypes."""
@@ -631,11 +631,11 @@ def test_whole_pack_of_b_lays_out_every_panel(data):
         ref += [block[:, j * NR:(j + 1) * NR].reshape(-1) for j in range(Np)]
     ref = np.concatenate(ref)
     out = np.full(Np * NR * K, np.nan, dt)
-    mm._pack_all(B[:0], False, 0, B, b_trans, N, K, 8, NR, KC, out[:0], out)
+    mm._pack_b(B, b_trans, N, K, NR, KC, out)
     assert np.array_equal(out, ref), (dt, NR, N, K, KC, b_trans)
     out[:] = np.nan
-    for t in range(mm._pack_tasks.py_func(0, N, K, 8, NR, KC)):  # as _gemm_serial runs it
-        mm._pack_one(t, B[:0], False, 0, B, b_trans, N, K, 8, NR, KC, out[:0], out)
+    for t in range(mm._pack_tasks.py_func(N, K, NR, KC)):  # as _gemm_serial runs it
+        mm._pack_b_task(t, B, b_trans, N, K, NR, KC, out)
     assert np.array_equal(out, ref), (dt, NR, N, K, KC, b_trans)
 
 

@@ -188,24 +188,6 @@ def matmul_nt_4x4(A, B):  # [M,K] x [N,K] -> [M,N]: step 2 of chapter 01
 # step 3: packed panels and a register micro-kernel
 
 
-@njit(inline="always")
-def _a_panel(k, m, MR):
-    # A's panel k of a block of m rows: (its first row, its rows, its height MR or tail_mr)
-    t0 = tail_start(m, MR)
-    main = (t0 + MR - 1) // MR
-    if k < main:
-        return k * MR, min(MR, m - k * MR), MR
-    T = tail_mr(MR)
-    i0 = t0 + (k - main) * T
-    return i0, min(T, m - i0), T
-
-
-@njit(inline="always")
-def _a_panels(m, MR):  # how many panels a block of m rows packs into
-    t0 = tail_start(m, MR)
-    return (t0 + MR - 1) // MR + (m - t0 + tail_mr(MR) - 1) // tail_mr(MR)
-
-
 # Packing copies a block of A or B into panels. Every loop below indexes a slice with loop
 # variables only: an index Numba cannot prove non-negative (like j0 + r*NR + j) gets a
 # wrap-around check that stops the loop from vectorising (a copy then runs ~10x slower).
@@ -592,7 +574,7 @@ def packing_buffers(m, n, K, MR, NR, KC, dtype):
 
 @njit(inline="always")
 def _b_group(N, NR):
-    # panels of B one task of _pack_all packs: up to 8, so that a task reads 8 NR-wide
+    # panels of B one task of _pack_b packs: up to 8, so that a task reads 8 NR-wide
     # strips of each row of B's block side by side (in the TN form, B is an activation
     # [K, N] whose rows lie N apart: one panel's strip of a row is 3 cache lines, and the
     # next row's strip is a page or more away, where no hardware prefetcher follows;
@@ -603,47 +585,38 @@ def _b_group(N, NR):
 
 
 @njit(inline="always")
-def _pack_tasks(M, N, K, MR, NR, KC):  # how many tasks _pack_one's t runs over
+def _pack_tasks(N, K, NR, KC):  # how many tasks _pack_b_task's t runs over
     Np = (N + NR - 1) // NR
     G = _b_group(N, NR)
-    return ((K + KC - 1) // KC) * (_a_panels(M, MR) + (Np + G - 1) // G)
+    return ((K + KC - 1) // KC) * ((Np + G - 1) // G)
 
 
 @njit(cache=True)
-def _pack_one(t, A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp):
-    # Task t of _pack_all: one (KC block, panel) of A or one (KC block, group of _b_group
-    # panels) of B. Reduction block p0 of A starts at p0 * (M rounded up to MR), its panel
-    # starting at row i at that + i * kc; the same for B with N and NR. (A's panels as
-    # _pack lays them out: _a_panel.)
-    Mp = _a_panels(M, MR)
+def _pack_b_task(t, B, b_trans, N, K, NR, KC, Bp):
+    # Task t of _pack_b: one (KC block, group of _b_group panels) of B. Reduction block p0
+    # starts at p0 * (N rounded up to NR), its panel of columns j0.. at that + j0 * kc.
     Np = (N + NR - 1) // NR
     G = _b_group(N, NR)
     Ng = (Np + G - 1) // G
-    p0 = (t // (Mp + Ng)) * KC
+    p0 = (t // Ng) * KC
     kc = min(KC, K - p0)
-    r = t % (Mp + Ng)
-    if r < Mp:
-        i0, rows, R = _a_panel(r, M, MR)
-        o = p0 * ((M + MR - 1) // MR * MR) + i0 * kc
-        _pack_panels(A, a_trans, p0, kc, i0, rows, R, Ap[o:o + kc * R])
-    else:
-        j0 = (r - Mp) * G * NR
-        n = min(G * NR, N - j0)
-        o = p0 * Np * NR + j0 * kc
-        _pack(B, not b_trans, p0, kc, j0, n, NR, Bp[o:o + kc * ((n + NR - 1) // NR * NR)])
+    j0 = (t % Ng) * G * NR
+    n = min(G * NR, N - j0)
+    o = p0 * Np * NR + j0 * kc
+    _pack(B, not b_trans, p0, kc, j0, n, NR, Bp[o:o + kc * ((n + NR - 1) // NR * NR)])
 
 
 @njit(parallel=True, cache=True)
-def _pack_all(A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp):
-    # Both operands, whole, into panels, in parallel: one task a (KC block, panel or group
-    # of panels: _pack_one). Each element is copied once, however many blocks of C will
-    # read it. Measured on a 2-core Xeon (family 6 model 167), the TN form's B of base's
+def _pack_b(B, b_trans, N, K, NR, KC, Bp):
+    # B, whole, into panels, in parallel: one task a (KC block, group of panels:
+    # _pack_b_task). Each element is copied once, however many blocks of C will read
+    # it. Measured on a 2-core Xeon (family 6 model 167), the TN form's B of base's
     # weight gradients (1024 x 3072, 12.6 MB): one panel a task 0.99 ms alone and 2.5
     # inside its product, eight panels a task 0.70 and 1.5; a plain parallel copy of as
     # many bytes 0.58 ms.
-    for t in prange(_pack_tasks(M, N, K, MR, NR, KC)):  # t as an int64: one compile of
-        # _pack_one with _gemm_serial's
-        _pack_one(np.int64(t), A, a_trans, M, B, b_trans, N, K, MR, NR, KC, Ap, Bp)
+    for t in prange(_pack_tasks(N, K, NR, KC)):  # t as an int64: one compile of
+        # _pack_b_task with _gemm_serial's
+        _pack_b_task(np.int64(t), B, b_trans, N, K, NR, KC, Bp)
 
 
 @njit(cache=True)
@@ -789,7 +762,7 @@ def _gemm_fused(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, 
     M, N = C.shape
     K = A.shape[0] if a_trans else A.shape[1]
     if pack_b and not b_in_task:
-        _pack_all(A, a_trans, 0, B, b_trans, N, K, MR, NR, KC, Bp[:0], Bp)
+        _pack_b(B, b_trans, N, K, NR, KC, Bp)
     n_tasks = ((M + MC - 1) // MC) * ((N + NC - 1) // NC)
     for t in prange(n_tasks):  # t as an int64 (prange's is a uint64): one compile of
         # _gemm_task with _gemm_serial's
@@ -805,8 +778,8 @@ def _gemm_serial(A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC,
     M, N = C.shape
     K = A.shape[0] if a_trans else A.shape[1]
     if pack_b and not b_in_task:
-        for t in range(_pack_tasks(0, N, K, MR, NR, KC)):
-            _pack_one(t, A, a_trans, 0, B, b_trans, N, K, MR, NR, KC, Bp[:0], Bp)
+        for t in range(_pack_tasks(N, K, NR, KC)):
+            _pack_b_task(t, B, b_trans, N, K, NR, KC, Bp)
     n_tasks = ((M + MC - 1) // MC) * ((N + NC - 1) // NC)
     for t in range(n_tasks):
         _gemm_task(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, MC, NC, Ap,
@@ -1022,16 +995,14 @@ class PackedWeight:
         self.shape, self.dtype, self.ndim = self.W.shape, self.W.dtype, 2
         self._panels = {}
 
-    def panels(self, b_trans, blk):  # -> flat panels as _pack_all lays out B
+    def panels(self, b_trans, blk):  # -> flat panels as _pack_b lays them out
         key = (bool(b_trans), blk["code"], blk["NR"], blk["KC"])
         Bp = self._panels.get(key)
         if Bp is None:
             N, K = self.shape if b_trans else self.shape[::-1]
             NR, KC = blk["NR"], blk["KC"]
             Bp = aligned_empty_py(-(-N // NR) * NR * K, self.dtype)  # on a cache line
-            no_a = np.empty((0, K), dtype=self.dtype)  # M = 0: pack B only
-            _pack_all(no_a, False, 0, self.W, b_trans, N, K, blk["MR"], NR, KC,
-                      np.empty(0, dtype=self.dtype), Bp)
+            _pack_b(self.W, b_trans, N, K, NR, KC, Bp)
             self._panels[key] = Bp
         return Bp
 
