@@ -23,8 +23,8 @@ change of a few per cent; rounds that alternate within seconds share the drift. 
 
 ``--only pass`` times whole forward passes of a frozen AlbertModel (as Predictor runs it:
 weights packed once, freed memory kept) of each version, on the same random weights:
-tiny's sentence, long sentence, 8 and 32 of those, and base's long sentence; last_hidden_state's
-bits are compared.
+tiny's sentence, long sentence, 8 and 32 of those, and base's sentence and long sentence;
+last_hidden_state's bits are compared.
 """
 import argparse
 import importlib
@@ -117,7 +117,8 @@ ATTENTION = [  # (label, B, T, H, heads, shortest and longest sequence)
 ROWS = [("tiny", 4096, 256), ("base", 1024, 768)]  # LayerNorm's rows: B T x H
 SOFTMAX_ROWS = [("tiny attention", 16384, 128),  # a layer's B N T rows of T keys (B32 x T128)
                 ("rows of 50 keys", 16384, 50), ("rows of 63 keys", 16384, 63)]
-PASSES = [("tiny", 1, 32), ("tiny", 1, 128), ("tiny", 8, 128), ("tiny", 32, 128), ("base", 1, 128)]
+PASSES = [("tiny", 1, 32), ("tiny", 1, 128), ("tiny", 8, 128), ("tiny", 32, 128), ("base", 1, 32),
+          ("base", 1, 128)]
 
 
 def frozen_passes(old, new, rounds, seconds):
