@@ -354,7 +354,8 @@ def _prefetch_share(Bp, nxt, size, k, share):
     # left to the hardware prefetchers, each column's panel came in as its first tile read
     # it. Measured on a 2-core Xeon (family 6 model 167), one product of 128 rows on a
     # weight not in cache (a different one each call): 1.03-1.07x; base's frozen pass on
-    # a sentence 1.11x (microkernel.PREFETCH_B). No value changes.
+    # a sentence 1.11x with the host busy, 0.96-1.01x with it quiet (microkernel.PREFETCH_B).
+    # No value changes.
     lo, hi, step = share_range(k, share, size, Bp.itemsize)
     for q in range(lo, hi, step):
         prefetch_l2(Bp, nxt + q)
@@ -701,7 +702,10 @@ def _gemm_task_sums(t, A, a_trans, B, b_trans, C, accumulate, isa, MR, NR, KC, M
     n = min(NC, N - j0)
     Al = Ap[t * per_task:(t + 1) * per_task]  # this task's packed block of A
     epi = bias.shape[0] > 0 or act != EPI_NONE or Rf.shape[0] > 0
-    stream = PREFETCH_B and K * N * Bp.itemsize > _B_STREAM
+    # the next panel of B asked for ahead (_prefetch_share): for a B that streams, and a
+    # block of at least 8 tiles' rows (fewer asked for too many lines each: base's frozen
+    # pass on a sentence of 32 tokens, 4 tiles a column, 0.89x on the Xeon below)
+    stream = PREFETCH_B and K * N * Bp.itemsize > _B_STREAM and m >= 8 * MR
     if b_in_task:
         per_task_b = fused_a_size(NC, K, NR, KC)
         _gemm_block(Af, i0 * rs, rs, cs, m, B, b_trans, j0, n, K, Cf, i0 * N + j0, N,
