@@ -321,8 +321,7 @@ def _tiles(Ap, a_off, Bp, b_off, kc, m, n, Cf, c0, ldc, add, isa, MR, NR, b_end)
             mr = min(MR, t0 - ir)
             a = a_off + (ir // MR) * kc * MR
             c = c0 + ir * ldc + jr
-            if b + kc * NR < b_end:
-                _prefetch_share(Bp, b + kc * NR, kc * NR, ir // MR, share)
+            _prefetch_share(Bp, b, kc * NR, b_end, ir // MR, share)
             if mr == MR and nr == NR:
                 microkernel(isa, kc, Ap, a, Bp, b, Cf, c, ldc, add, MR, NR)
             else:  # a ragged tile: masked stores
@@ -347,18 +346,20 @@ def share_range(k, share, size, itemsize):
 
 
 @njit(inline="always")
-def _prefetch_share(Bp, nxt, size, k, share):
-    # Tile k's share of the panel of B at Bp[nxt:nxt + size], asked into L2 (prefetch_l2):
-    # the next column of tiles reads it. For a B that comes from L3 or memory (base's
-    # weights, 2.4-9.4 MB a product, go through L3 at each of the 12 layer applications);
-    # left to the hardware prefetchers, each column's panel came in as its first tile read
-    # it. Measured on a 2-core Xeon (family 6 model 167), one product of 128 rows on a
+def _prefetch_share(Bp, b, size, b_end, k, share):
+    # Tile k's share of the panel of B after the one at Bp[b:b + size] (the next column of
+    # tiles reads it), asked into L2 (prefetch_l2) when it starts before Bp[b_end]. For a
+    # B that comes from L3 or memory (base's weights, 2.4-9.4 MB a product, go through L3
+    # at each of the 12 layer applications); left to the hardware prefetchers, each
+    # column's panel came in as its first tile read it. Measured on a 2-core Xeon (family 6 model 167), one product of 128 rows on a
     # weight not in cache (a different one each call): 1.03-1.07x; base's frozen pass on
     # a sentence 1.11x with the host busy, 0.96-1.01x with it quiet (microkernel.PREFETCH_B).
     # No value changes.
-    lo, hi, step = share_range(k, share, size, Bp.itemsize)
-    for q in range(lo, hi, step):
-        prefetch_l2(Bp, nxt + q)
+    nxt = b + size
+    if nxt < b_end:
+        lo, hi, step = share_range(k, share, size, Bp.itemsize)
+        for q in range(lo, hi, step):
+            prefetch_l2(Bp, nxt + q)
 
 
 @njit(inline="always")
@@ -495,8 +496,7 @@ def _column_packing(Af, a0, rs, cs, Ap, Bp, b, kc, r0, r1, R, code, first, nr, C
         mr = min(R, r1 - ir)
         a, c = ir * kc, c0 + ir * ldc
         whole = mr == R and nr == NR
-        if b + kc * NR < b_end:
-            _prefetch_share(Bp, b + kc * NR, kc * NR, (ir - r0) // R, share)
+        _prefetch_share(Bp, b, kc * NR, b_end, (ir - r0) // R, share)
         if first and mr == R:
             if whole:
                 microkernel_packing(code, kc, Af, a0 + ir * rs, rs, cs, Ap, a, Bp, b, Cf, c,
