@@ -334,8 +334,8 @@ def test_packed_panels_start_on_a_cache_line(dt, rng):
         matmul_nt(x, Wp)
         matmul_nn(rng.standard_normal((M, N)).astype(dt), Wp)
         matmul_tn(x, rng.standard_normal((M, N)).astype(dt))  # packs B into the workspace
-        assert len(Wp._panels) == 2
-        assert all(p.ctypes.data % ALIGN == 0 for p in Wp._panels.values()), (M, N, K)
+        assert len(Wp.panel_sets) == 2
+        assert all(p.ctypes.data % ALIGN == 0 for p in Wp.panel_sets.values()), (M, N, K)
         assert all(b.ctypes.data % ALIGN == 0 for b in _workspace.buffers.values())
         for MR, NR in [(6, 16), (8, 48)]:
             Bp = packing_buffers(M, N, K, MR, NR, 384, np.dtype(dt))[1]

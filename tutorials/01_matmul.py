@@ -321,13 +321,13 @@ M, K, N = (256, 768, 768) if QUICK else (1024, 768, 3072)  # base's FFN on 1024 
 x = rng.standard_normal((M, K)).astype(np.float32)
 Wp = PackedWeight(rng.standard_normal((N, K)).astype(np.float32))
 ref = matmul_nt(x, Wp)
-(key, Bp), = Wp._panels.items()  # the one set of panels this product packed
+(key, Bp), = Wp.panel_sets.items()  # the one set of panels this product packed
 assert Bp.ctypes.data % ALIGN == 0  # the library's own: on a line
 moved = {off: panels_at(Bp, off) for off in (0, 16, 32)}
 
 
 def with_panels(off):
-    Wp._panels[key] = moved[off]  # the product now reads its panels from there
+    Wp.panel_sets[key] = moved[off]  # the product now reads its panels from there
     return matmul_nt(x, Wp)
 
 

@@ -990,28 +990,33 @@ class PackedWeight:
     The panels are exactly what gemm would pack on the fly, so results are bitwise the
     same. They are made when first needed, one set per (layout, tile, KC). W must not
     change while a PackedWeight of it is in use: make one per forward pass (the encoder
-    does), never across an optimizer step."""
+    does), never across an optimizer step.
+
+    ``panel_sets`` holds the sets made so far: (b_trans, kernel code, NR, KC) -> the flat
+    panels. A reader may look at them, or put a copy of a set elsewhere in memory (the
+    same values: tutorial 01 moves them off a cache line to time that); products then
+    read the panels from there."""
 
     def __init__(self, W):
         if W.ndim != 2:
             raise ValueError(f"PackedWeight: a matrix, got shape {W.shape}")
         self.W = np.ascontiguousarray(W)
         self.shape, self.dtype, self.ndim = self.W.shape, self.W.dtype, 2
-        self._panels = {}
+        self.panel_sets = {}
 
     def panels(self, b_trans, blk):  # -> flat panels as _pack_b lays them out
         key = (bool(b_trans), blk["code"], blk["NR"], blk["KC"])
-        Bp = self._panels.get(key)
+        Bp = self.panel_sets.get(key)
         if Bp is None:
             N, K = self.shape if b_trans else self.shape[::-1]
             NR, KC = blk["NR"], blk["KC"]
             Bp = aligned_empty_py(-(-N // NR) * NR * K, self.dtype)  # on a cache line
             _pack_b(self.W, b_trans, N, K, NR, KC, Bp)
-            self._panels[key] = Bp
+            self.panel_sets[key] = Bp
         return Bp
 
     def nbytes(self):
-        return sum(p.nbytes for p in self._panels.values())
+        return sum(p.nbytes for p in self.panel_sets.values())
 
 
 class Workspace(threading.local):
