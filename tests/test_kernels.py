@@ -468,6 +468,58 @@ def test_compiled_here_and_loaded_from_the_cache_agree(tmp_path):
     assert [k for k in a if not np.array_equal(a[k], b[k])] == []
 
 
+_WIDTH_BITS = """
+import sys, numpy as np
+from minialbert import kernels as K
+from numba.core import registry
+rng = np.random.default_rng(0)
+logits = (rng.standard_normal((64, 3000)) * 4).astype(np.float32)
+loss, dlogits, _ = K.cross_entropy(logits, rng.integers(0, 3000, 64))
+probs = K.softmax_forward(logits[:, :77], K.mask_bias(np.ones((1, 77)), np.float32))
+x = (rng.standard_normal(100_003) * 4).astype(np.float32)
+y, dx = K.gelu_new_forward(x), K.gelu_new_backward(x, x)
+h = rng.standard_normal((200, 77)).astype(np.float32)
+g, b = rng.standard_normal(77).astype(np.float32), rng.standard_normal(77).astype(np.float32)
+ln, mean, rstd = K.layernorm_forward(h, g, b, 1e-12)
+dg, db = np.zeros_like(g), np.zeros_like(b)
+dln = K.layernorm_backward(h, h, mean, rstd, g, dg, db)
+np.savez(sys.argv[1], loss=loss, dlogits=dlogits, probs=probs, y=y, dx=dx, ln=ln, dln=dln,
+         dg=dg, db=db)
+print(registry.cpu_target.target_context.codegen()._tm_features)
+"""
+
+
+def test_wide_vectors_on_avx512_the_same_bits_and_never_over_the_users_setting(tmp_path):
+    """kernels._wide_vectors: on a CPU with AVX-512, LLVM vectorises our plain loops 16
+    floats wide ("-prefer-256-bit" added to Numba's CPU features before anything compiles),
+    unless the user set NUMBA_CPU_FEATURES or NUMBA_CPU_NAME; elsewhere nothing changes.
+    Every value is the same at either width (the same arithmetic on each, the sums written
+    out): two child processes, one with the user's setting (the host's own features: LLVM's
+    choice), compare the row kernels' bits — the softmax's and the loss's exps, gelu_new,
+    LayerNorm's sums."""
+    import os
+    import subprocess
+    import sys
+    from numba.core import codegen, registry
+    host = codegen.get_host_cpu_features()
+    avx512 = "+avx512f" in host.split(",")
+    users = bool(os.environ.get("NUMBA_CPU_FEATURES") or os.environ.get("NUMBA_CPU_NAME"))
+    here = registry.cpu_target.target_context.codegen()._tm_features
+    assert here.endswith(",-prefer-256-bit") == (avx512 and not users), here[-40:]
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME")}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
+    features = {}
+    for name, extra in (("ours", {}), ("users", {"NUMBA_CPU_FEATURES": host})):
+        r = subprocess.run([sys.executable, "-c", _WIDTH_BITS, str(tmp_path / name)],
+                           env=dict(env, **extra), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        features[name] = r.stdout.split()[-1]
+    assert features["users"] == host
+    assert features["ours"] == (host + ",-prefer-256-bit" if avx512 else host)
+    a, b = np.load(tmp_path / "ours.npz"), np.load(tmp_path / "users.npz")
+    assert [k for k in a if not np.array_equal(a[k], b[k])] == []
+
+
 # --------------------------------------------------------------------------- dropout
 
 def test_dropout_rate_scale_and_backward(rng):

@@ -164,6 +164,62 @@ write_table("05_softmax_groups.md", ["softmax (" + rows + ")", "ms"],
              ("eight rows a step (_softmax_rows)", f"{t_grouped * 1e3:.2f}")])
 
 # %% [markdown]
+# ## How wide the vectors are
+# The softmax is a plain loop that LLVM turns into vector code itself, as wide as it
+# chooses. On Intel's AVX-512 cores it chooses 256 bits (8 floats) unless told otherwise,
+# and `minialbert.kernels` tells it otherwise before anything compiles: "-prefer-256-bit"
+# after the host's features in Numba's `config.CPU_FEATURES`, on a CPU with AVX-512 only
+# (`kernels._wide_vectors`). Below, the same grouped softmax on the same scores in a child
+# process where `NUMBA_CPU_FEATURES` is the host's own features — LLVM's choice, which
+# minialbert leaves alone when the user sets it — against this process's: the same bits,
+# and each one's time.
+
+# %%
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+
+import numba  # noqa: E402
+from numba.core import codegen  # noqa: E402
+
+CHILD = """
+import sys, time, numpy as np
+from numba import njit
+from minialbert.kernels._base import FASTMATH
+from minialbert.kernels.attention import _softmax_rows
+from minialbert.demo import best_times
+@njit(fastmath=FASTMATH)
+def softmax_in_groups(P, key_bias, scale):
+    _softmax_rows(P, key_bias, scale)
+d = np.load(sys.argv[1])
+key_bias, scale = d["key_bias"], np.float32(d["scale"])  # a scalar, as in the parent
+P = d["scores"].copy()
+softmax_in_groups(P, key_bias, scale)
+np.save(sys.argv[2], P)
+work = d["scores"].copy()
+print(best_times([lambda: softmax_in_groups(work, key_bias, scale)])[0])
+"""
+host = codegen.get_host_cpu_features()
+ours = numba.config.CPU_FEATURES or host  # what this process compiled with
+with tempfile.TemporaryDirectory() as tmp:
+    np.savez(f"{tmp}/in.npz", scores=scores, key_bias=key_bias, scale=scale)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CPU_NAME"}
+    r = subprocess.run([sys.executable, "-c", CHILD, f"{tmp}/in.npz", f"{tmp}/out.npy"],
+                       env=dict(env, NUMBA_CPU_FEATURES=host), capture_output=True,
+                       text=True, check=True)
+    t_llvm = float(r.stdout.split()[-1])
+    assert np.array_equal(np.load(f"{tmp}/out.npy"), grouped)  # the same bits
+wide = ours.endswith(",-prefer-256-bit")
+print(f"this process ({'512-bit vectors' if wide else 'no AVX-512: the same width'}) "
+      f"{t_grouped * 1e3:.3f} ms; LLVM's own choice {t_llvm * 1e3:.3f} ms")
+write_table("05_vector_width.md", ["softmax in groups (" + rows + ")", "ms"],
+            [("LLVM's choice of vector width (NUMBA_CPU_FEATURES: the host's)",
+              f"{t_llvm * 1e3:.2f}"),
+             ("minialbert's (" + ("-prefer-256-bit: 512-bit vectors" if wide else
+                                  "the same: no AVX-512 here") + ")",
+              f"{t_grouped * 1e3:.2f}")])
+
+# %% [markdown]
 # ## A trained head on a real sentence
 # The maps above come from random weights. Here a small ALBERT is pretrained on the
 # embedded Python docs (the `small` preset, a few hundred steps: about two minutes on two

@@ -39,6 +39,34 @@ def _drop_stale_cache():
                 pass
 
 
+def _wide_vectors():
+    """On a CPU with AVX-512, let LLVM vectorise our plain loops 16 floats wide. For Intel's
+    AVX-512 cores its tuning prefers 256-bit vectors ("prefer-256-bit": code that uses wide
+    vectors only now and then would lower the clock for little gain), so every loop LLVM
+    vectorised itself — the softmax's exp, gelu, LayerNorm, the optimizer — ran 8 floats
+    wide there, while the micro-kernel's 512-bit vectors, written out, did not change.
+    Measured on a 2-core Xeon (family 6 model 167): one thread, a head's softmax (128 x
+    128) 14.6 -> 11.0 us; 2 threads, seven pairs of processes in turn, a frozen pass on
+    tiny's batch 1.03-1.07x (in every pair), on its sentences 0.97-1.07x, base's sentence
+    1.00-1.03x; a tiny training step, three pairs, 0.98-1.03x (benchmarks/RESULTS.md,
+    thirty-sixth session). No value changes: each is the same arithmetic at either width,
+    and the sums are written out (reduce.py; tests/test_kernels.py compares the bits).
+    Numba's setting is the whole process's, so it is made only before Numba has compiled
+    anything, and never over a NUMBA_CPU_NAME or NUMBA_CPU_FEATURES of the user's own
+    (NUMBA_CPU_FEATURES set to the host's features keeps LLVM's choice)."""
+    import numba
+    from numba.core import codegen, registry
+
+    if (os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES")
+            or numba.config.CPU_FEATURES is not None
+            or "_toplevel_target_context" in vars(registry.cpu_target)):  # compiled already
+        return
+    features = codegen.get_host_cpu_features()
+    if "+avx512f" in features.split(","):
+        numba.config.CPU_FEATURES = features + ",-prefer-256-bit"
+
+
+_wide_vectors()
 _drop_stale_cache()
 from ._base import FASTMATH, get_threads, keeps_threads, set_threads  # noqa: E402 (after the cache check)
 from .act import activation, gelu_backward, gelu_forward, gelu_new_backward, gelu_new_forward
