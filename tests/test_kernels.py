@@ -413,10 +413,9 @@ def test_exp_fast32_within_two_ulp_and_clamped():
     assert np.all(np.isfinite(out)) and np.all(out >= np.finfo(np.float32).tiny)
 
 
-_SAME_BITS = """
+_ROW_KERNELS = """
 import sys, numpy as np
 from minialbert import kernels as K
-from minialbert.kernels import attention as A
 rng = np.random.default_rng(0)
 logits = (rng.standard_normal((64, 3000)) * 4).astype(np.float32)
 loss, dlogits, _ = K.cross_entropy(logits, rng.integers(0, 3000, 64))
@@ -428,13 +427,17 @@ g, b = rng.standard_normal(77).astype(np.float32), rng.standard_normal(77).astyp
 ln, mean, rstd = K.layernorm_forward(h, g, b, 1e-12)
 dg, db = np.zeros_like(g), np.zeros_like(b)
 dln = K.layernorm_backward(h, h, mean, rstd, g, dg, db)
+rows = dict(loss=loss, dlogits=dlogits, probs=probs, dx=dx, ln=ln, dln=dln, dg=dg, db=db)
+"""  # the kernels with a row sum or an exp, as both child scripts below run them
+
+_SAME_BITS = _ROW_KERNELS + """
+from minialbert.kernels import attention as A
 qkv = rng.standard_normal((2 * 50, 3 * 64)).astype(np.float32)
 starts, lens = np.array([0, 50]), np.array([50, 50])
 bias = np.zeros((2, 50), np.float32)
 ctx, p = A.attention_forward_qkv(qkv, starts, lens, bias, 50, 4, 0.0, 0)
 dqkv = A.attention_backward_qkv(ctx, qkv, p, starts, lens, 50, 4, 0.0, 0)
-np.savez(sys.argv[1], loss=loss, dlogits=dlogits, probs=probs, dx=dx, ln=ln, dln=dln, dg=dg,
-         db=db, ctx=ctx, p=p, dqkv=dqkv)
+np.savez(sys.argv[1], **rows, ctx=ctx, p=p, dqkv=dqkv)
 from minialbert.kernels import matmul as M  # the GEMM chain's compiles in this process
 print(*(len(getattr(M, n).signatures) for n in ("_gemm_block", "_macrokernel_packing", "_pack")))
 """
@@ -468,23 +471,9 @@ def test_compiled_here_and_loaded_from_the_cache_agree(tmp_path):
     assert [k for k in a if not np.array_equal(a[k], b[k])] == []
 
 
-_WIDTH_BITS = """
-import sys, numpy as np
-from minialbert import kernels as K
+_WIDTH_BITS = _ROW_KERNELS + """
 from numba.core import registry
-rng = np.random.default_rng(0)
-logits = (rng.standard_normal((64, 3000)) * 4).astype(np.float32)
-loss, dlogits, _ = K.cross_entropy(logits, rng.integers(0, 3000, 64))
-probs = K.softmax_forward(logits[:, :77], K.mask_bias(np.ones((1, 77)), np.float32))
-x = (rng.standard_normal(100_003) * 4).astype(np.float32)
-y, dx = K.gelu_new_forward(x), K.gelu_new_backward(x, x)
-h = rng.standard_normal((200, 77)).astype(np.float32)
-g, b = rng.standard_normal(77).astype(np.float32), rng.standard_normal(77).astype(np.float32)
-ln, mean, rstd = K.layernorm_forward(h, g, b, 1e-12)
-dg, db = np.zeros_like(g), np.zeros_like(b)
-dln = K.layernorm_backward(h, h, mean, rstd, g, dg, db)
-np.savez(sys.argv[1], loss=loss, dlogits=dlogits, probs=probs, y=y, dx=dx, ln=ln, dln=dln,
-         dg=dg, db=db)
+np.savez(sys.argv[1], **rows, y=K.gelu_new_forward(x))
 print(registry.cpu_target.target_context.codegen()._tm_features)
 """
 
